@@ -1,0 +1,19 @@
+//! The `memtrace` command: a thin layer over the `memtrace` library.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("memtrace: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
