@@ -1,10 +1,299 @@
+//! memtrace's eBPF programs.
+//!
+//! Syscall tracepoints on the calls that change an address space. Entry
+//! saves the arguments per thread; exit pairs them with the kernel's result,
+//! captures the user call site and writes one [`RawEvent`] to the ring
+//! buffer. Every program first checks the caller's tgid against `TRACED`,
+//! so untraced processes pay one hash lookup.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{TracePointContext, tracing::StackIdContext as _},
+};
+use memtrace_common::{
+    DEFAULT_RING_BYTES, EventKind, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall,
+    RawEvent, counter, event_flags,
+};
 
+/// Processes (tgids) being traced. Userspace adds the target; with
+/// `FOLLOW_FORKS` the fork program adds children.
+#[map]
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
+
+/// Syscall arguments saved at entry, by thread id.
+#[map]
+static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+
+/// Per-CPU counters, indexed by `memtrace_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Set by userspace before load: non-zero to trace children of traced
+/// processes.
+#[unsafe(no_mangle)]
+static FOLLOW_FORKS: u8 = 0;
+
+/// Offsets in the syscall tracepoint records (checked against tracefs's
+/// format files by userspace before attaching).
+const ARGS_OFFSET: usize = 16;
+const RET_OFFSET: usize = 16;
+
+/// `prctl` options that name an anonymous range.
+const PR_SET_VMA: u64 = 0x53564d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+
+/// x86_64 `struct pt_regs` offsets of the user instruction and stack pointers.
+#[cfg(bpf_target_arch = "x86_64")]
+const PT_REGS_IP: usize = 128;
+#[cfg(bpf_target_arch = "x86_64")]
+const PT_REGS_SP: usize = 152;
+
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { TRACED.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let mut args = [0u64; 6];
+    for (i, slot) in args.iter_mut().enumerate() {
+        // SAFETY: every syscall tracepoint record holds six argument slots
+        // after the header; unused ones read as whatever the kernel stored.
+        *slot = unsafe { ctx.read_at::<u64>(ARGS_OFFSET + i * 8) }.unwrap_or(0);
+    }
+    if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
+        return 0;
+    }
+    let pending = PendingCall {
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        args,
+        kind: kind as u32,
+        _pad: 0,
+    };
+    if PENDING.insert(&tid, &pending, 0).is_err() {
+        count(counter::LOST_PENDING);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = PENDING.remove(&tid);
+    if pending.kind != kind as u32 {
+        return 0;
+    }
+    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        count(counter::LOST_RINGBUF);
+        return 0;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, exclusively owned RawEvent slot; each
+    // field is written before submit.
+    unsafe {
+        (*ev).ktime_ns = now;
+        (*ev).duration_ns = now.wrapping_sub(pending.start_ns);
+        (*ev).kind = kind as u32;
+        (*ev).tgid = tgid;
+        (*ev).tid = tid;
+        (*ev).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as i32,
+            Err(e) => e,
+        };
+        (*ev).args = pending.args;
+        (*ev).ret = ret;
+        (*ev).flags = 0;
+        (*ev)._pad = 0;
+        (*ev).ip = 0;
+        (*ev).ret_addr = 0;
+        (*ev).name[0] = 0;
+        read_user_regs(&mut *ev);
+        if kind == EventKind::SetVmaName
+            && pending.args[4] != 0
+            && bpf_probe_read_user_str_bytes(pending.args[4] as *const u8, &mut (*ev).name).is_ok()
+        {
+            (*ev).flags |= event_flags::HAS_NAME;
+        }
+    }
+    entry.submit(0);
+    0
+}
+
+/// Fill `ip` and `ret_addr` from the task's saved user registers: the word at
+/// the user stack pointer is the return address into the libc wrapper's
+/// caller, which frame-pointer walking skips.
+#[inline(always)]
+unsafe fn read_user_regs(ev: &mut RawEvent) {
+    // SAFETY: the helpers return the current task and its user pt_regs;
+    // reads through them go via bpf_probe_read_*, which fault safely.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as usize;
+        if regs == 0 {
+            return;
+        }
+        ev.ip = bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64).unwrap_or(0);
+        let sp: u64 = bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64).unwrap_or(0);
+        if sp != 0
+            && let Ok(ret) = bpf_probe_read_user(sp as *const u64)
+        {
+            ev.ret_addr = ret;
+            ev.flags |= event_flags::HAS_RET_ADDR;
+        }
+    }
+}
+
+macro_rules! syscall_probes {
+    ($($enter:ident, $exit:ident => $kind:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $kind)
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx, $kind)
+        }
+    )*};
+}
+
+syscall_probes! {
+    sys_enter_mmap, sys_exit_mmap => EventKind::Mmap;
+    sys_enter_munmap, sys_exit_munmap => EventKind::Munmap;
+    sys_enter_mremap, sys_exit_mremap => EventKind::Mremap;
+    sys_enter_brk, sys_exit_brk => EventKind::Brk;
+    sys_enter_mprotect, sys_exit_mprotect => EventKind::Mprotect;
+    sys_enter_madvise, sys_exit_madvise => EventKind::Madvise;
+    sys_enter_prctl, sys_exit_prctl => EventKind::SetVmaName;
+}
+
+/// Emit a lifecycle event (fork, exec, exit) with no call site.
+#[inline(always)]
+fn emit_lifecycle(kind: EventKind, tgid: u32, tid: u32, arg0: u64, name: Option<*const u8>) {
+    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+        count(counter::LOST_RINGBUF);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: exclusively owned reserved slot, every field written.
+    unsafe {
+        (*ev).ktime_ns = bpf_ktime_get_ns();
+        (*ev).duration_ns = 0;
+        (*ev).kind = kind as u32;
+        (*ev).tgid = tgid;
+        (*ev).tid = tid;
+        (*ev).stack_id = -1;
+        (*ev).args = [arg0, 0, 0, 0, 0, 0];
+        (*ev).ret = 0;
+        (*ev).ip = 0;
+        (*ev).ret_addr = 0;
+        (*ev).flags = 0;
+        (*ev)._pad = 0;
+        (*ev).name[0] = 0;
+        if let Some(src) = name
+            && bpf_probe_read_kernel_str_bytes(src, &mut (*ev).name).is_ok()
+        {
+            (*ev).flags |= event_flags::HAS_NAME;
+        }
+    }
+    entry.submit(0);
+}
+
+/// `sched:sched_process_fork`: `child_pid` at offset 20. The parent is the
+/// current task. With `FOLLOW_FORKS` the child joins the traced set before
+/// it runs. Thread creation fires this too; userspace tells them apart and
+/// the exit program removes thread ids again.
 #[tracepoint]
-pub fn sys_enter_mmap(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+        return 0;
+    };
+    // SAFETY: a plain read of a global set before load.
+    let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
+    if follow != 0 {
+        let _ = TRACED.insert(&(child as u32), &1, 0);
+    }
+    emit_lifecycle(EventKind::Fork, tgid, tid, child as u64, None);
+    0
+}
+
+/// `sched:sched_process_exec`: `__data_loc char[] filename` at offset 8.
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    let loc = unsafe { ctx.read_at::<u32>(8) }.unwrap_or(0);
+    let name = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
+    emit_lifecycle(EventKind::Exec, tgid, tid, 0, Some(name));
+    0
+}
+
+/// `sched:sched_process_exit`: `bool group_dead` at offset 32 (the whole
+/// process is exiting).
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return 0;
+    }
+    if tid != tgid {
+        // A thread id that the fork program may have added as if it were a
+        // process.
+        let _ = TRACED.remove(&tid);
+    }
+    let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
+    if group_dead != 0 {
+        emit_lifecycle(EventKind::Exit, tgid, tid, 0, None);
+    }
     0
 }
 
@@ -17,3 +306,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+// Keep NAME_LEN and the name buffer in step.
+const _: () = assert!(NAME_LEN >= 16);

@@ -53,9 +53,8 @@ pub enum Call {
     Exec {
         filename: String,
     },
-    Exit {
-        code: i32,
-    },
+    /// The whole process is exiting (its last thread left).
+    Exit {},
 }
 
 /// One completed address-space change (or process lifecycle step).
@@ -156,7 +155,7 @@ impl Event {
             EventKind::Exec => Call::Exec {
                 filename: name.unwrap_or_default(),
             },
-            EventKind::Exit => Call::Exit { code: a[0] as i32 },
+            EventKind::Exit => Call::Exit {},
         };
         Some(Event {
             time_ns: raw.ktime_ns,

@@ -11,12 +11,17 @@
 //! - [`event`]: decoded mapping events from the eBPF tracer ([`trace`]).
 //! - [`ledger`]: live traced address ranges with their origins.
 
+pub mod callsite;
 pub mod classify;
 pub mod event;
+pub mod launch;
 pub mod ledger;
 pub mod report;
 pub mod serve;
+pub mod session;
 pub mod smaps;
 pub mod snapshot;
+pub mod stream;
+pub mod symbolize;
 pub mod trace;
 pub mod units;

@@ -1,0 +1,147 @@
+//! A tracing session: the tracer, the processes it follows, and the
+//! per-event bookkeeping shared by the live stream and the reports.
+
+use std::{collections::HashMap, collections::HashSet, path::Path, time::Duration};
+
+use crate::{
+    callsite::{self, CallStack},
+    event::{Call, Event},
+    stream::Summary,
+    symbolize::Symbolizer,
+    trace::{TraceError, Tracer, TracerOptions},
+};
+
+/// CLOCK_MONOTONIC now, in the eBPF side's time base (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct Session {
+    pub tracer: Tracer,
+    pub symbolizer: Symbolizer,
+    pub summary: Summary,
+    /// Session start, in event time.
+    pub start_ns: u64,
+    follow_forks: bool,
+    /// Processes being traced and not yet exited.
+    pids: HashSet<u32>,
+    /// Last known program break per process.
+    brk: HashMap<u32, u64>,
+}
+
+impl Session {
+    pub fn new(opts: &TracerOptions) -> Result<Session, TraceError> {
+        let tracer = Tracer::load(opts)?;
+        Ok(Session {
+            tracer,
+            symbolizer: Symbolizer::new(),
+            summary: Summary::default(),
+            start_ns: monotonic_ns(),
+            follow_forks: opts.follow_forks,
+            pids: HashSet::new(),
+            brk: HashMap::new(),
+        })
+    }
+
+    pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.tracer.add_pid(pid)?;
+        self.pids.insert(pid);
+        Ok(())
+    }
+
+    /// Processes still being traced.
+    pub fn live_pids(&self) -> &HashSet<u32> {
+        &self.pids
+    }
+
+    /// Wait up to `timeout` for events and return them in order, after
+    /// updating the summary and the traced set (forks, exits).
+    pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
+        let mut pfd = libc::pollfd {
+            fd: self.tracer.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd. EINTR (Ctrl-C) just returns early.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        self.drain()
+    }
+
+    /// Everything waiting in the ring buffer, without blocking.
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut raw = Vec::new();
+        self.tracer.drain(&mut raw);
+        let mut out = Vec::with_capacity(raw.len());
+        for ev in raw {
+            if let Call::Fork { child_pid } = ev.call {
+                // Thread creation fires the fork tracepoint too: a thread is
+                // listed under its process's task directory.
+                let is_thread = Path::new(&format!("/proc/{}/task/{child_pid}", ev.pid)).exists();
+                if is_thread {
+                    self.tracer.remove_pid(child_pid);
+                    continue;
+                }
+                if self.follow_forks {
+                    self.pids.insert(child_pid);
+                    if let Some(b) = self.brk.get(&ev.pid).copied() {
+                        self.brk.insert(child_pid, b);
+                    }
+                }
+            }
+            let prev = self.brk.get(&ev.pid).copied();
+            self.summary.add(&ev, prev);
+            match ev.call {
+                Call::Brk { .. } => {
+                    self.brk.insert(ev.pid, ev.result as u64);
+                }
+                Call::Exec { .. } => {
+                    self.brk.remove(&ev.pid);
+                    self.symbolizer.forget(ev.pid);
+                }
+                Call::Exit { .. } => {
+                    self.pids.remove(&ev.pid);
+                    self.tracer.remove_pid(ev.pid);
+                }
+                _ => {}
+            }
+            out.push(ev);
+        }
+        let lost = self.tracer.lost();
+        self.summary.lost = lost;
+        self.summary.lost_events = lost.total();
+        out
+    }
+
+    /// Forget processes that are gone without an exit event (e.g. they
+    /// exited before the tracer attached). Returns whether any is left.
+    pub fn reap_dead(&mut self) -> bool {
+        self.pids.retain(|pid| process_exists(*pid));
+        !self.pids.is_empty()
+    }
+
+    /// The symbolized call stack of an event.
+    pub fn stack_of(&mut self, ev: &Event) -> CallStack {
+        let tracer = &self.tracer;
+        let raw = callsite::event_raw_stack(ev, |id| tracer.stack(id));
+        if raw.is_empty() {
+            return CallStack::default();
+        }
+        CallStack::symbolize(&mut self.symbolizer, ev.pid, &raw)
+    }
+}
+
+/// Whether `pid` names a live (not zombie) process.
+pub fn process_exists(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 (after the parenthesised comm) is the state; Z = zombie.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z') && !rest.trim_start().starts_with('X'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}

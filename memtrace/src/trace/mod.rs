@@ -1,0 +1,293 @@
+//! The eBPF tracer: load memtrace's programs into the kernel, attach them to
+//! the syscall and scheduler tracepoints, and drain decoded [`Event`]s.
+//!
+//! Dropping a [`Tracer`] detaches every link and unloads every program and
+//! map; nothing stays in the kernel afterwards.
+
+pub mod tracefs;
+
+use std::{
+    fmt, fs,
+    os::fd::{AsRawFd, RawFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::TracePoint,
+};
+use memtrace_common::{RawEvent, counter};
+
+use crate::event::Event;
+
+/// The compiled eBPF object, built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+
+/// Syscalls traced, with their argument names as tracefs spells them (the
+/// order is the order of the arguments in the record).
+pub(crate) const SYSCALLS: [(&str, &[&str]); 7] = [
+    ("mmap", &["addr", "len", "prot", "flags", "fd", "off"]),
+    ("munmap", &["addr", "len"]),
+    ("mremap", &["addr", "old_len", "new_len", "flags", "new_addr"]),
+    ("brk", &["brk"]),
+    ("mprotect", &["start", "len", "prot"]),
+    ("madvise", &["start", "len_in", "behavior"]),
+    ("prctl", &["option", "arg2", "arg3", "arg4", "arg5"]),
+];
+
+/// Why tracing cannot start. Each says what is missing and what to do.
+#[derive(Debug)]
+pub enum TraceError {
+    /// Not root and without the capabilities tracing needs.
+    Permission(String),
+    /// No BTF for the running kernel.
+    NoBtf,
+    Tracefs(String),
+    MissingTracepoint(String),
+    Layout(String),
+    /// The kernel refused to load or attach a program or map.
+    Kernel(String),
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SNAPSHOT_HINT: &str = "(`memtrace snapshot` still works without eBPF)";
+        match self {
+            TraceError::Permission(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
+            TraceError::NoBtf => write!(
+                f,
+                "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing; needs \
+                 CONFIG_DEBUG_INFO_BTF=y) {SNAPSHOT_HINT}"
+            ),
+            TraceError::Tracefs(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
+            TraceError::MissingTracepoint(m) => write!(
+                f,
+                "tracepoint {m} is missing (needs CONFIG_FTRACE_SYSCALLS) {SNAPSHOT_HINT}"
+            ),
+            TraceError::Layout(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
+            TraceError::Kernel(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
+        }
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+/// How to load the tracer.
+#[derive(Clone, Debug, Default)]
+pub struct TracerOptions {
+    /// Add children of traced processes to the traced set in the kernel,
+    /// before they run.
+    pub follow_forks: bool,
+    /// Ring buffer size in bytes (rounded up to a power-of-two number of
+    /// pages); `None` for the default of 4 MiB.
+    pub ring_bytes: Option<u32>,
+}
+
+/// Events the kernel side could not deliver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Lost {
+    /// Ring buffer full.
+    pub ring_buffer: u64,
+    /// Pending-call table full (too many threads inside a syscall at once).
+    pub pending: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.ring_buffer + self.pending
+    }
+}
+
+/// A loaded and attached tracer.
+pub struct Tracer {
+    // Field order matters for drop: maps handles before the object that
+    // owns the programs and links.
+    events: RingBuf<MapData>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    traced: BpfHashMap<MapData, u32, u8>,
+    _ebpf: Ebpf,
+}
+
+/// Check what tracing needs before touching the kernel, so failures read as
+/// one clear line.
+pub fn check_prerequisites() -> Result<(), TraceError> {
+    if !cfg!(target_os = "linux") {
+        return Err(TraceError::Kernel("eBPF tracing needs Linux".into()));
+    }
+    let caps = effective_caps();
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        return Err(TraceError::Permission(
+            "tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with sudo"
+                .into(),
+        ));
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(TraceError::NoBtf);
+    }
+    Ok(())
+}
+
+/// Effective capability set of this process (0 when unknown).
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Tracer {
+    /// Load the programs and attach them. Nothing is traced until
+    /// [`Tracer::add_pid`].
+    pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
+        check_prerequisites()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        tracefs::check_layouts(tracefs)?;
+        bump_memlock_rlimit();
+
+        let follow: u8 = opts.follow_forks.into();
+        let mut loader = EbpfLoader::new();
+        loader.override_global("FOLLOW_FORKS", &follow, true);
+        if let Some(bytes) = opts.ring_bytes {
+            loader.map_max_entries("EVENTS", ring_size(bytes));
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| TraceError::Kernel(format!("loading memtrace's eBPF programs failed: {e}")))?;
+
+        let mut attach = |prog: &str, category: &str| -> Result<(), TraceError> {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| TraceError::Kernel(format!("program {prog} missing from the object")))?
+                .try_into()
+                .map_err(|e| TraceError::Kernel(format!("{prog}: {e}")))?;
+            tp.load()
+                .map_err(|e| TraceError::Kernel(format!("the kernel rejected program {prog}: {e}")))?;
+            tp.attach(category, prog)
+                .map_err(|e| TraceError::Kernel(format!("attaching {category}:{prog} failed: {e}")))?;
+            Ok(())
+        };
+        for (name, _) in SYSCALLS {
+            attach(&format!("sys_enter_{name}"), "syscalls")?;
+            attach(&format!("sys_exit_{name}"), "syscalls")?;
+        }
+        attach("sched_process_exec", "sched")?;
+        attach("sched_process_exit", "sched")?;
+        if opts.follow_forks {
+            attach("sched_process_fork", "sched")?;
+        }
+
+        let map_err = |name: &str, e: &dyn fmt::Display| TraceError::Kernel(format!("map {name}: {e}"));
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| TraceError::Kernel(format!("map {name} missing from the object")))
+        };
+        let events = RingBuf::try_from(take("EVENTS")?).map_err(|e| map_err("EVENTS", &e))?;
+        let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", &e))?;
+        let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", &e))?;
+        let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", &e))?;
+        Ok(Tracer {
+            events,
+            stacks,
+            counters,
+            traced,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Start tracing process `pid` (all its threads).
+    pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
+        self.traced
+            .insert(pid, 1, 0)
+            .map_err(|e| TraceError::Kernel(format!("adding pid {pid} to the traced set: {e}")))
+    }
+
+    /// Stop tracing `pid` (e.g. a thread id the fork program added).
+    pub fn remove_pid(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
+    }
+
+    /// The ring buffer's file descriptor, readable when events are waiting.
+    pub fn fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+
+    /// Move every waiting event into `out`; returns how many were drained.
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if item.len() < size_of::<RawEvent>() {
+                continue;
+            }
+            // SAFETY: the slot holds a RawEvent written by the eBPF side;
+            // read_unaligned copes with the ring buffer's 8-byte alignment.
+            let raw: RawEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if let Some(ev) = Event::from_raw(&raw) {
+                out.push(ev);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Events the kernel side dropped so far, summed over CPUs.
+    pub fn lost(&self) -> Lost {
+        let sum = |idx: u32| {
+            self.counters
+                .get(&idx, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        Lost {
+            ring_buffer: sum(counter::LOST_RINGBUF),
+            pending: sum(counter::LOST_PENDING),
+        }
+    }
+
+    /// The user stack (innermost first) recorded under `stack_id`.
+    pub fn stack(&self, stack_id: u32) -> Vec<u64> {
+        self.stacks
+            .get(&stack_id, 0)
+            .map(|st| st.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Ring buffer sizes must be a power-of-two number of pages.
+fn ring_size(bytes: u32) -> u32 {
+    let page = 4096u32;
+    bytes.max(page).next_power_of_two()
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
+/// maps load there too. Harmless elsewhere.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_power_of_two_pages() {
+        assert_eq!(ring_size(1), 4096);
+        assert_eq!(ring_size(4096), 4096);
+        assert_eq!(ring_size(5000), 8192);
+        assert_eq!(ring_size(4 << 20), 4 << 20);
+    }
+}
