@@ -1,8 +1,64 @@
+//! `memtrace serve`: the snapshot report over HTTP.
+
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use anyhow::Context as _;
+use memtrace::{serve, snapshot};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Serve the snapshot report over HTTP.
+///
+/// GET /debug/memory?top=N (text) and /debug/memory.json (JSON). Listens
+/// on loopback only unless --allow-remote: the report reveals the
+/// process's address-space layout.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Process to report on.
+    #[arg(long, short)]
+    pub pid: u32,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:6060")]
+    pub listen: String,
+    /// Allow a non-loopback listen address.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let addrs: Vec<SocketAddr> = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| {
+            format!(
+                "invalid listen address {:?} (expected HOST:PORT)",
+                args.listen
+            )
+        })?
+        .collect();
+    serve::check_listen_addrs(&addrs, args.allow_remote).map_err(anyhow::Error::msg)?;
+    // Fail now, not on the first request, if the process cannot be read.
+    snapshot::capture(args.pid)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addrs[..])
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = listener.local_addr().context("listener address")?;
+        eprintln!(
+            "memtrace: serving pid {} on http://{local}/debug/memory (and /debug/memory.json)",
+            args.pid
+        );
+        axum::serve(listener, serve::router(args.pid))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("HTTP server failed")?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
