@@ -40,6 +40,11 @@ impl EventKind {
         EventKind::Exit,
     ];
 
+    /// Whether the event is a traced syscall (not a lifecycle event).
+    pub fn is_syscall(self) -> bool {
+        !matches!(self, EventKind::Fork | EventKind::Exec | EventKind::Exit)
+    }
+
     pub fn from_u32(v: u32) -> Option<Self> {
         Self::ALL.iter().copied().find(|k| *k as u32 == v)
     }
@@ -65,12 +70,22 @@ impl EventKind {
 /// event, including the terminating NUL. The kernel limits anon names to 80.
 pub const NAME_LEN: usize = 80;
 
+/// Bytes of user stack copied from the stack pointer at syscall entry, for
+/// unwinding in userspace with the modules' `.eh_frame` (libc and most
+/// distro binaries have no frame pointers).
+pub const STACK_WINDOW: usize = 1024;
+/// Fallback window when the full one crosses the end of the stack mapping.
+pub const STACK_WINDOW_SMALL: usize = 256;
+
 /// Flag bits of [`RawEvent::flags`].
 pub mod event_flags {
     /// `name` holds a NUL-terminated string.
     pub const HAS_NAME: u32 = 1 << 0;
     /// `ret_addr` was read from the user stack pointer at syscall entry.
     pub const HAS_RET_ADDR: u32 = 1 << 1;
+    /// `sp`, `bp` and `stack_len` bytes of `stack` hold the user registers
+    /// and the top of the user stack.
+    pub const HAS_STACK: u32 = 1 << 2;
 }
 
 /// One event as the eBPF side writes it into the ring buffer.
@@ -98,10 +113,16 @@ pub struct RawEvent {
     /// The word at the user stack pointer at syscall entry: the return
     /// address into the wrapper's caller when the wrapper made no frame.
     pub ret_addr: u64,
+    /// User stack and frame pointers at syscall entry.
+    pub sp: u64,
+    pub bp: u64,
     /// Bits from [`event_flags`].
     pub flags: u32,
-    pub _pad: u32,
+    /// Valid bytes in `stack`.
+    pub stack_len: u32,
     pub name: [u8; NAME_LEN],
+    /// The user stack from `sp` upwards.
+    pub stack: [u8; STACK_WINDOW],
 }
 
 /// Syscall arguments saved at entry, keyed by thread id until the exit.
@@ -147,7 +168,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<RawEvent>(), 8 * 2 + 4 * 4 + 8 * 6 + 8 * 3 + 4 * 2 + NAME_LEN);
+        assert_eq!(
+            size_of::<RawEvent>(),
+            8 * 2 + 4 * 4 + 8 * 6 + 8 * 5 + 4 * 2 + NAME_LEN + STACK_WINDOW
+        );
         assert_eq!(size_of::<PendingCall>(), 8 + 8 * 6 + 4 * 2);
     }
 

@@ -13,7 +13,8 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{map, tracepoint},
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     DEFAULT_RING_BYTES, EventKind, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall,
-    RawEvent, counter, event_flags,
+    RawEvent, STACK_WINDOW, STACK_WINDOW_SMALL, counter, event_flags,
 };
 
 /// Processes (tgids) being traced. Userspace adds the target; with
@@ -63,6 +64,8 @@ const PR_SET_VMA_ANON_NAME: u64 = 0;
 const PT_REGS_IP: usize = 128;
 #[cfg(bpf_target_arch = "x86_64")]
 const PT_REGS_SP: usize = 152;
+#[cfg(bpf_target_arch = "x86_64")]
+const PT_REGS_BP: usize = 32;
 
 #[inline(always)]
 fn current_ids() -> (u32, u32) {
@@ -147,9 +150,11 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         (*ev).args = pending.args;
         (*ev).ret = ret;
         (*ev).flags = 0;
-        (*ev)._pad = 0;
+        (*ev).stack_len = 0;
         (*ev).ip = 0;
         (*ev).ret_addr = 0;
+        (*ev).sp = 0;
+        (*ev).bp = 0;
         (*ev).name[0] = 0;
         read_user_regs(&mut *ev);
         if kind == EventKind::SetVmaName
@@ -177,11 +182,25 @@ unsafe fn read_user_regs(ev: &mut RawEvent) {
         }
         ev.ip = bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64).unwrap_or(0);
         let sp: u64 = bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64).unwrap_or(0);
-        if sp != 0
-            && let Ok(ret) = bpf_probe_read_user(sp as *const u64)
-        {
+        ev.sp = sp;
+        ev.bp = bpf_probe_read_kernel((regs + PT_REGS_BP) as *const u64).unwrap_or(0);
+        if sp == 0 {
+            return;
+        }
+        if let Ok(ret) = bpf_probe_read_user(sp as *const u64) {
             ev.ret_addr = ret;
             ev.flags |= event_flags::HAS_RET_ADDR;
+        }
+        // The window for userspace unwinding; near the top of the stack the
+        // full window can cross into unmapped memory, so retry smaller.
+        if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack).is_ok() {
+            ev.stack_len = STACK_WINDOW as u32;
+            ev.flags |= event_flags::HAS_STACK;
+        } else if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack[..STACK_WINDOW_SMALL])
+            .is_ok()
+        {
+            ev.stack_len = STACK_WINDOW_SMALL as u32;
+            ev.flags |= event_flags::HAS_STACK;
         }
     }
 }
@@ -231,7 +250,9 @@ fn emit_lifecycle(kind: EventKind, tgid: u32, tid: u32, arg0: u64, name: Option<
         (*ev).ip = 0;
         (*ev).ret_addr = 0;
         (*ev).flags = 0;
-        (*ev)._pad = 0;
+        (*ev).stack_len = 0;
+        (*ev).sp = 0;
+        (*ev).bp = 0;
         (*ev).name[0] = 0;
         if let Some(src) = name
             && bpf_probe_read_kernel_str_bytes(src, &mut (*ev).name).is_ok()

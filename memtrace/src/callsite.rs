@@ -1,9 +1,65 @@
 //! Call stacks of events: the kernel's frame-pointer stack joined with the
 //! return address read at the user stack pointer, then symbolized.
 
+use std::{collections::HashMap, sync::Arc};
+
 use serde::Serialize;
 
-use crate::{event::Event, symbolize::{Frame, Symbolizer}};
+use crate::{
+    event::Event,
+    symbolize::{Frame, Symbolizer},
+    unwind::Unwinder,
+};
+
+/// Interned raw call stacks: each distinct stack is stored once and named
+/// by a small id, which events and ledger origins carry.
+#[derive(Default)]
+pub struct StackTable {
+    stacks: Vec<Arc<[u64]>>,
+    index: HashMap<Arc<[u64]>, u32>,
+}
+
+impl StackTable {
+    pub fn intern(&mut self, raw: Vec<u64>) -> u32 {
+        if let Some(id) = self.index.get(raw.as_slice()) {
+            return *id;
+        }
+        let id = self.stacks.len() as u32;
+        let raw: Arc<[u64]> = raw.into();
+        self.stacks.push(raw.clone());
+        self.index.insert(raw, id);
+        id
+    }
+
+    pub fn get(&self, id: u32) -> &[u64] {
+        self.stacks.get(id as usize).map(|s| &s[..]).unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+}
+
+/// The raw call stack of an event: unwound from the captured user stack
+/// when that works, else the kernel's frame-pointer stack joined with the
+/// return address at the stack pointer.
+pub fn resolve_raw_stack(
+    ev: &Event,
+    unwinder: &mut Unwinder,
+    kernel_stack: impl FnOnce(u32) -> Vec<u64>,
+) -> Vec<u64> {
+    if let Some(user) = &ev.user {
+        let unwound = unwinder.unwind(ev.pid, user);
+        if unwound.len() >= 2 {
+            return unwound;
+        }
+    }
+    event_raw_stack(ev, kernel_stack)
+}
 
 /// Raw return addresses of an event's call stack, innermost first.
 ///
@@ -51,7 +107,11 @@ impl CallStack {
             let orig = raw[i];
             // A bogus return address (the wrapper did build a frame) lands
             // outside any code; drop it rather than show noise.
-            if i == 1 && group.iter().all(|f| f.function.is_none() && f.module.is_none()) {
+            if i == 1
+                && group
+                    .iter()
+                    .all(|f| f.function.is_none() && f.module.is_none())
+            {
                 continue;
             }
             frames.extend(group.into_iter().map(|mut f| {

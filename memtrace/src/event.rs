@@ -74,6 +74,32 @@ pub struct Event {
     pub ip: u64,
     /// Return address read at the user stack pointer at syscall entry.
     pub ret_addr: Option<u64>,
+    /// User registers and the top of the user stack at syscall entry, for
+    /// unwinding in userspace. Dropped once the stack is unwound.
+    #[serde(skip)]
+    pub user: Option<Box<UserStack>>,
+    /// The event's unwound call stack, as an id in the session's stack
+    /// table ([`crate::callsite::StackTable`]); set by userspace.
+    pub call_stack: Option<u32>,
+}
+
+/// User registers and stack bytes captured at syscall entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserStack {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes from `sp` upwards.
+    pub bytes: Vec<u8>,
+}
+
+impl UserStack {
+    /// The 8-byte word at user address `addr`, if inside the window.
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        let off = usize::try_from(addr.checked_sub(self.sp)?).ok()?;
+        let bytes = self.bytes.get(off..off.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
 }
 
 impl Event {
@@ -167,6 +193,16 @@ impl Event {
             stack_id: u32::try_from(raw.stack_id).ok(),
             ip: raw.ip,
             ret_addr: (raw.flags & event_flags::HAS_RET_ADDR != 0).then_some(raw.ret_addr),
+            user: (raw.flags & event_flags::HAS_STACK != 0).then(|| {
+                let len = (raw.stack_len as usize).min(raw.stack.len());
+                Box::new(UserStack {
+                    ip: raw.ip,
+                    sp: raw.sp,
+                    bp: raw.bp,
+                    bytes: raw.stack[..len].to_vec(),
+                })
+            }),
+            call_stack: None,
         })
     }
 }

@@ -25,3 +25,4 @@ pub mod stream;
 pub mod symbolize;
 pub mod trace;
 pub mod units;
+pub mod unwind;

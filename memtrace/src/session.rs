@@ -4,16 +4,20 @@
 use std::{collections::HashMap, collections::HashSet, path::Path, time::Duration};
 
 use crate::{
-    callsite::{self, CallStack},
+    callsite::{self, CallStack, StackTable},
     event::{Call, Event},
     stream::Summary,
     symbolize::Symbolizer,
     trace::{TraceError, Tracer, TracerOptions},
+    unwind::Unwinder,
 };
 
 /// CLOCK_MONOTONIC now, in the eBPF side's time base (`bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -22,6 +26,9 @@ pub fn monotonic_ns() -> u64 {
 pub struct Session {
     pub tracer: Tracer,
     pub symbolizer: Symbolizer,
+    pub unwinder: Unwinder,
+    /// Raw call stacks of all events, by `Event::call_stack`.
+    pub stacks: StackTable,
     pub summary: Summary,
     /// Session start, in event time.
     pub start_ns: u64,
@@ -38,6 +45,8 @@ impl Session {
         Ok(Session {
             tracer,
             symbolizer: Symbolizer::new(),
+            unwinder: Unwinder::new(),
+            stacks: StackTable::default(),
             summary: Summary::default(),
             start_ns: monotonic_ns(),
             follow_forks: opts.follow_forks,
@@ -76,7 +85,15 @@ impl Session {
         let mut raw = Vec::new();
         self.tracer.drain(&mut raw);
         let mut out = Vec::with_capacity(raw.len());
-        for ev in raw {
+        for mut ev in raw {
+            if ev.kind().is_syscall() {
+                // Unwind now, while the process and its modules are there.
+                let tracer = &self.tracer;
+                let stack =
+                    callsite::resolve_raw_stack(&ev, &mut self.unwinder, |id| tracer.stack(id));
+                ev.call_stack = Some(self.stacks.intern(stack));
+                ev.user = None;
+            }
             if let Call::Fork { child_pid } = ev.call {
                 // Thread creation fires the fork tracepoint too: a thread is
                 // listed under its process's task directory.
@@ -101,8 +118,10 @@ impl Session {
                 Call::Exec { .. } => {
                     self.brk.remove(&ev.pid);
                     self.symbolizer.forget(ev.pid);
+                    self.unwinder.forget(ev.pid);
                 }
                 Call::Exit { .. } => {
+                    self.unwinder.forget(ev.pid);
                     self.pids.remove(&ev.pid);
                     self.tracer.remove_pid(ev.pid);
                 }
@@ -125,8 +144,10 @@ impl Session {
 
     /// The symbolized call stack of an event.
     pub fn stack_of(&mut self, ev: &Event) -> CallStack {
-        let tracer = &self.tracer;
-        let raw = callsite::event_raw_stack(ev, |id| tracer.stack(id));
+        let Some(id) = ev.call_stack else {
+            return CallStack::default();
+        };
+        let raw = self.stacks.get(id).to_vec();
         if raw.is_empty() {
             return CallStack::default();
         }
@@ -140,7 +161,9 @@ pub fn process_exists(pid: u32) -> bool {
         // Field 3 (after the parenthesised comm) is the state; Z = zombie.
         Ok(stat) => stat
             .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z') && !rest.trim_start().starts_with('X'))
+            .map(|(_, rest)| {
+                !rest.trim_start().starts_with('Z') && !rest.trim_start().starts_with('X')
+            })
             .unwrap_or(false),
         Err(_) => false,
     }

@@ -58,10 +58,17 @@ impl Frame {
         ];
         let Some(m) = &self.module else { return false };
         let base = m.rsplit('/').next().unwrap_or(m);
-        let runtime = base.starts_with("libc.so") || base.starts_with("libc-") || base.starts_with("ld-linux");
-        let Some(func) = &self.function else { return false };
+        let runtime = base.starts_with("libc.so")
+            || base.starts_with("libc-")
+            || base.starts_with("ld-linux");
+        let Some(func) = &self.function else {
+            return false;
+        };
         let func = func.trim_start_matches('_');
-        let func = func.strip_prefix("GI_").unwrap_or(func).trim_start_matches('_');
+        let func = func
+            .strip_prefix("GI_")
+            .unwrap_or(func)
+            .trim_start_matches('_');
         let func = func.strip_suffix("64").unwrap_or(func);
         runtime && WRAPPERS.contains(&func)
     }
@@ -131,7 +138,10 @@ impl Symbolizer {
             for (i, addr) in missing.iter().enumerate() {
                 let frames = match resolved.get(i) {
                     Some(Symbolized::Sym(sym)) => {
-                        let module = sym.module.as_ref().map(|m| m.to_string_lossy().into_owned());
+                        let module = sym
+                            .module
+                            .as_ref()
+                            .map(|m| m.to_string_lossy().into_owned());
                         let mut frames = Vec::new();
                         // blazesym lists inlined callees outermost first; the
                         // innermost is the one executing at `addr`.
@@ -139,7 +149,10 @@ impl Symbolizer {
                             frames.push(Frame {
                                 address: *addr,
                                 function: Some(inl.name.to_string()),
-                                file: inl.code_info.as_ref().map(|c| c.to_path().display().to_string()),
+                                file: inl
+                                    .code_info
+                                    .as_ref()
+                                    .map(|c| c.to_path().display().to_string()),
                                 line: inl.code_info.as_ref().and_then(|c| c.line),
                                 module: module.clone(),
                                 module_offset: None,
@@ -149,7 +162,10 @@ impl Symbolizer {
                         frames.push(Frame {
                             address: *addr,
                             function: Some(sym.name.to_string()),
-                            file: sym.code_info.as_ref().map(|c| c.to_path().display().to_string()),
+                            file: sym
+                                .code_info
+                                .as_ref()
+                                .map(|c| c.to_path().display().to_string()),
                             line: sym.code_info.as_ref().and_then(|c| c.line),
                             module,
                             module_offset: None,
