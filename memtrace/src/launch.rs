@@ -43,7 +43,9 @@ pub struct Launched {
 /// Spawn `argv` stopped right after exec. The child keeps memtrace's stdin,
 /// stdout and stderr.
 pub fn launch(argv: &[OsString]) -> anyhow::Result<Launched> {
-    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("no command given"))?;
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| anyhow!("no command given"))?;
     let program = program.clone();
     let args = args.to_vec();
     let (pid_tx, pid_rx) = channel::<anyhow::Result<u32>>();
@@ -115,7 +117,10 @@ fn tracer_thread(
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let _ = pid_tx.send(Err(anyhow!("cannot run {}: {e}", program.to_string_lossy())));
+            let _ = pid_tx.send(Err(anyhow!(
+                "cannot run {}: {e}",
+                program.to_string_lossy()
+            )));
             return;
         }
     };
@@ -124,11 +129,17 @@ fn tracer_thread(
     match wait(pid) {
         Some(Wait::Stopped(_)) => {}
         Some(Wait::Exited(code)) => {
-            let _ = pid_tx.send(Err(anyhow!("{} exited before it started (status {code})", program.to_string_lossy())));
+            let _ = pid_tx.send(Err(anyhow!(
+                "{} exited before it started (status {code})",
+                program.to_string_lossy()
+            )));
             return;
         }
         None => {
-            let _ = pid_tx.send(Err(anyhow!("waiting for {} failed", program.to_string_lossy())));
+            let _ = pid_tx.send(Err(anyhow!(
+                "waiting for {} failed",
+                program.to_string_lossy()
+            )));
             return;
         }
     }

@@ -140,13 +140,20 @@ pub fn errno_name(errno: i32) -> String {
 pub fn event_range(ev: &Event) -> (u64, u64) {
     match &ev.call {
         Call::Mmap { addr, len, .. } => (if ev.failed() { *addr } else { ev.result as u64 }, *len),
-        Call::Munmap { addr, len } | Call::Mprotect { addr, len, .. } | Call::Madvise { addr, len, .. } => {
-            (*addr, *len)
-        }
+        Call::Munmap { addr, len }
+        | Call::Mprotect { addr, len, .. }
+        | Call::Madvise { addr, len, .. } => (*addr, *len),
         Call::SetVmaName { addr, len, .. } => (*addr, *len),
-        Call::Mremap { old_addr, new_len, .. } => {
-            (if ev.failed() { *old_addr } else { ev.result as u64 }, *new_len)
-        }
+        Call::Mremap {
+            old_addr, new_len, ..
+        } => (
+            if ev.failed() {
+                *old_addr
+            } else {
+                ev.result as u64
+            },
+            *new_len,
+        ),
         Call::Brk { addr } => (*addr, 0),
         Call::Fork { .. } | Call::Exec { .. } | Call::Exit { .. } => (0, 0),
     }
@@ -168,7 +175,14 @@ pub fn event_json(ev: &Event, stack: &CallStack) -> Value {
         o.insert("error".into(), json!(errno_name(e)));
     }
     match &ev.call {
-        Call::Mmap { addr: hint, prot, flags, fd, offset, .. } => {
+        Call::Mmap {
+            addr: hint,
+            prot,
+            flags,
+            fd,
+            offset,
+            ..
+        } => {
             o.insert("hint".into(), json!(hint));
             o.insert("prot".into(), json!(prot_string(*prot)));
             o.insert("flags".into(), json!(mmap_flags_string(*flags)));
@@ -180,7 +194,13 @@ pub fn event_json(ev: &Event, stack: &CallStack) -> Value {
         Call::Mprotect { prot, .. } => {
             o.insert("prot".into(), json!(prot_string(*prot)));
         }
-        Call::Mremap { old_addr, old_len, flags, new_addr, .. } => {
+        Call::Mremap {
+            old_addr,
+            old_len,
+            flags,
+            new_addr,
+            ..
+        } => {
             o.insert("old_addr".into(), json!(old_addr));
             o.insert("old_len".into(), json!(old_len));
             o.insert("flags".into(), json!(mremap_flags_string(*flags)));
@@ -203,7 +223,10 @@ pub fn event_json(ev: &Event, stack: &CallStack) -> Value {
         }
         Call::Munmap { .. } | Call::Brk { .. } | Call::Exit { .. } => {}
     }
-    o.insert("stack".into(), serde_json::to_value(stack).unwrap_or(Value::Null));
+    o.insert(
+        "stack".into(),
+        serde_json::to_value(stack).unwrap_or(Value::Null),
+    );
     Value::Object(o)
 }
 
@@ -219,9 +242,19 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
     } else {
         String::new()
     };
-    let size = if len > 0 { units::human(len) } else { String::new() };
+    let size = if len > 0 {
+        units::human(len)
+    } else {
+        String::new()
+    };
     let detail = match &ev.call {
-        Call::Mmap { prot, flags, fd, offset, .. } => {
+        Call::Mmap {
+            prot,
+            flags,
+            fd,
+            offset,
+            ..
+        } => {
             let mut s = format!("{} {}", prot_string(*prot), mmap_flags_string(*flags));
             if flags & libc::MAP_ANONYMOUS as u32 == 0 {
                 s.push_str(&format!(" fd={fd} off={offset:#x}"));
@@ -229,14 +262,22 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
             s
         }
         Call::Mprotect { prot, .. } => prot_string(*prot),
-        Call::Mremap { old_addr, old_len, flags, .. } => format!(
+        Call::Mremap {
+            old_addr,
+            old_len,
+            flags,
+            ..
+        } => format!(
             "from {old_addr:#x}+{} {}",
             units::human(*old_len),
             mremap_flags_string(*flags)
         ),
         Call::Madvise { advice, .. } => advice_string(*advice),
         Call::SetVmaName { name, .. } => {
-            let n = name.as_deref().map(|n| format!("\"{n}\"")).unwrap_or_else(|| "(clear)".into());
+            let n = name
+                .as_deref()
+                .map(|n| format!("\"{n}\""))
+                .unwrap_or_else(|| "(clear)".into());
             if ev.failed() {
                 format!("name {n} (kernel refused; recorded anyway)")
             } else {
@@ -251,7 +292,9 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
     let result = match ev.errno() {
         Some(e) => format!("= {}", errno_name(e)),
         None => match ev.call {
-            Call::Mmap { .. } | Call::Mremap { .. } | Call::Brk { .. } => format!("= {:#x}", ev.result),
+            Call::Mmap { .. } | Call::Mremap { .. } | Call::Brk { .. } => {
+                format!("= {:#x}", ev.result)
+            }
             Call::Fork { .. } | Call::Exec { .. } | Call::Exit { .. } => String::new(),
             _ => "= 0".into(),
         },
@@ -301,7 +344,9 @@ impl Summary {
         match &ev.call {
             Call::Mmap { len, .. } => self.bytes_mapped += page(*len),
             Call::Munmap { len, .. } => self.bytes_unmapped += page(*len),
-            Call::Mremap { old_len, new_len, .. } => {
+            Call::Mremap {
+                old_len, new_len, ..
+            } => {
                 let (o, n) = (page(*old_len), page(*new_len));
                 if n > o {
                     self.bytes_mapped += n - o;

@@ -20,7 +20,12 @@ use clap::{Parser, Subcommand};
 ///   memtrace snapshot --pid 4242        smaps breakdown, no eBPF needed
 ///   memtrace serve --pid 4242           the same over HTTP: /debug/memory?top=50
 #[derive(Debug, Parser)]
-#[command(name = "memtrace", version, verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "memtrace",
+    version,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

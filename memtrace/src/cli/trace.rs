@@ -56,7 +56,9 @@ pub struct Args {
 /// Parse `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -66,7 +68,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
     };
     if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
         return Err(format!("`{s}` is out of range"));
@@ -146,7 +152,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         emit(&mut session, &events, &args, &mut out)?;
         if !args.json && !args.quiet && session.summary.lost_events > reported_lost {
             reported_lost = session.summary.lost_events;
-            writeln!(out, "!! {reported_lost} events lost so far (raise --ring-buffer-size)")?;
+            writeln!(
+                out,
+                "!! {reported_lost} events lost so far (raise --ring-buffer-size)"
+            )?;
         }
         out.flush()?;
 
@@ -189,7 +198,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(exit_code.clamp(0, 255) as u8))
 }
 
-fn emit(session: &mut Session, events: &[memtrace::event::Event], args: &Args, out: &mut impl io::Write) -> io::Result<()> {
+fn emit(
+    session: &mut Session,
+    events: &[memtrace::event::Event],
+    args: &Args,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
     if args.quiet {
         return Ok(());
     }
@@ -198,7 +212,11 @@ fn emit(session: &mut Session, events: &[memtrace::event::Event], args: &Args, o
         if args.json {
             writeln!(out, "{}", stream::event_json(ev, &stack))?;
         } else {
-            writeln!(out, "{}", stream::event_line(ev, &stack, session.start_ns, args.verbose))?;
+            writeln!(
+                out,
+                "{}",
+                stream::event_line(ev, &stack, session.start_ns, args.verbose)
+            )?;
         }
     }
     Ok(())

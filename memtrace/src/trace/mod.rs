@@ -29,7 +29,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub(crate) const SYSCALLS: [(&str, &[&str]); 7] = [
     ("mmap", &["addr", "len", "prot", "flags", "fd", "off"]),
     ("munmap", &["addr", "len"]),
-    ("mremap", &["addr", "old_len", "new_len", "flags", "new_addr"]),
+    (
+        "mremap",
+        &["addr", "old_len", "new_len", "flags", "new_addr"],
+    ),
     ("brk", &["brk"]),
     ("mprotect", &["start", "len", "prot"]),
     ("madvise", &["start", "len_in", "behavior"]),
@@ -160,20 +163,24 @@ impl Tracer {
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", ring_size(bytes));
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| TraceError::Kernel(format!("loading memtrace's eBPF programs failed: {e}")))?;
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            TraceError::Kernel(format!("loading memtrace's eBPF programs failed: {e}"))
+        })?;
 
         let mut attach = |prog: &str, category: &str| -> Result<(), TraceError> {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
-                .ok_or_else(|| TraceError::Kernel(format!("program {prog} missing from the object")))?
+                .ok_or_else(|| {
+                    TraceError::Kernel(format!("program {prog} missing from the object"))
+                })?
                 .try_into()
                 .map_err(|e| TraceError::Kernel(format!("{prog}: {e}")))?;
-            tp.load()
-                .map_err(|e| TraceError::Kernel(format!("the kernel rejected program {prog}: {e}")))?;
-            tp.attach(category, prog)
-                .map_err(|e| TraceError::Kernel(format!("attaching {category}:{prog} failed: {e}")))?;
+            tp.load().map_err(|e| {
+                TraceError::Kernel(format!("the kernel rejected program {prog}: {e}"))
+            })?;
+            tp.attach(category, prog).map_err(|e| {
+                TraceError::Kernel(format!("attaching {category}:{prog} failed: {e}"))
+            })?;
             Ok(())
         };
         for (name, _) in SYSCALLS {
@@ -186,14 +193,16 @@ impl Tracer {
             attach("sched_process_fork", "sched")?;
         }
 
-        let map_err = |name: &str, e: &dyn fmt::Display| TraceError::Kernel(format!("map {name}: {e}"));
+        let map_err =
+            |name: &str, e: &dyn fmt::Display| TraceError::Kernel(format!("map {name}: {e}"));
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| TraceError::Kernel(format!("map {name} missing from the object")))
         };
         let events = RingBuf::try_from(take("EVENTS")?).map_err(|e| map_err("EVENTS", &e))?;
         let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", &e))?;
-        let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", &e))?;
+        let counters =
+            PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", &e))?;
         let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", &e))?;
         Ok(Tracer {
             events,

@@ -38,8 +38,16 @@ pub fn ensure_mounted() -> Result<&'static Path, TraceError> {
 }
 
 /// Field offsets of one tracepoint's record, from its `format` file.
-pub fn field_offsets(tracefs: &Path, category: &str, name: &str) -> Result<HashMap<String, usize>, TraceError> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+pub fn field_offsets(
+    tracefs: &Path,
+    category: &str,
+    name: &str,
+) -> Result<HashMap<String, usize>, TraceError> {
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     let text = fs::read_to_string(&path).map_err(|e| {
         TraceError::MissingTracepoint(format!("{category}:{name} ({}: {e})", path.display()))
     })?;
@@ -51,14 +59,24 @@ fn parse_format(text: &str) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';');
-        let (Some(decl), Some(offset)) = (parts.next(), parts.next()) else { continue };
-        let Some(offset) = offset.trim().strip_prefix("offset:").and_then(|o| o.parse().ok()) else {
+        let (Some(decl), Some(offset)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(offset) = offset
+            .trim()
+            .strip_prefix("offset:")
+            .and_then(|o| o.parse().ok())
+        else {
             continue;
         };
         // The name is the last word of the declaration, minus any array suffix.
-        let Some(name) = decl.split_whitespace().last() else { continue };
+        let Some(name) = decl.split_whitespace().last() else {
+            continue;
+        };
         let name = name.split('[').next().unwrap_or(name);
         out.insert(name.to_string(), offset);
     }
@@ -83,8 +101,11 @@ pub fn check_layouts(tracefs: &Path) -> Result<(), TraceError> {
         Ok(())
     };
     for (name, args) in super::SYSCALLS {
-        let fields: Vec<(&str, usize)> =
-            args.iter().enumerate().map(|(i, a)| (*a, 16 + 8 * i)).collect();
+        let fields: Vec<(&str, usize)> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (*a, 16 + 8 * i))
+            .collect();
         expect("syscalls", &format!("sys_enter_{name}"), &fields)?;
         expect("syscalls", &format!("sys_exit_{name}"), &[("ret", 16)])?;
     }
