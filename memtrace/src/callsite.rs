@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     event::Event,
+    procmaps::{Loc, Mapping},
     symbolize::{Frame, Symbolizer},
     unwind::Unwinder,
 };
@@ -15,23 +16,23 @@ use crate::{
 /// by a small id, which events and ledger origins carry.
 #[derive(Default)]
 pub struct StackTable {
-    stacks: Vec<Arc<[u64]>>,
-    index: HashMap<Arc<[u64]>, u32>,
+    stacks: Vec<Arc<[Loc]>>,
+    index: HashMap<Arc<[Loc]>, u32>,
 }
 
 impl StackTable {
-    pub fn intern(&mut self, raw: Vec<u64>) -> u32 {
-        if let Some(id) = self.index.get(raw.as_slice()) {
+    pub fn intern(&mut self, stack: Vec<Loc>) -> u32 {
+        if let Some(id) = self.index.get(stack.as_slice()) {
             return *id;
         }
         let id = self.stacks.len() as u32;
-        let raw: Arc<[u64]> = raw.into();
-        self.stacks.push(raw.clone());
-        self.index.insert(raw, id);
+        let stack: Arc<[Loc]> = stack.into();
+        self.stacks.push(stack.clone());
+        self.index.insert(stack, id);
         id
     }
 
-    pub fn get(&self, id: u32) -> &[u64] {
+    pub fn get(&self, id: u32) -> &[Loc] {
         self.stacks.get(id as usize).map(|s| &s[..]).unwrap_or(&[])
     }
 
@@ -49,11 +50,12 @@ impl StackTable {
 /// return address at the stack pointer.
 pub fn resolve_raw_stack(
     ev: &Event,
+    maps: &[Mapping],
     unwinder: &mut Unwinder,
     kernel_stack: impl FnOnce(u32) -> Vec<u64>,
 ) -> Vec<u64> {
     if let Some(user) = &ev.user {
-        let unwound = unwinder.unwind(ev.pid, user);
+        let unwound = unwinder.unwind(ev.pid, maps, user);
         if unwound.len() >= 2 {
             return unwound;
         }
@@ -92,33 +94,10 @@ pub struct CallStack {
 }
 
 impl CallStack {
-    /// Symbolize `raw` (as returned by [`raw_stack`]) in process `pid`.
-    ///
-    /// Return addresses point after the call instruction; they are looked
-    /// up one byte earlier so the line is the call's, not the next one's.
-    pub fn symbolize(sym: &mut Symbolizer, pid: u32, raw: &[u64]) -> CallStack {
-        let lookup: Vec<u64> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, a)| if i == 0 { *a } else { a.saturating_sub(1) })
-            .collect();
-        let mut frames = Vec::new();
-        for (i, group) in sym.symbolize(pid, &lookup).into_iter().enumerate() {
-            let orig = raw[i];
-            // A bogus return address (the wrapper did build a frame) lands
-            // outside any code; drop it rather than show noise.
-            if i == 1
-                && group
-                    .iter()
-                    .all(|f| f.function.is_none() && f.module.is_none())
-            {
-                continue;
-            }
-            frames.extend(group.into_iter().map(|mut f| {
-                f.address = orig;
-                f
-            }));
-        }
+    /// Symbolize a located stack (innermost first: the instruction
+    /// pointer, then return addresses).
+    pub fn symbolize(sym: &mut Symbolizer, stack: &[Loc]) -> CallStack {
+        let frames = sym.symbolize(stack, true).into_iter().flatten().collect();
         CallStack { frames }
     }
 

@@ -16,6 +16,7 @@ pub mod classify;
 pub mod event;
 pub mod launch;
 pub mod ledger;
+pub mod procmaps;
 pub mod report;
 pub mod serve;
 pub mod session;

@@ -6,6 +6,7 @@ use std::{collections::HashMap, collections::HashSet, path::Path, time::Duration
 use crate::{
     callsite::{self, CallStack, StackTable},
     event::{Call, Event},
+    procmaps::{self, Mapping},
     stream::Summary,
     symbolize::Symbolizer,
     trace::{TraceError, Tracer, TracerOptions},
@@ -37,6 +38,9 @@ pub struct Session {
     pids: HashSet<u32>,
     /// Last known program break per process.
     brk: HashMap<u32, u64>,
+    /// File mappings per process, refreshed when modules are mapped, so
+    /// stacks resolve even after the process is gone.
+    maps: HashMap<u32, Vec<Mapping>>,
 }
 
 impl Session {
@@ -52,12 +56,14 @@ impl Session {
             follow_forks: opts.follow_forks,
             pids: HashSet::new(),
             brk: HashMap::new(),
+            maps: HashMap::new(),
         })
     }
 
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         self.tracer.add_pid(pid)?;
         self.pids.insert(pid);
+        self.refresh_maps(pid);
         Ok(())
     }
 
@@ -85,13 +91,28 @@ impl Session {
         let mut raw = Vec::new();
         self.tracer.drain(&mut raw);
         let mut out = Vec::with_capacity(raw.len());
+        // A module mapped since the last look (dlopen, the loader's work at
+        // startup), or a new image after exec: read the maps again now.
+        let mut stale: Vec<u32> = raw
+            .iter()
+            .filter(|ev| maps_may_change(ev))
+            .map(|ev| ev.pid)
+            .collect();
+        stale.dedup();
+        for pid in stale {
+            self.refresh_maps(pid);
+        }
         for mut ev in raw {
             if ev.kind().is_syscall() {
-                // Unwind now, while the process and its modules are there.
+                // Unwind now and pin each address to its file and offset, so
+                // the stack means the same after the process is gone.
+                let maps = self.maps.get(&ev.pid).map(Vec::as_slice).unwrap_or(&[]);
                 let tracer = &self.tracer;
-                let stack =
-                    callsite::resolve_raw_stack(&ev, &mut self.unwinder, |id| tracer.stack(id));
-                ev.call_stack = Some(self.stacks.intern(stack));
+                let stack = callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
+                    tracer.stack(id)
+                });
+                let located = procmaps::locate(maps, &stack);
+                ev.call_stack = Some(self.stacks.intern(located));
                 ev.user = None;
             }
             if let Call::Fork { child_pid } = ev.call {
@@ -117,7 +138,6 @@ impl Session {
                 }
                 Call::Exec { .. } => {
                     self.brk.remove(&ev.pid);
-                    self.symbolizer.forget(ev.pid);
                     self.unwinder.forget(ev.pid);
                 }
                 Call::Exit { .. } => {
@@ -147,11 +167,29 @@ impl Session {
         let Some(id) = ev.call_stack else {
             return CallStack::default();
         };
-        let raw = self.stacks.get(id).to_vec();
-        if raw.is_empty() {
-            return CallStack::default();
+        CallStack::symbolize(&mut self.symbolizer, self.stacks.get(id))
+    }
+
+    /// Re-read the file mappings of `pid`, keeping the old copy when the
+    /// process is already gone.
+    pub fn refresh_maps(&mut self, pid: u32) {
+        if let Some(maps) = procmaps::read(pid) {
+            self.maps.insert(pid, maps);
         }
-        CallStack::symbolize(&mut self.symbolizer, ev.pid, &raw)
+    }
+}
+
+/// Whether an event may have changed which files are mapped executable.
+fn maps_may_change(ev: &Event) -> bool {
+    match ev.call {
+        Call::Mmap { prot, flags, .. } => {
+            !ev.failed()
+                && prot & libc::PROT_EXEC as u32 != 0
+                && flags & libc::MAP_ANONYMOUS as u32 == 0
+        }
+        Call::Mprotect { prot, .. } => !ev.failed() && prot & libc::PROT_EXEC as u32 != 0,
+        Call::Exec { .. } => true,
+        _ => false,
     }
 }
 

@@ -6,8 +6,10 @@
 //! - events: `{"type":"event","time_ns","pid","tid","kind","addr","len",
 //!   "result","error"?,"prot"?,"flags"?,"fd"?,"offset"?,"old_len"?,
 //!   "new_addr"?,"advice"?,"name"?,"name_refused"?,"child_pid"?,"filename"?,
-//!   "stack":[{"address","function"?,"file"?,"line"?,"module"?,
-//!   "module_offset"?,"inlined"?}]}`.
+//!   "call_site"?:FRAME,"stack":[FRAME…]}` where FRAME is
+//!   `{"address","function"?,"file"?,"line"?,"module"?,"module_offset"?,
+//!   "inlined"?}`, innermost first; `call_site` is the first frame that is
+//!   not a libc or loader syscall wrapper.
 //!   `addr`/`len` are the range the call asked about (for `brk`, `addr` is
 //!   the requested break and `result` the new one); `result` is the raw
 //!   return value, `error` the errno name when the call failed.
@@ -222,6 +224,12 @@ pub fn event_json(ev: &Event, stack: &CallStack) -> Value {
             o.insert("filename".into(), json!(filename));
         }
         Call::Munmap { .. } | Call::Brk { .. } | Call::Exit { .. } => {}
+    }
+    if let Some(site) = stack.call_site() {
+        o.insert(
+            "call_site".into(),
+            serde_json::to_value(site).unwrap_or(Value::Null),
+        );
     }
     o.insert(
         "stack".into(),

@@ -4,13 +4,15 @@
 //! Frames blazesym cannot resolve still name their module and the offset in
 //! it, never a bare address alone.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer as Blaze,
-    source::{Process, Source},
+    source::{Elf, Source},
 };
 use serde::Serialize;
+
+use crate::procmaps::Loc;
 
 /// One frame of a call stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -78,21 +80,13 @@ fn short_path(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
 
-/// A mapped file region of a process, for module+offset fallbacks.
-#[derive(Clone, Debug)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    path: String,
-}
-
-/// Cached symbolizer for the processes memtrace traces.
+/// Cached symbolizer. Addresses are resolved through the process's file
+/// mappings (saved while it was alive) to a file and offset, so results are
+/// shared between processes and survive the process's exit.
 pub struct Symbolizer {
     blaze: Blaze,
-    /// (pid, address) → frames, innermost (inlined) first.
-    cache: HashMap<(u32, u64), Vec<Frame>>,
-    maps: HashMap<u32, Vec<Mapping>>,
+    /// (file, file offset) → frames, innermost (inlined) first.
+    cache: HashMap<(Arc<str>, u64), Vec<Frame>>,
 }
 
 impl Default for Symbolizer {
@@ -111,70 +105,37 @@ impl Symbolizer {
         Symbolizer {
             blaze,
             cache: HashMap::new(),
-            maps: HashMap::new(),
         }
     }
 
-    /// Frames for each address (each may expand to several when functions
-    /// were inlined), in the order given. The process must still be alive
-    /// for addresses not already cached.
-    pub fn symbolize(&mut self, pid: u32, addrs: &[u64]) -> Vec<Vec<Frame>> {
-        let missing: Vec<u64> = {
-            let mut m: Vec<u64> = addrs
-                .iter()
-                .copied()
-                .filter(|a| !self.cache.contains_key(&(pid, *a)))
-                .collect();
-            m.sort_unstable();
-            m.dedup();
-            m
-        };
-        if !missing.is_empty() {
-            let src = Source::Process(Process::new(pid.into()));
-            let resolved = self
-                .blaze
-                .symbolize(&src, Input::AbsAddr(&missing))
-                .unwrap_or_default();
-            for (i, addr) in missing.iter().enumerate() {
-                let frames = match resolved.get(i) {
-                    Some(Symbolized::Sym(sym)) => {
-                        let module = sym
-                            .module
-                            .as_ref()
-                            .map(|m| m.to_string_lossy().into_owned());
-                        let mut frames = Vec::new();
-                        // blazesym lists inlined callees outermost first; the
-                        // innermost is the one executing at `addr`.
-                        for inl in sym.inlined.iter().rev() {
-                            frames.push(Frame {
-                                address: *addr,
-                                function: Some(inl.name.to_string()),
-                                file: inl
-                                    .code_info
-                                    .as_ref()
-                                    .map(|c| c.to_path().display().to_string()),
-                                line: inl.code_info.as_ref().and_then(|c| c.line),
-                                module: module.clone(),
-                                module_offset: None,
-                                inlined: true,
-                            });
+    /// Frames for each location (each may expand to several when
+    /// functions were inlined), in the order given. With `return_addresses`,
+    /// every location but the first is a return address and is looked up one
+    /// byte earlier, so the line is the call's, not the next one's.
+    pub fn symbolize(&mut self, locs: &[Loc], return_addresses: bool) -> Vec<Vec<Frame>> {
+        locs.iter()
+            .enumerate()
+            .map(|(i, loc)| {
+                let back = u64::from(return_addresses && i > 0);
+                match &loc.module {
+                    Some((path, offset)) => {
+                        let key = (path.clone(), offset.saturating_sub(back));
+                        if !self.cache.contains_key(&key) {
+                            let frames = self.resolve(&key.0, key.1);
+                            self.cache.insert(key.clone(), frames);
                         }
-                        frames.push(Frame {
-                            address: *addr,
-                            function: Some(sym.name.to_string()),
-                            file: sym
-                                .code_info
-                                .as_ref()
-                                .map(|c| c.to_path().display().to_string()),
-                            line: sym.code_info.as_ref().and_then(|c| c.line),
-                            module,
-                            module_offset: None,
-                            inlined: false,
-                        });
-                        frames
+                        self.cache[&key]
+                            .iter()
+                            .cloned()
+                            .map(|mut f| {
+                                f.address = loc.addr;
+                                f.module_offset = Some(*offset);
+                                f
+                            })
+                            .collect()
                     }
-                    _ => vec![Frame {
-                        address: *addr,
+                    None => vec![Frame {
+                        address: loc.addr,
                         function: None,
                         file: None,
                         line: None,
@@ -182,70 +143,60 @@ impl Symbolizer {
                         module_offset: None,
                         inlined: false,
                     }],
-                };
-                self.cache.insert((pid, *addr), frames);
-            }
-            // Fill module+offset for every new frame: it identifies frames
-            // that have no symbol, and tells libc wrappers apart.
-            for addr in &missing {
-                let loc = self.module_of(pid, *addr);
-                if let Some(frames) = self.cache.get_mut(&(pid, *addr)) {
-                    for f in frames {
-                        if let Some((path, off)) = &loc {
-                            f.module = Some(path.clone());
-                            f.module_offset = Some(*off);
-                        }
-                    }
                 }
-            }
-        }
-        addrs
-            .iter()
-            .map(|a| self.cache.get(&(pid, *a)).cloned().unwrap_or_default())
+            })
             .collect()
     }
 
-    /// Drop what is cached for `pid` (after exec, its addresses mean
-    /// something else).
-    pub fn forget(&mut self, pid: u32) {
-        self.cache.retain(|(p, _), _| *p != pid);
-        self.maps.remove(&pid);
-    }
-
-    /// File and file offset of `addr` in `pid`, re-reading the maps once
-    /// when the address is not in the cached copy (new mappings appear).
-    fn module_of(&mut self, pid: u32, addr: u64) -> Option<(String, u64)> {
-        let find = |maps: &[Mapping]| {
-            maps.iter()
-                .find(|m| m.start <= addr && addr < m.end)
-                .map(|m| (m.path.clone(), addr - m.start + m.offset))
+    fn resolve(&self, path: &Arc<str>, offset: u64) -> Vec<Frame> {
+        let src = Source::Elf(Elf::new(&**path));
+        let module = Some(path.to_string());
+        let sym = self
+            .blaze
+            .symbolize_single(&src, Input::FileOffset(offset))
+            .ok();
+        let Some(Symbolized::Sym(sym)) = sym else {
+            return vec![Frame {
+                address: 0,
+                function: None,
+                file: None,
+                line: None,
+                module,
+                module_offset: Some(offset),
+                inlined: false,
+            }];
         };
-        if let Some(hit) = self.maps.get(&pid).and_then(|m| find(m)) {
-            return Some(hit);
+        let code = |c: Option<&blazesym::symbolize::CodeInfo<'_>>| {
+            (
+                c.map(|c| c.to_path().display().to_string()),
+                c.and_then(|c| c.line),
+            )
+        };
+        let mut frames = Vec::new();
+        // blazesym lists inlined callees outermost first; the innermost is
+        // the one executing at the address.
+        for inl in sym.inlined.iter().rev() {
+            let (file, line) = code(inl.code_info.as_ref());
+            frames.push(Frame {
+                address: 0,
+                function: Some(inl.name.to_string()),
+                file,
+                line,
+                module: module.clone(),
+                module_offset: Some(offset),
+                inlined: true,
+            });
         }
-        let maps = read_file_mappings(pid);
-        let hit = find(&maps);
-        self.maps.insert(pid, maps);
-        hit
+        let (file, line) = code(sym.code_info.as_deref());
+        frames.push(Frame {
+            address: 0,
+            function: Some(sym.name.to_string()),
+            file,
+            line,
+            module,
+            module_offset: Some(offset),
+            inlined: false,
+        });
+        frames
     }
-}
-
-/// File-backed mappings of `pid` from `/proc/PID/maps` (empty when the
-/// process is gone).
-fn read_file_mappings(pid: u32) -> Vec<Mapping> {
-    let Ok(bytes) = std::fs::read(format!("/proc/{pid}/maps")) else {
-        return Vec::new();
-    };
-    let Ok(vmas) = crate::smaps::parse(&bytes) else {
-        return Vec::new();
-    };
-    vmas.into_iter()
-        .filter(|v| v.name.starts_with('/'))
-        .map(|v| Mapping {
-            start: v.start,
-            end: v.end,
-            offset: v.offset,
-            path: v.name,
-        })
-        .collect()
 }

@@ -17,7 +17,7 @@ use framehop::{
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
-use crate::event::UserStack;
+use crate::{event::UserStack, procmaps::Mapping};
 
 /// Deepest stack kept per event.
 pub const MAX_FRAMES: usize = 64;
@@ -54,24 +54,11 @@ impl Unwinder {
 
     /// Addresses of the stack, innermost first: the instruction pointer,
     /// then return addresses. Stops where the window or the unwind
-    /// information ends. The process must be alive (its maps are read to
-    /// find modules).
-    pub fn unwind(&mut self, pid: u32, stack: &UserStack) -> Vec<u64> {
-        let needs_modules = self
-            .procs
-            .get(&pid)
-            .is_none_or(|p| p.seen.is_empty() || p.unwinder.max_known_code_address() < stack.ip);
-        if needs_modules {
-            self.load_modules(pid);
-        }
-        let mut out = self.unwind_loaded(pid, stack);
-        // A return address in a module loaded after the last refresh (dlopen)
-        // stops the walk early; refresh once and retry.
-        if out.len() < 2 && !needs_modules {
-            self.load_modules(pid);
-            out = self.unwind_loaded(pid, stack);
-        }
-        out
+    /// information ends. `maps` are the process's file mappings; modules
+    /// not seen before are added from them.
+    pub fn unwind(&mut self, pid: u32, maps: &[Mapping], stack: &UserStack) -> Vec<u64> {
+        self.add_modules(pid, maps);
+        self.unwind_loaded(pid, stack)
     }
 
     fn unwind_loaded(&mut self, pid: u32, stack: &UserStack) -> Vec<u64> {
@@ -102,50 +89,41 @@ impl Unwinder {
         self.procs.remove(&pid);
     }
 
-    /// Add every executable file mapping of `pid` not added yet.
-    fn load_modules(&mut self, pid: u32) {
-        let Ok(bytes) = std::fs::read(format!("/proc/{pid}/maps")) else {
-            return;
-        };
-        let Ok(vmas) = crate::smaps::parse(&bytes) else {
-            return;
-        };
+    /// Add every executable file mapping in `maps` not added yet.
+    fn add_modules(&mut self, pid: u32, maps: &[Mapping]) {
         let proc = self.procs.entry(pid).or_insert_with(|| ProcUnwinder {
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
             seen: HashSet::new(),
         });
-        for vma in vmas {
-            if !vma.perms.exec || !vma.name.starts_with('/') || !proc.seen.insert(vma.start) {
+        for m in maps {
+            if !m.exec || !proc.seen.insert(m.start) {
                 continue;
             }
             let info = self
                 .files
-                .entry(vma.name.clone())
-                .or_insert_with(|| load_elf(pid, &vma.name))
+                .entry(m.path.to_string())
+                .or_insert_with(|| load_elf(&m.path))
                 .clone();
             let Some(info) = info else { continue };
             // The PT_LOAD holding this mapping's file offset places the
             // module: base = start - (p_vaddr + (offset - p_offset)).
             let Some(base) = info.segments.iter().find_map(|(range, vaddr)| {
                 range
-                    .contains(&vma.offset)
-                    .then(|| vma.start.wrapping_sub(vaddr + (vma.offset - range.start)))
+                    .contains(&m.offset)
+                    .then(|| m.start.wrapping_sub(vaddr + (m.offset - range.start)))
             }) else {
                 continue;
             };
-            let module = Module::new(vma.name.clone(), vma.start..vma.end, base, info.sections);
+            let module = Module::new(m.path.to_string(), m.start..m.end, base, info.sections);
             proc.unwinder.add_module(module);
         }
     }
 }
 
-/// Read the unwind sections of the ELF file at `path` as process `pid`
-/// sees it (through its root, so containers work).
-fn load_elf(pid: u32, path: &str) -> Option<ElfUnwindInfo> {
-    let data = std::fs::read(format!("/proc/{pid}/root{path}"))
-        .or_else(|_| std::fs::read(path))
-        .ok()?;
+/// Read the unwind sections of the ELF file at `path`.
+fn load_elf(path: &str) -> Option<ElfUnwindInfo> {
+    let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
     let section = |name: &str| {
         let s = file.section_by_name(name)?;

@@ -136,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if !process_exists(target) {
         bail!("process {target} exited before tracing started");
     }
-    if !args.json && !args.quiet {
+    if !args.quiet {
         eprintln!(
             "memtrace: tracing pid {target}{}; Ctrl-C to stop",
             if child.is_some() { " (launched)" } else { "" }

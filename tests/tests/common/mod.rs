@@ -1,0 +1,263 @@
+//! Running memtrace on fixture programs, for the integration tests.
+//!
+//! These tests load eBPF programs and trace processes: they need root (CI
+//! and `cargo xtask test` run as root) and fail, not skip, without it.
+
+#![allow(dead_code, reason = "each test binary uses part of this module")]
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Fail clearly when not root: these tests need the kernel.
+pub fn require_root() {
+    // SAFETY: no arguments.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the eBPF integration tests load programs into the kernel: run them as root (`sudo cargo xtask test`)"
+    );
+}
+
+/// The memtrace binary of this build: `target/PROFILE/memtrace`, beside
+/// the `deps/` directory holding this test executable.
+pub fn memtrace_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/PROFILE/deps");
+    let bin = dir.join("memtrace");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary file path unique to this test.
+pub fn temp_path(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("memtrace-tests");
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir.join(format!(
+        "{tag}-{}-{:?}",
+        std::process::id(),
+        thread::current().id()
+    ))
+    .with_extension("jsonl")
+}
+
+/// JSON lines of a file.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// What one memtrace run printed.
+pub struct Run {
+    pub events: Vec<Value>,
+    pub summary: Value,
+    /// Any other JSON objects (reports).
+    pub others: Vec<Value>,
+    pub stderr: String,
+    pub status: i32,
+}
+
+fn split_output(stdout: &str, stderr: String, status: i32) -> Run {
+    let mut events = Vec::new();
+    let mut summary = Value::Null;
+    let mut others = Vec::new();
+    for line in stdout.lines().filter(|l| l.starts_with('{')) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("bad JSON from memtrace {line:?}: {e}"));
+        match v["type"].as_str() {
+            Some("event") => events.push(v),
+            Some("summary") => summary = v,
+            _ => others.push(v),
+        }
+    }
+    Run {
+        events,
+        summary,
+        others,
+        stderr,
+        status,
+    }
+}
+
+/// Wait for a child with a deadline; kill it when the deadline passes.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Collect a child's stdout and stderr in background threads.
+fn collect(child: &mut Child) -> (thread::JoinHandle<String>, thread::JoinHandle<String>) {
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let o = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let e = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    (o, e)
+}
+
+/// `memtrace ARGS -- FIXTURE FIXTURE_ARGS` (launch mode).
+pub fn run_launch(memtrace_args: &[&str], fixture: &str, fixture_args: &[&str]) -> Run {
+    require_root();
+    let mut child = Command::new(memtrace_bin())
+        .args(memtrace_args)
+        .arg("--")
+        .arg(fixture)
+        .args(fixture_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memtrace");
+    let (o, e) = collect(&mut child);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(120));
+    let (stdout, stderr) = (o.join().unwrap_or_default(), e.join().unwrap_or_default());
+    split_output(&stdout, stderr, status)
+}
+
+/// A fixture started with `--wait`, blocked until [`Waiting::go`].
+pub struct Waiting {
+    pub child: Child,
+    pub pid: u32,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Waiting {
+    pub fn start(fixture: &str, args: &[&str]) -> Waiting {
+        let mut child = Command::new(fixture)
+            .args(args)
+            .arg("--wait")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn fixture");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Waiting {
+            child,
+            pid: 0,
+            stdin,
+            lines: rx,
+        };
+        let ready = w.expect_line("ready");
+        w.pid = ready
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("ready line carries the pid");
+        w
+    }
+
+    /// Wait for the fixture to print a line starting with `prefix`.
+    pub fn expect_line(&mut self, prefix: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("fixture never printed {prefix:?}: {e}"),
+            }
+        }
+    }
+
+    /// Send one line to the fixture's stdin.
+    pub fn go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin piped");
+        stdin.write_all(b"go\n").expect("write to fixture");
+        stdin.flush().expect("flush fixture stdin");
+    }
+}
+
+/// Attach `memtrace ARGS --pid PID` to a waiting fixture, let the fixture
+/// run through `drive`, and collect memtrace's output after the fixture
+/// exits (memtrace stops on its own then).
+pub fn run_attached(
+    memtrace_args: &[&str],
+    mut w: Waiting,
+    drive: impl FnOnce(&mut Waiting),
+) -> Run {
+    require_root();
+    let mut mt = Command::new(memtrace_bin())
+        .args(memtrace_args)
+        .args(["--pid", &w.pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memtrace");
+    // memtrace says on stderr when the target is in the traced set.
+    let mut err = BufReader::new(mt.stderr.take().expect("stderr piped"));
+    let mut stderr = String::new();
+    loop {
+        let mut line = String::new();
+        let n = err.read_line(&mut line).expect("read memtrace stderr");
+        stderr.push_str(&line);
+        if n == 0 {
+            let _ = w.child.kill();
+            panic!("memtrace ended before attaching: {stderr}");
+        }
+        if line.contains("tracing pid") {
+            break;
+        }
+    }
+    let err_thread = thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        rest
+    });
+    let mut out = mt.stdout.take().expect("stdout piped");
+    let out_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    drive(&mut w);
+    drop(w.stdin.take());
+    wait_with_timeout(&mut w.child, Duration::from_secs(60));
+    let status = wait_with_timeout(&mut mt, Duration::from_secs(60));
+    stderr.push_str(&err_thread.join().unwrap_or_default());
+    split_output(&out_thread.join().unwrap_or_default(), stderr, status)
+}

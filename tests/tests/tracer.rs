@@ -1,0 +1,211 @@
+//! The eBPF tracer on real processes: every event of the fixture, with its
+//! kind, address, size, result and calling function, in both modes; lost
+//! events counted exactly; exit status passed on.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Waiting, read_jsonl, run_attached, run_launch, temp_path};
+use serde_json::Value;
+
+const MAPPINGS: &str = env!("CARGO_BIN_EXE_mappings");
+const FLOOD: &str = env!("CARGO_BIN_EXE_flood");
+
+fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| v.as_i64().map(|i| i as u64).unwrap_or(u64::MAX))
+}
+
+/// Check that every step the fixture logged is in memtrace's stream with
+/// the same kind, thread, range and result, attributed to the fixture
+/// function that made the call.
+fn assert_steps_traced(steps: &[Value], events: &[Value]) {
+    assert!(steps.len() >= 17, "fixture logged too few steps: {steps:?}");
+    // Steps of one thread happen in order, and so do its events: match each
+    // step after the previous match of the same thread.
+    let mut cursor: std::collections::HashMap<u64, usize> = Default::default();
+    for step in steps {
+        let kind = step["kind"].as_str().expect("kind");
+        let from = cursor.get(&u(&step["tid"])).copied().unwrap_or(0);
+        let found = events.iter().enumerate().skip(from).find(|(_, e)| {
+            e["kind"] == step["kind"]
+                && e["tid"] == step["tid"]
+                && u(&e["addr"]) == u(&step["addr"])
+                && (kind == "brk" || u(&e["len"]) == u(&step["len"]))
+                && e["result"].as_i64() == step["result"].as_i64()
+        });
+        let Some((at, ev)) = found else {
+            let same_kind: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["kind"] == step["kind"])
+                .collect();
+            panic!("step {step} is not in the event stream; events of that kind: {same_kind:#?}");
+        };
+        cursor.insert(u(&step["tid"]), at + 1);
+        let func = step["func"].as_str().expect("func");
+        let site = ev["call_site"]["function"].as_str().unwrap_or("");
+        assert!(
+            site.ends_with(&format!("mappings::{func}")),
+            "step {} was attributed to {site:?}, expected mappings::{func}; stack: {}",
+            step["step"],
+            ev["stack"]
+        );
+        if let Some(file) = ev["call_site"]["file"].as_str() {
+            assert!(
+                file.ends_with("mappings.rs"),
+                "call site file {file} for {}",
+                step["step"]
+            );
+        }
+    }
+    // Specific semantics.
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    };
+    let remap = step("remap_grow_move");
+    assert_ne!(
+        remap["result"], remap["old_addr"],
+        "the fixture's mremap was meant to move"
+    );
+    let ev = events
+        .iter()
+        .find(|e| e["kind"] == "mremap" && e["result"] == remap["result"])
+        .expect("mremap event");
+    assert_eq!(ev["old_addr"], remap["old_addr"]);
+    assert_eq!(ev["old_len"].as_u64(), Some(2 * 4096));
+    let name = step("name_region");
+    let ev = events
+        .iter()
+        .find(|e| e["kind"] == "set_vma_name")
+        .expect("set_vma_name event");
+    assert_eq!(ev["name"], "fixture-cache");
+    let refused = name["result"].as_i64() != Some(0);
+    assert_eq!(ev["name_refused"].as_bool(), Some(refused));
+    if refused {
+        assert_eq!(ev["error"], "EINVAL");
+    }
+    let failing = events
+        .iter()
+        .find(|e| e["kind"] == "munmap" && e["addr"] == 12345)
+        .expect("failing munmap");
+    assert_eq!(failing["error"], "EINVAL");
+    // Several threads, each event carries its own tid.
+    let tids: std::collections::BTreeSet<u64> = steps
+        .iter()
+        .filter(|s| s["func"] == "thread_worker")
+        .map(|s| u(&s["tid"]))
+        .collect();
+    assert_eq!(tids.len(), 4, "four worker threads");
+}
+
+#[test]
+fn launch_mode_traces_every_step_with_its_call_site() {
+    let out = temp_path("launch-steps");
+    let run = run_launch(
+        &["--json"],
+        MAPPINGS,
+        &["--out", out.to_str().expect("utf8")],
+    );
+    assert_eq!(
+        run.status, 0,
+        "memtrace exit status (the fixture's): {}",
+        run.stderr
+    );
+    let steps = read_jsonl(&out);
+    assert_steps_traced(&steps, &run.events);
+    assert_eq!(
+        run.summary["lost_events"], 0,
+        "no events lost: {}",
+        run.summary
+    );
+    // Launch mode sees the loader's first mapping and the exit.
+    assert!(run.events.iter().any(|e| e["kind"] == "exit"), "exit event");
+    let first_mmap = run
+        .events
+        .iter()
+        .find(|e| e["kind"] == "mmap")
+        .expect("an mmap");
+    let site = first_mmap["call_site"]["module"].as_str().unwrap_or("");
+    assert!(
+        site.contains("ld-linux"),
+        "the first mmap comes from the dynamic loader, got {first_mmap}"
+    );
+}
+
+#[test]
+fn pid_mode_traces_every_step_with_its_call_site() {
+    let out = temp_path("pid-steps");
+    let w = Waiting::start(MAPPINGS, &["--out", out.to_str().expect("utf8")]);
+    let pid = w.pid;
+    let run = run_attached(&["--json"], w, |w| w.go());
+    assert_eq!(run.status, 0, "memtrace status: {}", run.stderr);
+    let steps = read_jsonl(&out);
+    assert_steps_traced(&steps, &run.events);
+    assert!(
+        run.events.iter().all(|e| e["pid"] == pid),
+        "only the target's events"
+    );
+    assert_eq!(run.summary["lost_events"], 0);
+}
+
+#[test]
+fn lost_events_are_counted_exactly() {
+    const COUNT: u64 = 20_000;
+    let out = temp_path("flood");
+    let w = Waiting::start(
+        FLOOD,
+        &[
+            "--out",
+            out.to_str().expect("utf8"),
+            "--count",
+            &COUNT.to_string(),
+        ],
+    );
+    // One page of ring buffer holds three events.
+    let run = run_attached(&["--json", "--ring-buffer-size", "4096"], w, |w| {
+        w.go();
+        w.expect_line("done");
+        // Let memtrace drain everything before the exit event comes.
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let steps = read_jsonl(&out);
+    assert_eq!(
+        steps[0]["result"].as_u64(),
+        Some(COUNT),
+        "all flood mmaps succeeded"
+    );
+    let seen = run
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "mmap" && e["len"] == 3 * 4096)
+        .count() as u64;
+    let lost = run.summary["lost_events"]
+        .as_u64()
+        .expect("lost_events in summary");
+    assert!(
+        lost > 0,
+        "a one-page ring buffer must overflow under {COUNT} mmaps (saw {seen})"
+    );
+    assert!(
+        run.events.iter().any(|e| e["kind"] == "exit"),
+        "the exit after the burst arrives"
+    );
+    assert_eq!(
+        seen + lost,
+        COUNT,
+        "events seen ({seen}) + lost ({lost}) = mmaps made"
+    );
+}
+
+#[test]
+fn launch_mode_passes_the_exit_status_on() {
+    let run = run_launch(&["--quiet"], "/bin/sh", &["-c", "exit 7"]);
+    assert_eq!(run.status, 7, "{}", run.stderr);
+    let run = run_launch(&["--quiet"], "/bin/sh", &["-c", "kill -TERM $$"]);
+    assert_eq!(run.status, 128 + 15, "{}", run.stderr);
+}

@@ -1,0 +1,130 @@
+//! Prerequisites of the eBPF build and of tracing, installed when missing.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Install whatever is missing; print nothing when all is there.
+pub fn ensure() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_tracefs();
+    Ok(())
+}
+
+/// A command with the environment of this cargo invocation removed, so the
+/// nightly toolchain is really used.
+fn clean(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    if output_of(clean("rustup").args(["run", "nightly", "rustc", "--version"])).is_some() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the nightly toolchain (the eBPF programs need it)");
+    let ok = clean("rustup")
+        .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!(
+            "the nightly Rust toolchain is missing and could not be installed: run `rustup toolchain install nightly`"
+        );
+    }
+    Ok(())
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = output_of(clean("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain (for -Z build-std=core)");
+    let ok = clean("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("could not add rust-src: run `rustup component add rust-src --toolchain nightly`");
+    }
+    Ok(())
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let version = output_of(clean("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    // 0.10.x links through the Rust toolchain's own libLLVM, so build and
+    // run it with nightly; later versions need a system LLVM 22.
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about two minutes, once)");
+    let status = clean("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!(
+            "installing bpf-linker failed: run `cargo +nightly install bpf-linker --version {BPF_LINKER_VERSION} --locked`"
+        );
+    }
+    Ok(())
+}
+
+/// memtrace mounts tracefs itself when it runs as root; mounting it here
+/// too lets the tests that load programs directly find it.
+fn ensure_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return;
+    }
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let _ = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status();
+}
