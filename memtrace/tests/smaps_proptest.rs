@@ -1,0 +1,48 @@
+//! The smaps parser never panics, whatever the bytes.
+
+use proptest::prelude::*;
+
+const FIXTURE: &[u8] = include_bytes!("fixtures/varied.smaps");
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes(input in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = memtrace::smaps::parse(&input);
+        let _ = memtrace::snapshot::parse_rollup(&input);
+    }
+
+    #[test]
+    fn smaps_like_text(input in "([0-9a-f]{1,17}-[0-9a-f]{1,17} [rwxps-]{4} [0-9a-f]{1,9} [0-9a-f]{1,3}:[0-9a-f]{1,3} [0-9]{1,21}( +[ -~]{0,20})?\n|[A-Z][A-Za-z_]{0,15}: {0,20}[0-9]{0,22}( kB| B| MB)?\n|VmFlags:( [a-z]{2}){0,5}\n)*") {
+        if let Ok(vmas) = memtrace::smaps::parse(input.as_bytes()) {
+            // Whatever parsed must be classifiable and totalled without overflow panics.
+            let snap = memtrace::snapshot::Snapshot::from_vmas(
+                1,
+                vmas,
+                &mut memtrace::classify::Classifier::new(Default::default()),
+            );
+            let _ = memtrace::report::render_text(&snap, &Default::default());
+            let _ = memtrace::report::render_json(&snap, &memtrace::report::Options { all: true, ..Default::default() });
+        }
+    }
+
+    #[test]
+    fn mutated_fixture(
+        edits in proptest::collection::vec((0..FIXTURE.len(), any::<u8>(), 0..3u8), 1..20),
+        cut in 0..FIXTURE.len(),
+    ) {
+        let mut text = FIXTURE.to_vec();
+        for (pos, byte, kind) in edits {
+            let pos = pos.min(text.len().saturating_sub(1));
+            match kind {
+                0 if !text.is_empty() => text[pos] = byte,
+                1 => text.insert(pos, byte),
+                _ if !text.is_empty() => { text.remove(pos); }
+                _ => {}
+            }
+        }
+        let _ = memtrace::smaps::parse(&text);
+        let _ = memtrace::smaps::parse(&text[..cut.min(text.len())]);
+    }
+}
