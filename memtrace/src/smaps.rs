@@ -602,19 +602,7 @@ impl Parser {
     }
 
     fn line_(&mut self, line: &[u8]) -> Result<(), &'static str> {
-        let Some(&first) = line.first() else {
-            return Ok(());
-        };
-        // Field keys start with an upper-case letter; headers with a hex
-        // digit. Try the field path first: it is 25 times more common.
-        if first.is_ascii_uppercase() {
-            if let Some(colon) = line.iter().position(|b| *b == b':') {
-                let Some(vma) = self.vmas.last_mut() else {
-                    return Err("field before the first region header");
-                };
-                return field(vma, &line[..colon], &line[colon + 1..]);
-            }
-        }
+        // Most field lines never get here (see `fixed_field`/`fast_field`).
         if looks_like_header(line) {
             let vma = header(line)?;
             self.vmas.push(vma);

@@ -1,0 +1,115 @@
+//! `memtrace::serve` over a real socket, with a minimal HTTP/1.1 client.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+/// Start the server for `pid` on an ephemeral loopback port.
+fn start(pid: u32) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr"))
+                .expect("send addr");
+            memtrace::serve::serve(listener, pid).await.expect("serve");
+        });
+    });
+    rx.recv().expect("server address")
+}
+
+/// GET `path`; returns (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn text_json_and_bad_queries() {
+    let addr = start(std::process::id());
+    let (status, body) = get(addr, "/debug/memory?top=3");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("=== Top 3 regions by RSS"));
+
+    let (status, body) = get(addr, "/debug/memory.json?top=2");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["regions"].as_array().map(Vec::len), Some(2));
+
+    let (status, body) = get(addr, "/debug/memory.json?all=1");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(v["regions_listed"], "all");
+
+    for bad in [
+        "top=abc",
+        "top=-1",
+        "top=2000000",
+        "top=99999999999999999999999",
+        "all=maybe",
+    ] {
+        let (status, body) = get(addr, &format!("/debug/memory?{bad}"));
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(
+            body.trim_end().lines().count(),
+            1,
+            "one-line reason: {body:?}"
+        );
+    }
+    // Large but sane: capped, not rejected.
+    let (status, _) = get(addr, "/debug/memory?top=50000");
+    assert_eq!(status, 200);
+
+    let (status, _) = get(addr, "/nope");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn vanished_process_gives_410_and_the_server_keeps_running() {
+    let mut child = Command::new("sleep").arg("60").spawn().expect("spawn");
+    let pid = child.id();
+    let addr = start(pid);
+    let (status, _) = get(addr, "/debug/memory");
+    assert_eq!(status, 200);
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    for _ in 0..2 {
+        let (status, body) = get(addr, "/debug/memory.json");
+        assert_eq!(status, 410, "{body}");
+        assert!(body.contains("no process"), "{body}");
+    }
+}
+
+#[test]
+fn listen_address_policy() {
+    use memtrace::serve::check_listen_addrs;
+    let lo: SocketAddr = "127.0.0.1:6060".parse().expect("addr");
+    let lo6: SocketAddr = "[::1]:6060".parse().expect("addr");
+    let any: SocketAddr = "0.0.0.0:6060".parse().expect("addr");
+    assert!(check_listen_addrs(&[lo, lo6], false).is_ok());
+    let err = check_listen_addrs(&[any], false).expect_err("refused");
+    assert!(err.contains("--allow-remote"));
+    assert!(check_listen_addrs(&[any], true).is_ok());
+}
