@@ -148,6 +148,8 @@ pub mod counter {
 pub const MAX_PENDING: u32 = 16384;
 /// Maximum number of traced processes.
 pub const MAX_TRACED: u32 = 4096;
+/// Frames of the kernel's frame-pointer walk kept per stack.
+pub const KERNEL_STACK_DEPTH: u32 = 8;
 /// Distinct user stacks kept in the stack map.
 pub const MAX_STACKS: u32 = 16384;
 /// Default ring buffer size in bytes (a power of two multiple of the page size).

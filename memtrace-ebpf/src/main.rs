@@ -10,20 +10,24 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_F_USER_STACK,
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE,
+    },
+    btf_maps::StackTrace,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
         bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    macros::{btf_map, map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
-    DEFAULT_RING_BYTES, EventKind, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall,
-    RawEvent, STACK_WINDOW, STACK_WINDOW_SMALL, counter, event_flags,
+    DEFAULT_RING_BYTES, EventKind, KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED,
+    NAME_LEN, PendingCall, RawEvent, STACK_WINDOW, STACK_WINDOW_SMALL, counter, event_flags,
 };
 
 /// Processes (tgids) being traced. Userspace adds the target; with
@@ -38,8 +42,12 @@ static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDIN
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
+/// Frame-pointer stacks, kept shallow: without frame pointers (Debian's
+/// libc) the kernel's walk follows whatever `rbp` holds, and each step costs
+/// a user-memory read; the full stack comes from the stack window instead.
+#[btf_map]
+static STACKS: StackTrace<{ MAX_STACKS as usize }, 0, { KERNEL_STACK_DEPTH as usize }> =
+    StackTrace::new();
 
 /// Per-CPU counters, indexed by `memtrace_common::counter`.
 #[map]
@@ -49,6 +57,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// processes.
 #[unsafe(no_mangle)]
 static FOLLOW_FORKS: u8 = 0;
+
+/// Set by userspace before load: non-zero to take the kernel's
+/// frame-pointer stack for every event, not only when the stack window
+/// could not be read (`--kernel-stacks`).
+#[unsafe(no_mangle)]
+static KERNEL_STACKS: u8 = 0;
+
+#[inline(always)]
+fn kernel_stacks_forced() -> bool {
+    // SAFETY: a plain read of a global set before load.
+    unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
+}
 
 /// Offsets in the syscall tracepoint records (checked against tracefs's
 /// format files by userspace before attaching).
@@ -84,6 +104,20 @@ fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *c += 1 };
+    }
+}
+
+/// Submit flags: waking the reader on every event costs the traced thread
+/// an interrupt per syscall, so wake it only once a quarter of the ring is
+/// full; the reader also polls on a short timer.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if avail >= size / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 
@@ -143,10 +177,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         (*ev).kind = kind as u32;
         (*ev).tgid = tgid;
         (*ev).tid = tid;
-        (*ev).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-            Ok(id) => id as i32,
-            Err(e) => e,
-        };
+        (*ev).stack_id = -1;
         (*ev).args = pending.args;
         (*ev).ret = ret;
         (*ev).flags = 0;
@@ -157,6 +188,15 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         (*ev).bp = 0;
         (*ev).name[0] = 0;
         read_user_regs(&mut *ev);
+        // The frame-pointer walk is the fallback for when no stack window
+        // could be read: without frame pointers it yields a frame or two
+        // and costs the traced thread microseconds per call.
+        if (*ev).flags & event_flags::HAS_STACK == 0 || kernel_stacks_forced() {
+            (*ev).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+                Ok(id) => id as i32,
+                Err(e) => e,
+            };
+        }
         if kind == EventKind::SetVmaName
             && pending.args[4] != 0
             && bpf_probe_read_user_str_bytes(pending.args[4] as *const u8, &mut (*ev).name).is_ok()
@@ -164,7 +204,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
             (*ev).flags |= event_flags::HAS_NAME;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     0
 }
 
@@ -260,7 +300,7 @@ fn emit_lifecycle(kind: EventKind, tgid: u32, tid: u32, arg0: u64, name: Option<
             (*ev).flags |= event_flags::HAS_NAME;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
 
 /// `sched:sched_process_fork`: `child_pid` at offset 20. The parent is the

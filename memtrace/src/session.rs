@@ -75,21 +75,20 @@ impl Session {
     /// Wait up to `timeout` for events and return them in order, after
     /// updating the summary and the traced set (forks, exits).
     pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
-        let mut pfd = libc::pollfd {
-            fd: self.tracer.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd. EINTR (Ctrl-C) just returns early.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
-        self.drain()
+        let mut raw = Vec::new();
+        self.tracer.wait_events(timeout, &mut raw);
+        self.process(raw)
     }
 
-    /// Everything waiting in the ring buffer, without blocking.
+    /// Everything the kernel has delivered so far, without waiting for
+    /// more.
     pub fn drain(&mut self) -> Vec<Event> {
         let mut raw = Vec::new();
         self.tracer.drain(&mut raw);
+        self.process(raw)
+    }
+
+    fn process(&mut self, raw: Vec<Event>) -> Vec<Event> {
         let mut out = Vec::with_capacity(raw.len());
         // A module mapped since the last look (dlopen, the loader's work at
         // startup), or a new image after exec: read the maps again now.

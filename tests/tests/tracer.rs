@@ -193,7 +193,15 @@ fn lost_events_are_counted_exactly() {
     );
     assert!(
         run.events.iter().any(|e| e["kind"] == "exit"),
-        "the exit after the burst arrives"
+        "the exit after the burst arrives; summary {}, stderr {}, last events {:?}",
+        run.summary,
+        run.stderr,
+        run.events
+            .iter()
+            .rev()
+            .take(2)
+            .map(|e| (&e["kind"], &e["len"]))
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         seen + lost,

@@ -48,6 +48,11 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = memtrace_common::DEFAULT_RING_BYTES)]
     pub ring_buffer_size: u32,
 
+    /// Also record the kernel's frame-pointer stack for every event (by
+    /// default only when the user stack could not be copied for unwinding).
+    #[arg(long)]
+    pub kernel_stacks: bool,
+
     /// Command to launch and trace from its first instruction (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -114,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = TracerOptions {
         follow_forks: args.follow_forks,
         ring_bytes: Some(args.ring_buffer_size),
+        kernel_stacks: args.kernel_stacks,
     };
     let mut session = Session::new(&opts)?;
     install_signal_handlers();
@@ -148,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut exit_code = 0;
     let mut reported_lost = 0;
     loop {
-        let events = session.poll(Duration::from_millis(100));
+        let events = session.poll(Duration::from_millis(50));
         emit(&mut session, &events, &args, &mut out)?;
         if !args.json && !args.quiet && session.summary.lost_events > reported_lost {
             reported_lost = session.summary.lost_events;

@@ -8,8 +8,15 @@ pub mod tracefs;
 
 use std::{
     fmt, fs,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::AsRawFd,
     path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
 };
 
 use aya::{
@@ -85,6 +92,10 @@ pub struct TracerOptions {
     /// Ring buffer size in bytes (rounded up to a power-of-two number of
     /// pages); `None` for the default of 4 MiB.
     pub ring_bytes: Option<u32>,
+    /// Take the kernel's frame-pointer stack for every event, not only
+    /// when the user stack window could not be read (costs the traced
+    /// threads a few microseconds per call).
+    pub kernel_stacks: bool,
 }
 
 /// Events the kernel side could not deliver.
@@ -104,9 +115,9 @@ impl Lost {
 
 /// A loaded and attached tracer.
 pub struct Tracer {
-    // Field order matters for drop: maps handles before the object that
-    // owns the programs and links.
-    events: RingBuf<MapData>,
+    // Field order matters for drop: the reader thread and map handles go
+    // before the object that owns the programs and links.
+    reader: Reader,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     traced: BpfHashMap<MapData, u32, u8>,
@@ -159,7 +170,9 @@ impl Tracer {
 
         let follow: u8 = opts.follow_forks.into();
         let mut loader = EbpfLoader::new();
+        let kernel_stacks: u8 = opts.kernel_stacks.into();
         loader.override_global("FOLLOW_FORKS", &follow, true);
+        loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", ring_size(bytes));
         }
@@ -200,12 +213,13 @@ impl Tracer {
                 .ok_or_else(|| TraceError::Kernel(format!("map {name} missing from the object")))
         };
         let events = RingBuf::try_from(take("EVENTS")?).map_err(|e| map_err("EVENTS", &e))?;
+        let reader = Reader::spawn(events).map_err(|e| map_err("EVENTS reader", &e))?;
         let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", &e))?;
         let counters =
             PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", &e))?;
         let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", &e))?;
         Ok(Tracer {
-            events,
+            reader,
             stacks,
             counters,
             traced,
@@ -225,27 +239,31 @@ impl Tracer {
         let _ = self.traced.remove(&pid);
     }
 
-    /// The ring buffer's file descriptor, readable when events are waiting.
-    pub fn fd(&self) -> RawFd {
-        self.events.as_raw_fd()
+    /// Wait up to `timeout` for events, then move every waiting event
+    /// into `out`; returns how many arrived.
+    pub fn wait_events(&mut self, timeout: Duration, out: &mut Vec<Event>) -> usize {
+        let before = out.len();
+        match self.reader.rx.recv_timeout(timeout) {
+            Ok(ev) => out.push(ev),
+            Err(_) => return 0,
+        }
+        out.extend(self.reader.rx.try_iter());
+        out.len() - before
     }
 
-    /// Move every waiting event into `out`; returns how many were drained.
+    /// Move every event that has arrived into `out`, without waiting.
+    ///
+    /// The reader thread empties the ring buffer continuously, but an event
+    /// the kernel committed an instant ago may still be in the ring; this
+    /// asks the thread to do one more pass and waits for it.
     pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.events.next() {
-            if item.len() < size_of::<RawEvent>() {
-                continue;
-            }
-            // SAFETY: the slot holds a RawEvent written by the eBPF side;
-            // read_unaligned copes with the ring buffer's 8-byte alignment.
-            let raw: RawEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if let Some(ev) = Event::from_raw(&raw) {
-                out.push(ev);
-                n += 1;
-            }
+        let before = out.len();
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.reader.flush.send(done_tx).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(1));
         }
-        n
+        out.extend(self.reader.rx.try_iter());
+        out.len() - before
     }
 
     /// Events the kernel side dropped so far, summed over CPUs.
@@ -269,6 +287,83 @@ impl Tracer {
             .map(|st| st.frames().iter().map(|f| f.ip).collect())
             .unwrap_or_default()
     }
+}
+
+/// A thread that empties the ring buffer as soon as events arrive, so a
+/// slow consumer (symbolizing a new binary can take a second) never makes
+/// the kernel drop events. Events queue in memory instead.
+struct Reader {
+    rx: mpsc::Receiver<Event>,
+    /// Requests for one more pass; the reply says it is done.
+    flush: mpsc::Sender<mpsc::Sender<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn spawn(mut ring: RingBuf<MapData>) -> std::io::Result<Reader> {
+        let (tx, rx) = mpsc::channel();
+        let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = thread::Builder::new()
+            .name("memtrace-ring".into())
+            .spawn(move || {
+                let fd = ring.as_raw_fd();
+                while !stop2.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd. The eBPF side wakes us
+                    // only when the ring is a quarter full, so poll on a
+                    // short timer too.
+                    unsafe { libc::poll(&mut pfd, 1, 20) };
+                    if read_ring(&mut ring, &tx).is_err() {
+                        return;
+                    }
+                    while let Ok(done) = flush_rx.try_recv() {
+                        if read_ring(&mut ring, &tx).is_err() {
+                            return;
+                        }
+                        let _ = done.send(());
+                    }
+                }
+            })?;
+        Ok(Reader {
+            rx,
+            flush: flush_tx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decode every record in the ring and send it on; `Err` when the
+/// receiving side is gone.
+fn read_ring(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>) -> Result<(), ()> {
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<RawEvent>() {
+            continue;
+        }
+        // SAFETY: the slot holds a RawEvent written by the eBPF side;
+        // read_unaligned copes with the ring buffer's 8-byte alignment.
+        let raw: RawEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        if let Some(ev) = Event::from_raw(&raw) {
+            tx.send(ev).map_err(|_| ())?;
+        }
+    }
+    Ok(())
 }
 
 /// Ring buffer sizes must be a power-of-two number of pages.

@@ -255,8 +255,16 @@ pub fn run_attached(
         s
     });
     drive(&mut w);
+    if let Ok(Some(status)) = mt.try_wait() {
+        let _ = w.child.kill();
+        panic!(
+            "memtrace exited ({status}) while its target was still running; stderr: {}",
+            err_thread.join().unwrap_or_default()
+        );
+    }
     drop(w.stdin.take());
-    wait_with_timeout(&mut w.child, Duration::from_secs(60));
+    let target_status = wait_with_timeout(&mut w.child, Duration::from_secs(60));
+    stderr.push_str(&format!("[target exit status {target_status}]\n"));
     let status = wait_with_timeout(&mut mt, Duration::from_secs(60));
     stderr.push_str(&err_thread.join().unwrap_or_default());
     split_output(&out_thread.join().unwrap_or_default(), stderr, status)
