@@ -217,3 +217,30 @@ fn launch_mode_passes_the_exit_status_on() {
     let run = run_launch(&["--quiet"], "/bin/sh", &["-c", "kill -TERM $$"]);
     assert_eq!(run.status, 128 + 15, "{}", run.stderr);
 }
+
+#[test]
+fn library_tracer_sees_a_child_mmap() {
+    use memtrace::{event::Call, trace::Tracer};
+    common::require_root();
+    let out = temp_path("lib-steps");
+    let mut w = Waiting::start(MAPPINGS, &["--out", out.to_str().expect("utf8")]);
+    let mut tracer = Tracer::load(&Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    tracer.add_pid(w.pid).unwrap_or_else(|e| panic!("{e}"));
+    w.go();
+    common::wait_with_timeout(&mut w.child, Duration::from_secs(30));
+    let mut events = Vec::new();
+    tracer.drain(&mut events);
+    let steps = read_jsonl(&out);
+    let known = steps
+        .iter()
+        .find(|s| s["step"] == "map_known_size")
+        .expect("step");
+    let ev = events
+        .iter()
+        .find(|e| matches!(e.call, Call::Mmap { .. }) && e.result as u64 == u(&known["result"]))
+        .unwrap_or_else(|| panic!("no event for {known}; got {} events", events.len()));
+    assert_eq!(ev.pid, w.pid);
+    assert!(matches!(ev.call, Call::Mmap { len: 262144, .. }), "{ev:?}");
+    assert!(ev.user.is_some(), "the user stack window was captured");
+    assert!(tracer.lost().total() == 0);
+}
