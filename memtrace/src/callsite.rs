@@ -101,6 +101,37 @@ impl CallStack {
         CallStack { frames }
     }
 
+    /// The first frame of the program itself: outside libc and the
+    /// dynamic loader, and outside allocator plumbing (Rust's `alloc`
+    /// shims, `RawVec`…). For memory malloc mapped, this is the code that
+    /// asked for it. Falls back to [`CallStack::call_site`].
+    pub fn user_site(&self) -> Option<&Frame> {
+        const PLUMBING: &[&str] = &[
+            "alloc::",
+            "<alloc::",
+            "__rust_alloc",
+            "__rust_realloc",
+            "__rdl_",
+            "__rg_",
+            "std::alloc::",
+            "core::alloc::",
+            "<std::alloc::",
+            "std::sys::alloc::",
+            "hashbrown::raw::",
+        ];
+        self.frames
+            .iter()
+            .find(|f| {
+                f.module.is_some()
+                    && !f.in_runtime_library()
+                    && !f
+                        .function
+                        .as_deref()
+                        .is_some_and(|func| PLUMBING.iter().any(|p| func.starts_with(p)))
+            })
+            .or_else(|| self.call_site())
+    }
+
     /// The first frame that is not a libc or loader syscall wrapper: the
     /// call site users care about.
     pub fn call_site(&self) -> Option<&Frame> {

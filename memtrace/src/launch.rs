@@ -1,4 +1,5 @@
-//! Launch a command under memtrace so that nothing it maps escapes.
+//! Launch a command under memtrace so that nothing it maps escapes, or
+//! hold a running process at its exit for the final report.
 //!
 //! The child asks to be ptraced before exec, so it stops right after exec,
 //! before its first instruction (the dynamic loader has not mapped anything
@@ -32,7 +33,8 @@ pub enum ChildEvent {
     Exited(i32),
 }
 
-/// A launched child, stopped after exec until [`Launched::start`].
+/// A process memtrace drives with ptrace: launched (stopped after exec
+/// until [`Launched::start`]) or seized while running ([`seize`]).
 pub struct Launched {
     pub pid: u32,
     go: Sender<()>,
@@ -58,6 +60,41 @@ pub fn launch(argv: &[OsString]) -> anyhow::Result<Launched> {
     let pid = pid_rx
         .recv()
         .map_err(|_| anyhow!("launcher thread ended unexpectedly"))??;
+    Ok(Launched {
+        pid,
+        go: go_tx,
+        events: ev_rx,
+        thread: Some(thread),
+    })
+}
+
+/// Attach to running process `pid` with `PTRACE_SEIZE` (which does not stop
+/// it) so that it stops at exit with its address space intact. Only the
+/// main thread is attached; the process exits when its last thread does,
+/// and the main thread's exit stop holds the memory until then.
+pub fn seize(pid: u32) -> anyhow::Result<Launched> {
+    let (pid_tx, pid_rx) = channel::<anyhow::Result<u32>>();
+    let (go_tx, go_rx) = channel::<()>();
+    let (ev_tx, ev_rx) = channel::<ChildEvent>();
+    let thread = thread::Builder::new()
+        .name("memtrace-seize".into())
+        .spawn(move || {
+            let opts = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC;
+            // SAFETY: plain ptrace request on a pid.
+            let rc =
+                unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, opts as libc::c_long) };
+            if rc == -1 {
+                let e = io::Error::last_os_error();
+                let _ = pid_tx.send(Err(anyhow!("cannot attach to pid {pid} with ptrace: {e}")));
+                return;
+            }
+            let _ = pid_tx.send(Ok(pid));
+            drive(pid as i32, &go_rx, &ev_tx, true);
+        })
+        .context("spawning the ptrace thread")?;
+    let pid = pid_rx
+        .recv()
+        .map_err(|_| anyhow!("ptrace thread ended unexpectedly"))??;
     Ok(Launched {
         pid,
         go: go_tx,
@@ -152,6 +189,13 @@ fn tracer_thread(
         return;
     }
     cont(pid, 0);
+    drive(pid, &go, &events, false);
+}
+
+/// Pass signals on, report the exit stop and wait for the caller before
+/// letting the tracee finish. `seized` tracees get group-stops, which must
+/// be left with PTRACE_LISTEN, not resumed.
+fn drive(pid: i32, go: &Receiver<()>, events: &Sender<ChildEvent>, seized: bool) {
     loop {
         match wait(pid) {
             Some(Wait::Exited(code)) => {
@@ -169,6 +213,10 @@ fn tracer_thread(
                     // Wait for the caller's report (or its disappearance).
                     let _ = go.recv();
                     cont(pid, 0);
+                } else if seized && event == libc::PTRACE_EVENT_STOP {
+                    // A group-stop (SIGSTOP and friends) of a seized tracee.
+                    // SAFETY: `pid` is our tracee in a ptrace stop.
+                    unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid, 0, 0) };
                 } else if sig == libc::SIGTRAP && event != 0 {
                     // exec and other ptrace event stops: not signals.
                     cont(pid, 0);

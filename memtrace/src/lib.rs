@@ -11,15 +11,18 @@
 //! - [`event`]: decoded mapping events from the eBPF tracer ([`trace`]).
 //! - [`ledger`]: live traced address ranges with their origins.
 
+pub mod attribute;
 pub mod callsite;
 pub mod classify;
 pub mod event;
 pub mod launch;
 pub mod ledger;
+pub mod pagemap;
 pub mod procmaps;
 pub mod report;
 pub mod serve;
 pub mod session;
+pub mod site_report;
 pub mod smaps;
 pub mod snapshot;
 pub mod stream;

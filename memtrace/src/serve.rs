@@ -2,6 +2,8 @@
 //!
 //! - `GET /debug/memory?top=N&all=1&bytes=1`: the text report (`text/plain`).
 //! - `GET /debug/memory.json?top=N&all=1`: the JSON report (see [`crate::report::JsonReport`]).
+//! - with tracing (`memtrace serve --trace`): `GET /debug/memory/attributed?top=N`
+//!   and `/debug/memory/attributed.json`: resident memory by call site.
 //!
 //! Each request captures a fresh snapshot on a blocking thread. A process
 //! that has gone away gives `410 Gone` and the server keeps running.
@@ -18,8 +20,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use std::{sync::mpsc, time::Duration};
+
 use crate::report::{self, Options};
+use crate::session::Session;
+use crate::site_report::{AttributedReport, ReportOptions};
 use crate::snapshot::{self, CaptureError, Snapshot};
+use crate::trace::TracerOptions;
 
 /// Largest `top` served; larger values (up to [`MAX_TOP_ACCEPTED`]) are capped to this.
 pub const MAX_TOP: usize = 10_000;
@@ -31,6 +38,75 @@ pub const MAX_TOP_ACCEPTED: u64 = 1_000_000;
 pub struct ServeState {
     /// The process to report on.
     pub pid: u32,
+    /// The tracing session behind `/debug/memory/attributed`, when serving
+    /// with `--trace`.
+    pub tracing: Option<TracingHandle>,
+}
+
+/// Asks the thread that owns a tracing [`Session`] for attributed reports.
+#[derive(Debug, Clone)]
+pub struct TracingHandle {
+    requests: mpsc::Sender<mpsc::Sender<Result<AttributedReport, String>>>,
+}
+
+impl TracingHandle {
+    /// Load the tracer, trace `pid` and keep its ledger current on a
+    /// thread of its own until the handle (and every clone) is dropped.
+    pub fn start(pid: u32) -> anyhow::Result<TracingHandle> {
+        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+        let (req_tx, req_rx) = mpsc::channel::<mpsc::Sender<Result<AttributedReport, String>>>();
+        std::thread::Builder::new()
+            .name("memtrace-session".into())
+            .spawn(move || {
+                let mut session = match Session::new(&TracerOptions::default()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                if let Err(e) = session.add_pid(pid) {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(()));
+                loop {
+                    session.poll(Duration::from_millis(50));
+                    loop {
+                        match req_rx.try_recv() {
+                            Ok(reply) => {
+                                session.drain();
+                                let opts = ReportOptions {
+                                    top: 0,
+                                    ranges: false,
+                                };
+                                let report = session
+                                    .attributed_report(pid, opts)
+                                    .map_err(|e| format!("{e:#}"));
+                                let _ = reply.send(report);
+                            }
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            // Every handle is gone: stop tracing.
+                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        }
+                    }
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the tracing thread ended before it started"))??;
+        Ok(TracingHandle { requests: req_tx })
+    }
+
+    /// The attributed report now (blocking).
+    pub fn report(&self) -> Result<AttributedReport, String> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(tx)
+            .map_err(|_| "the tracing session has ended".to_owned())?;
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the tracing session did not answer".to_owned())?
+    }
 }
 
 /// The routes with their state still to be supplied, so callers can add
@@ -39,12 +115,14 @@ pub fn routes() -> Router<ServeState> {
     Router::new()
         .route("/debug/memory", get(memory_text))
         .route("/debug/memory.json", get(memory_json))
+        .route("/debug/memory/attributed", get(attributed_text))
+        .route("/debug/memory/attributed.json", get(attributed_json))
         .fallback(not_found)
 }
 
 /// The ready-to-serve router for process `pid`.
 pub fn router(pid: u32) -> Router {
-    routes().with_state(ServeState { pid })
+    routes().with_state(ServeState { pid, tracing: None })
 }
 
 /// Serve [`router`]`(pid)` on `listener` until the future is dropped or
@@ -150,10 +228,92 @@ async fn memory_json(
     }
 }
 
+/// `?top=N` for the attributed report (default 20; 0 = all).
+fn attributed_top(params: &[(String, String)]) -> Result<usize, String> {
+    let mut top = 20;
+    for (k, v) in params {
+        match k.as_str() {
+            "top" => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| format!("invalid top={v:?}: expected a whole number"))?;
+                if n > MAX_TOP_ACCEPTED {
+                    return Err(format!("top={n} is too large (at most {MAX_TOP_ACCEPTED})"));
+                }
+                top = (n as usize).min(MAX_TOP);
+            }
+            "verbose" => {}
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}: expected top or verbose"
+                ));
+            }
+        }
+    }
+    Ok(top)
+}
+
+async fn attributed_for(
+    state: &ServeState,
+    params: &[(String, String)],
+) -> Result<(AttributedReport, bool), Response> {
+    let top = attributed_top(params).map_err(|reason| plain(StatusCode::BAD_REQUEST, reason))?;
+    let verbose = params.iter().any(|(k, v)| k == "verbose" && v != "0");
+    let Some(tracing) = state.tracing.clone() else {
+        return Err(plain(
+            StatusCode::NOT_FOUND,
+            "attribution needs tracing: start with `memtrace serve --pid N --trace` (as root)"
+                .to_owned(),
+        ));
+    };
+    let report = tokio::task::spawn_blocking(move || tracing.report())
+        .await
+        .map_err(|e| {
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("report failed: {e}"),
+            )
+        })?
+        .map_err(|e| {
+            let status = if e.contains("no process") || e.contains("exited") {
+                StatusCode::GONE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            plain(status, e)
+        })?;
+    Ok((report.limited(top), verbose))
+}
+
+async fn attributed_text(
+    State(state): State<ServeState>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    match attributed_for(&state, &params).await {
+        Ok((report, verbose)) => plain(StatusCode::OK, report.text(verbose)),
+        Err(resp) => resp,
+    }
+}
+
+async fn attributed_json(
+    State(state): State<ServeState>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    match attributed_for(&state, &params).await {
+        Ok((report, _)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            report.json(),
+        )
+            .into_response(),
+        Err(resp) => resp,
+    }
+}
+
 async fn not_found() -> Response {
     plain(
         StatusCode::NOT_FOUND,
-        "not found: try /debug/memory or /debug/memory.json".to_owned(),
+        "not found: try /debug/memory, /debug/memory.json or /debug/memory/attributed".to_owned(),
     )
 }
 

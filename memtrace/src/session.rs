@@ -4,9 +4,13 @@
 use std::{collections::HashMap, collections::HashSet, path::Path, time::Duration};
 
 use crate::{
+    attribute,
     callsite::{self, CallStack, StackTable},
     event::{Call, Event},
+    ledger::Ledger,
     procmaps::{self, Mapping},
+    site_report::{self, AttributedReport, ReportOptions},
+    smaps,
     stream::Summary,
     symbolize::Symbolizer,
     trace::{TraceError, Tracer, TracerOptions},
@@ -36,8 +40,8 @@ pub struct Session {
     follow_forks: bool,
     /// Processes being traced and not yet exited.
     pids: HashSet<u32>,
-    /// Last known program break per process.
-    brk: HashMap<u32, u64>,
+    /// Live traced ranges per process.
+    ledgers: HashMap<u32, Ledger>,
     /// File mappings per process, refreshed when modules are mapped, so
     /// stacks resolve even after the process is gone.
     maps: HashMap<u32, Vec<Mapping>>,
@@ -55,7 +59,7 @@ impl Session {
             start_ns: monotonic_ns(),
             follow_forks: opts.follow_forks,
             pids: HashSet::new(),
-            brk: HashMap::new(),
+            ledgers: HashMap::new(),
             maps: HashMap::new(),
         })
     }
@@ -65,6 +69,11 @@ impl Session {
         self.pids.insert(pid);
         self.refresh_maps(pid);
         Ok(())
+    }
+
+    /// The live traced ranges of `pid`.
+    pub fn ledger(&self, pid: u32) -> Option<&Ledger> {
+        self.ledgers.get(&pid)
     }
 
     /// Processes still being traced.
@@ -123,20 +132,25 @@ impl Session {
                     continue;
                 }
                 if self.follow_forks {
+                    // The child starts with a copy of the parent's mappings.
                     self.pids.insert(child_pid);
-                    if let Some(b) = self.brk.get(&ev.pid).copied() {
-                        self.brk.insert(child_pid, b);
-                    }
+                    let child = self
+                        .ledgers
+                        .get(&ev.pid)
+                        .map(Ledger::fork_child)
+                        .unwrap_or_default();
+                    self.ledgers.insert(child_pid, child);
+                    self.maps.insert(
+                        child_pid,
+                        self.maps.get(&ev.pid).cloned().unwrap_or_default(),
+                    );
                 }
             }
-            let prev = self.brk.get(&ev.pid).copied();
-            self.summary.add(&ev, prev);
+            let ledger = self.ledgers.entry(ev.pid).or_default();
+            self.summary.add(&ev, ledger.brk_end());
+            ledger.apply(&ev);
             match ev.call {
-                Call::Brk { .. } => {
-                    self.brk.insert(ev.pid, ev.result as u64);
-                }
                 Call::Exec { .. } => {
-                    self.brk.remove(&ev.pid);
                     self.unwinder.forget(ev.pid);
                 }
                 Call::Exit { .. } => {
@@ -167,6 +181,34 @@ impl Session {
             return CallStack::default();
         };
         CallStack::symbolize(&mut self.symbolizer, self.stacks.get(id))
+    }
+
+    /// The attributed report of `pid` now: its smaps joined with the
+    /// ledger, split by pagemap where a VMA holds several origins.
+    pub fn attributed_report(
+        &mut self,
+        pid: u32,
+        opts: ReportOptions,
+    ) -> anyhow::Result<AttributedReport> {
+        let vmas = smaps::read_smaps(pid)?;
+        let empty = Ledger::default();
+        let Session {
+            ledgers,
+            stacks,
+            symbolizer,
+            ..
+        } = self;
+        let ledger = ledgers.get(&pid).unwrap_or(&empty);
+        let attribution = attribute::attribute_process(pid, &vmas, ledger);
+        Ok(site_report::build(
+            &attribution,
+            ledger,
+            opts,
+            |origin| match origin.call_stack {
+                Some(id) => CallStack::symbolize(symbolizer, stacks.get(id)),
+                None => CallStack::default(),
+            },
+        ))
     }
 
     /// Re-read the file mappings of `pid`, keeping the old copy when the

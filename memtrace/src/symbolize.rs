@@ -51,6 +51,13 @@ impl Frame {
         }
     }
 
+    /// Whether the frame is in the C library or the dynamic loader.
+    pub fn in_runtime_library(&self) -> bool {
+        let Some(m) = &self.module else { return false };
+        let base = m.rsplit('/').next().unwrap_or(m);
+        base.starts_with("libc.so") || base.starts_with("libc-") || base.starts_with("ld-linux")
+    }
+
     /// Whether this frame is a syscall wrapper of the C library or the
     /// dynamic loader (`mmap64`, `__GI_munmap`, `__brk`…): the code users
     /// want to see as the call site is its caller.
@@ -58,11 +65,7 @@ impl Frame {
         const WRAPPERS: &[&str] = &[
             "mmap", "munmap", "mremap", "brk", "sbrk", "mprotect", "madvise", "prctl", "syscall",
         ];
-        let Some(m) = &self.module else { return false };
-        let base = m.rsplit('/').next().unwrap_or(m);
-        let runtime = base.starts_with("libc.so")
-            || base.starts_with("libc-")
-            || base.starts_with("ld-linux");
+        let runtime = self.in_runtime_library();
         let Some(func) = &self.function else {
             return false;
         };

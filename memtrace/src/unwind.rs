@@ -19,6 +19,9 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
 use crate::{event::UserStack, procmaps::Mapping};
 
+/// Lowest address a return address can have (mmap_min_addr is 64 KiB).
+const MIN_CODE_ADDRESS: u64 = 0x10000;
+
 /// Deepest stack kept per event.
 pub const MAX_FRAMES: usize = 64;
 
@@ -74,6 +77,9 @@ impl Unwinder {
         while out.len() < MAX_FRAMES {
             match iter.next() {
                 Ok(Some(FrameAddress::InstructionPointer(ip))) => out.push(ip),
+                // No code lives in the first pages: a walk that gets there
+                // has run off the end of the real frames.
+                Ok(Some(FrameAddress::ReturnAddress(ra))) if ra.get() < MIN_CODE_ADDRESS => break,
                 Ok(Some(FrameAddress::ReturnAddress(ra))) => out.push(ra.get()),
                 Ok(None) | Err(_) => break,
             }

@@ -22,6 +22,10 @@ pub struct Args {
     /// Allow a non-loopback listen address.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Also trace the process with eBPF (root) and serve resident memory by
+    /// call site at /debug/memory/attributed (and .json).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -38,6 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     serve::check_listen_addrs(&addrs, args.allow_remote).map_err(anyhow::Error::msg)?;
     // Fail now, not on the first request, if the process cannot be read.
     snapshot::capture(args.pid)?;
+    let tracing = if args.trace {
+        Some(serve::TracingHandle::start(args.pid)?)
+    } else {
+        None
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,7 +62,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "memtrace: serving pid {} on http://{local}/debug/memory (and /debug/memory.json)",
             args.pid
         );
-        axum::serve(listener, serve::router(args.pid))
+        let state = serve::ServeState {
+            pid: args.pid,
+            tracing,
+        };
+        axum::serve(listener, serve::routes().with_state(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
             })

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use memtrace::{
     launch::{self, ChildEvent},
     session::{Session, process_exists},
+    site_report::{self, AttributedReport, ReportOptions},
     stream,
     trace::TracerOptions,
 };
@@ -52,6 +53,30 @@ pub struct Args {
     /// default only when the user stack could not be copied for unwinding).
     #[arg(long)]
     pub kernel_stacks: bool,
+
+    /// Call sites listed in the report (0: all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Also print the attributed report every DURATION while tracing.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub report_every: Option<Duration>,
+
+    /// Write the final report as folded stacks weighted by RSS bytes.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
+
+    /// Write the final report as an SVG flame graph.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<std::path::PathBuf>,
+
+    /// Include the traced address ranges in the JSON report.
+    #[arg(long, requires = "json")]
+    pub ranges: bool,
+
+    /// No attributed report at the end (events and summary only).
+    #[arg(long)]
+    pub no_report: bool,
 
     /// Command to launch and trace from its first instruction (after `--`).
     #[arg(last = true, value_name = "CMD")]
@@ -132,27 +157,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = match (&child, args.pid) {
         (Some(c), _) => c.pid,
         (None, Some(pid)) => pid,
-        (None, None) => unreachable!("checked above"),
+        (None, None) => bail!("nothing to trace"),
     };
     session
         .add_pid(target)
         .with_context(|| format!("tracing pid {target}"))?;
-    if let Some(c) = &child {
-        c.start();
-    } else if !process_exists(target) {
-        bail!("process {target} exited before tracing started");
-    }
+    // Hold the target at its exit, so the final report sees its memory.
+    let tracee = match child {
+        Some(c) => {
+            c.start();
+            Some(c)
+        }
+        None if args.no_report => None,
+        None => match launch::seize(target) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if !process_exists(target) {
+                    bail!("process {target} exited before tracing started");
+                }
+                eprintln!(
+                    "memtrace: warning: {e:#}; a report at the target's exit will not be possible"
+                );
+                None
+            }
+        },
+    };
+    let launched = !args.command.is_empty();
     if !args.quiet {
         eprintln!(
             "memtrace: tracing pid {target}{}; Ctrl-C to stop",
-            if child.is_some() { " (launched)" } else { "" }
+            if launched { " (launched)" } else { "" }
         );
     }
 
     let started = Instant::now();
+    let mut last_report = Instant::now();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut exit_code = 0;
     let mut reported_lost = 0;
+    let mut final_report = None;
     loop {
         let events = session.poll(Duration::from_millis(50));
         emit(&mut session, &events, &args, &mut out)?;
@@ -163,37 +206,62 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "!! {reported_lost} events lost so far (raise --ring-buffer-size)"
             )?;
         }
+        if let Some(every) = args.report_every
+            && last_report.elapsed() >= every
+        {
+            last_report = Instant::now();
+            if let Some(report) = take_report(&mut session, target, &args) {
+                print_report(&report, &args, &mut out)?;
+            }
+        }
         out.flush()?;
 
         let interrupts = INTERRUPTS.load(Ordering::SeqCst);
         // In launch mode the child gets the same Ctrl-C and usually exits;
         // wait for that, unless Ctrl-C comes twice.
-        if interrupts >= 2 || (interrupts == 1 && child.is_none()) {
+        if interrupts >= 2 || (interrupts == 1 && !launched) {
             break;
         }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if let Some(c) = &child {
-            match c.poll() {
-                Some(ChildEvent::AtExit) => {
-                    // Its address space is intact: take everything it did.
-                    let events = session.drain();
-                    emit(&mut session, &events, &args, &mut out)?;
-                    c.resume_exit();
+        match tracee.as_ref().and_then(|t| t.poll()) {
+            Some(ChildEvent::AtExit) => {
+                // Stopped at exit with its address space intact: take
+                // everything it did, then the report, then let it go.
+                let events = session.drain();
+                emit(&mut session, &events, &args, &mut out)?;
+                if !args.no_report {
+                    final_report = take_report(&mut session, target, &args);
                 }
-                Some(ChildEvent::Exited(code)) => {
+                if let Some(t) = &tracee {
+                    t.resume_exit();
+                }
+            }
+            Some(ChildEvent::Exited(code)) => {
+                if launched {
                     exit_code = code;
+                }
+                break;
+            }
+            None => {
+                if tracee.is_none() && !session.reap_dead() {
                     break;
                 }
-                None => {}
             }
-        } else if !session.reap_dead() {
-            break;
         }
     }
     let events = session.drain();
     emit(&mut session, &events, &args, &mut out)?;
+    if final_report.is_none() && !args.no_report && process_exists(target) {
+        final_report = take_report(&mut session, target, &args);
+    }
+    if let Some(report) = &final_report {
+        write_files(report, &args)?;
+        print_report(&report.limited(args.top), &args, &mut out)?;
+    } else if !args.no_report {
+        eprintln!("memtrace: no report: the target exited before memtrace could stop it at exit");
+    }
     if args.json {
         writeln!(out, "{}", session.summary.json())?;
     } else {
@@ -202,6 +270,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     out.flush()?;
     drop(session);
     Ok(ExitCode::from(exit_code.clamp(0, 255) as u8))
+}
+
+/// The full report (all call sites), or `None` with a warning.
+fn take_report(session: &mut Session, pid: u32, args: &Args) -> Option<AttributedReport> {
+    let opts = ReportOptions {
+        top: 0,
+        ranges: args.ranges,
+    };
+    match session.attributed_report(pid, opts) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("memtrace: no report for pid {pid}: {e:#}");
+            None
+        }
+    }
+}
+
+fn print_report(
+    report: &AttributedReport,
+    args: &Args,
+    out: &mut impl io::Write,
+) -> io::Result<()> {
+    if args.json {
+        writeln!(out, "{}", report.json())
+    } else {
+        write!(out, "{}", report.text(args.verbose))
+    }
+}
+
+fn write_files(report: &AttributedReport, args: &Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.folded {
+        let mut text = site_report::folded(report).join("\n");
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.flamegraph {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        site_report::flamegraph(report, io::BufWriter::new(file))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn emit(

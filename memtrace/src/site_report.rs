@@ -1,0 +1,407 @@
+//! The attributed report: resident anonymous memory by call site and by
+//! category, as text, one JSON object, folded stacks or a flame graph.
+//!
+//! JSON (`memtrace --json`, one line): `{"type":"report","pid","anon_rss_bytes",
+//! "attributed_rss_bytes","untraced_rss_bytes","coverage","categories":[{"name",
+//! "rss_bytes"}],"call_sites":[{"origin","rss_bytes","virtual_bytes","mappings",
+//! "names","category","call_site"?:FRAME,"stack":[FRAME…]}],"traced_ranges"?:
+//! [[start,end]…]}`. `call_sites` holds the top N by RSS (all with `--top 0`);
+//! `traced_ranges` (the ledger's anonymous ranges, adjacent ones coalesced)
+//! only when asked for.
+
+use std::{fmt::Write as _, io};
+
+use serde::Serialize;
+
+use crate::{
+    attribute::Attribution,
+    callsite::CallStack,
+    ledger::{Ledger, Origin, OriginId},
+    symbolize::Frame,
+    units,
+};
+use memtrace_common::EventKind;
+
+/// What kind of memory a call site makes. One per site; the order of the
+/// checks in [`classify_site`] decides overlaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteCategory {
+    /// Ranges named with `prctl(PR_SET_VMA_ANON_NAME)`.
+    NamedRegions,
+    ThreadStacks,
+    /// Executable anonymous memory: JIT compilers, trampolines.
+    JitCode,
+    /// Language runtimes' own heaps (Go, JVM, V8).
+    RuntimeHeaps,
+    /// malloc implementations: glibc arenas and brk heap, jemalloc, tcmalloc, mimalloc.
+    AllocatorArenas,
+    /// Everything else mapped by a known call site.
+    OtherCallSites,
+    /// Memory mapped before tracing began.
+    Untraced,
+}
+
+impl SiteCategory {
+    pub const ALL: [SiteCategory; 7] = [
+        SiteCategory::NamedRegions,
+        SiteCategory::AllocatorArenas,
+        SiteCategory::ThreadStacks,
+        SiteCategory::RuntimeHeaps,
+        SiteCategory::JitCode,
+        SiteCategory::OtherCallSites,
+        SiteCategory::Untraced,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SiteCategory::NamedRegions => "named regions",
+            SiteCategory::ThreadStacks => "thread stacks",
+            SiteCategory::JitCode => "JIT / executable anonymous",
+            SiteCategory::RuntimeHeaps => "runtime heaps (Go, JVM, V8)",
+            SiteCategory::AllocatorArenas => "allocator arenas (malloc)",
+            SiteCategory::OtherCallSites => "other call sites",
+            SiteCategory::Untraced => "untraced (mapped before tracing)",
+        }
+    }
+}
+
+/// Functions that show a mapping belongs to a malloc implementation.
+const ALLOCATOR_FUNCS: &[&str] = &[
+    "sysmalloc",
+    "_int_malloc",
+    "__libc_malloc",
+    "malloc",
+    "calloc",
+    "realloc",
+    "__libc_calloc",
+    "__libc_realloc",
+    "_int_realloc",
+    "alloc_new_heap",
+    "new_heap",
+    "grow_heap",
+    "_int_memalign",
+    "__libc_memalign",
+    "posix_memalign",
+    "aligned_alloc",
+    "arena_get2",
+    "tcache_init",
+];
+const ALLOCATOR_PREFIXES: &[&str] = &[
+    "je_",
+    "jemalloc",
+    "tcmalloc::",
+    "mi_",
+    "_mi_",
+    "__GI___libc_malloc",
+];
+const RUNTIME_MARKERS: &[&str] = &[
+    "runtime.sysAlloc",
+    "runtime.sysReserve",
+    "runtime.sysMap",
+    "runtime.(*mheap)",
+    "runtime.persistentalloc",
+    "os::reserve_memory",
+    "os::commit_memory",
+    "v8::internal::",
+    "v8::base::",
+];
+const THREAD_STACK_MARKERS: &[&str] = &["allocate_stack", "pthread_create", "__pthread_create"];
+
+/// Category of a call site, from its stack and the ranges it made.
+pub fn classify_site(
+    ledger: &Ledger,
+    id: OriginId,
+    origin: &Origin,
+    stack: &CallStack,
+    named: bool,
+) -> SiteCategory {
+    let funcs = || stack.frames.iter().filter_map(|f| f.function.as_deref());
+    if named {
+        return SiteCategory::NamedRegions;
+    }
+    let mut exec = false;
+    let mut map_stack = false;
+    for r in ledger.ranges().filter(|r| r.origin == id) {
+        exec |= r.prot & libc::PROT_EXEC as u32 != 0 && !r.fd_backed();
+        map_stack |= r.flags & libc::MAP_STACK as u32 != 0;
+    }
+    if map_stack || funcs().any(|f| THREAD_STACK_MARKERS.iter().any(|m| f.contains(m))) {
+        return SiteCategory::ThreadStacks;
+    }
+    if exec {
+        return SiteCategory::JitCode;
+    }
+    if funcs().any(|f| RUNTIME_MARKERS.iter().any(|m| f.contains(m))) {
+        return SiteCategory::RuntimeHeaps;
+    }
+    let allocator = |f: &str| {
+        let bare = f.trim_start_matches('_');
+        ALLOCATOR_FUNCS
+            .iter()
+            .any(|a| bare == a.trim_start_matches('_'))
+            || ALLOCATOR_PREFIXES.iter().any(|p| f.starts_with(p))
+    };
+    if origin.kind == EventKind::Brk || funcs().any(allocator) {
+        return SiteCategory::AllocatorArenas;
+    }
+    SiteCategory::OtherCallSites
+}
+
+/// One call site in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteReport {
+    pub origin: u32,
+    pub rss_bytes: u64,
+    pub virtual_bytes: u64,
+    pub mappings: usize,
+    pub names: Vec<String>,
+    pub category: SiteCategory,
+    /// The first frame outside libc, the loader and allocator internals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_site: Option<Frame>,
+    pub stack: CallStack,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CategoryUsage {
+    pub name: SiteCategory,
+    pub label: &'static str,
+    pub rss_bytes: u64,
+}
+
+/// The attributed report of one process.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttributedReport {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub pid: u32,
+    pub anon_rss_bytes: u64,
+    pub attributed_rss_bytes: u64,
+    pub untraced_rss_bytes: u64,
+    /// Share of anonymous RSS attributed to a call site (0..=1).
+    pub coverage: f64,
+    pub categories: Vec<CategoryUsage>,
+    /// How many call sites hold memory (the list may be cut to the top N).
+    pub call_site_count: usize,
+    pub call_sites: Vec<SiteReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traced_ranges: Option<Vec<[u64; 2]>>,
+}
+
+/// How to build the report.
+#[derive(Clone, Copy, Debug)]
+pub struct ReportOptions {
+    /// Call sites listed; 0 = all.
+    pub top: usize,
+    /// Include the ledger's coalesced anonymous ranges.
+    pub ranges: bool,
+}
+
+/// Build the report; `stack_of` symbolizes an origin's call stack.
+pub fn build(
+    attribution: &Attribution,
+    ledger: &Ledger,
+    opts: ReportOptions,
+    mut stack_of: impl FnMut(&Origin) -> CallStack,
+) -> AttributedReport {
+    let mut by_cat = std::collections::BTreeMap::new();
+    let mut sites = Vec::new();
+    for site in &attribution.sites {
+        let origin = ledger.origin(site.origin);
+        let stack = stack_of(origin);
+        let category = classify_site(ledger, site.origin, origin, &stack, !site.names.is_empty());
+        *by_cat.entry(category).or_insert(0u64) += site.rss_bytes;
+        sites.push(SiteReport {
+            origin: site.origin.as_u32(),
+            rss_bytes: site.rss_bytes,
+            virtual_bytes: site.virtual_bytes,
+            mappings: site.mappings,
+            names: site.names.clone(),
+            category,
+            call_site: stack.user_site().cloned(),
+            stack,
+        });
+    }
+    *by_cat.entry(SiteCategory::Untraced).or_insert(0) += attribution.untraced_rss_bytes;
+    sites.sort_by(|a, b| {
+        b.rss_bytes
+            .cmp(&a.rss_bytes)
+            .then(b.virtual_bytes.cmp(&a.virtual_bytes))
+    });
+    let call_site_count = sites.len();
+    if opts.top > 0 {
+        sites.truncate(opts.top);
+    }
+    let categories = SiteCategory::ALL
+        .iter()
+        .map(|c| CategoryUsage {
+            name: *c,
+            label: c.label(),
+            rss_bytes: by_cat.get(c).copied().unwrap_or(0),
+        })
+        .collect();
+    let traced_ranges = opts.ranges.then(|| {
+        let mut out: Vec<[u64; 2]> = Vec::new();
+        for r in ledger.ranges().filter(|r| !r.fd_backed()) {
+            match out.last_mut() {
+                Some(last) if last[1] == r.start => last[1] = r.end,
+                _ => out.push([r.start, r.end]),
+            }
+        }
+        out
+    });
+    AttributedReport {
+        kind: "report",
+        pid: attribution.pid,
+        anon_rss_bytes: attribution.anon_rss_bytes,
+        attributed_rss_bytes: attribution.attributed_rss_bytes,
+        untraced_rss_bytes: attribution.untraced_rss_bytes,
+        coverage: attribution.coverage(),
+        categories,
+        call_site_count,
+        call_sites: sites,
+        traced_ranges,
+    }
+}
+
+impl AttributedReport {
+    /// The same report with only the top `n` call sites (all when 0).
+    pub fn limited(&self, n: usize) -> AttributedReport {
+        let mut r = self.clone();
+        if n > 0 {
+            r.call_sites.truncate(n);
+        }
+        r
+    }
+
+    /// The report for a terminal; `verbose` lists every frame.
+    pub fn text(&self, verbose: bool) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "\n=== Resident anonymous memory by call site: pid {} ===",
+            self.pid
+        );
+        let _ = writeln!(
+            s,
+            "coverage: {:.1}% of {} anonymous RSS attributed to a call site ({} untraced)\n",
+            self.coverage * 100.0,
+            units::human(self.anon_rss_bytes),
+            units::human(self.untraced_rss_bytes)
+        );
+        let _ = writeln!(s, "By category:");
+        for c in &self.categories {
+            let _ = writeln!(s, "  {:<34} {:>10}", c.label, units::human(c.rss_bytes));
+        }
+        let _ = writeln!(
+            s,
+            "\nTop {} of {} call sites by RSS:",
+            self.call_sites.len(),
+            self.call_site_count
+        );
+        let _ = writeln!(
+            s,
+            "{:>10} {:>10} {:>5}  {:<16} CALL SITE",
+            "RSS", "VIRTUAL", "MAPS", "CATEGORY"
+        );
+        for site in &self.call_sites {
+            let cat = match site.category {
+                SiteCategory::NamedRegions => "named",
+                SiteCategory::ThreadStacks => "thread stack",
+                SiteCategory::JitCode => "jit/exec",
+                SiteCategory::RuntimeHeaps => "runtime heap",
+                SiteCategory::AllocatorArenas => "allocator",
+                SiteCategory::OtherCallSites => "call site",
+                SiteCategory::Untraced => "untraced",
+            };
+            let name = if site.names.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", site.names.join(", "))
+            };
+            let at = site
+                .call_site
+                .as_ref()
+                .map(Frame::display)
+                .unwrap_or_else(|| "?".into());
+            let _ = writeln!(
+                s,
+                "{:>10} {:>10} {:>5}  {:<16} {}{}",
+                units::human(site.rss_bytes),
+                units::human(site.virtual_bytes),
+                site.mappings,
+                cat,
+                truncate(&at, 90),
+                name
+            );
+            if verbose {
+                for f in &site.stack.frames {
+                    let _ = writeln!(s, "{:>46}{}", "", truncate(&f.display(), 100));
+                }
+            }
+        }
+        s
+    }
+
+    /// One JSON object.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Folded stacks (`root;…;leaf BYTES`), one line per call site weighted by
+/// its RSS, plus one for untraced memory: the input format of flame graph
+/// tools. Inlined frames are kept as frames of their own.
+pub fn folded(report: &AttributedReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    for site in &report.call_sites {
+        if site.rss_bytes == 0 {
+            continue;
+        }
+        let mut frames: Vec<String> = site
+            .stack
+            .frames
+            .iter()
+            .rev()
+            .map(|f| {
+                f.function
+                    .clone()
+                    .unwrap_or_else(|| f.display())
+                    .replace([';', ' '], "_")
+            })
+            .collect();
+        if frames.is_empty() {
+            frames.push("[unknown]".into());
+        }
+        lines.push(format!("{} {}", frames.join(";"), site.rss_bytes));
+    }
+    if report.untraced_rss_bytes > 0 {
+        lines.push(format!("[untraced] {}", report.untraced_rss_bytes));
+    }
+    lines
+}
+
+/// An SVG flame graph of resident memory by call stack.
+pub fn flamegraph(report: &AttributedReport, out: impl io::Write) -> io::Result<()> {
+    let lines = folded(report);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!(
+        "Resident anonymous memory of pid {} by call stack",
+        report.pid
+    );
+    opts.count_name = "bytes".into();
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
+        .map_err(|e| io::Error::other(e.to_string()))
+}
