@@ -72,7 +72,10 @@ fn load_table() -> Vec<u64> {
 
 /// Many small allocations on the main thread: the heap grows with brk.
 #[inline(never)]
-#[expect(clippy::vec_box, reason = "one small allocation per entry is the point")]
+#[expect(
+    clippy::vec_box,
+    reason = "one small allocation per entry is the point"
+)]
 fn build_index() -> Vec<Box<[u8; 256]>> {
     (0..8000).map(|i| Box::new([i as u8; 256])).collect()
 }
