@@ -269,3 +269,137 @@ pub fn run_attached(
     stderr.push_str(&err_thread.join().unwrap_or_default());
     split_output(&out_thread.join().unwrap_or_default(), stderr, status)
 }
+
+/// The `{"type":"report"}` object of a run, or a panic that shows what
+/// memtrace printed instead.
+pub fn report_of(run: &Run) -> &Value {
+    run.others
+        .iter()
+        .find(|v| v["type"] == "report")
+        .unwrap_or_else(|| {
+            panic!(
+                "memtrace printed no JSON report (status {}); other objects: {:?}; summary: {}; stderr:\n{}",
+                run.status, run.others, run.summary, run.stderr
+            )
+        })
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Clone, Debug)]
+pub struct MapsLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub inode: u64,
+    pub name: String,
+}
+
+impl MapsLine {
+    /// Anonymous memory as memtrace's ledger sees it: no file behind it
+    /// (inode 0), not one of the kernel's special mappings. `[heap]`,
+    /// unnamed and `[anon:NAME]` ranges count; `[stack]` (made by exec) does
+    /// not.
+    pub fn is_anon(&self) -> bool {
+        self.inode == 0
+            && !matches!(
+                self.name.as_str(),
+                "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" | "[stack]" | "[uprobes]"
+            )
+            && !self.name.starts_with('/')
+    }
+}
+
+/// Parse the text of `/proc/PID/maps`.
+pub fn parse_maps(text: &str) -> Vec<MapsLine> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let range = f.next().unwrap_or("");
+            let perms = f.next().unwrap_or("").to_string();
+            let _offset = f.next();
+            let _dev = f.next();
+            let inode = f.next().and_then(|i| i.parse().ok()).unwrap_or(u64::MAX);
+            let name = f.next().unwrap_or("").trim().to_string();
+            let (s, e) = range
+                .split_once('-')
+                .unwrap_or_else(|| panic!("bad maps line {l:?}"));
+            let hex = |x: &str| {
+                u64::from_str_radix(x, 16).unwrap_or_else(|e| panic!("bad maps line {l:?}: {e}"))
+            };
+            MapsLine {
+                start: hex(s),
+                end: hex(e),
+                perms,
+                inode,
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Read and parse `/proc/PID/maps`.
+pub fn read_maps(pid: u32) -> Vec<MapsLine> {
+    let path = format!("/proc/{pid}/maps");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    parse_maps(&text)
+}
+
+/// Sorted, disjoint, non-adjacent `[start, end)` ranges: a set of pages.
+pub type Ranges = Vec<(u64, u64)>;
+
+/// Sort and merge overlapping and adjacent ranges; drop empty ones.
+pub fn normalize(mut v: Ranges) -> Ranges {
+    v.retain(|(s, e)| s < e);
+    v.sort_unstable();
+    let mut out: Ranges = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The pages of `a` not in `b` (both normalized), normalized.
+pub fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Ranges {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(s, e) in a {
+        let mut cur = s;
+        while j < b.len() && b[j].1 <= cur {
+            j += 1;
+        }
+        let mut k = j;
+        while cur < e && k < b.len() && b[k].0 < e {
+            if b[k].0 > cur {
+                out.push((cur, b[k].0));
+            }
+            cur = cur.max(b[k].1);
+            k += 1;
+        }
+        if cur < e {
+            out.push((cur, e));
+        }
+    }
+    normalize(out)
+}
+
+/// Total bytes of some ranges.
+pub fn bytes_of(r: &[(u64, u64)]) -> u64 {
+    r.iter().map(|(s, e)| e - s).sum()
+}
+
+/// `start-end (N pages)` for messages, at most `max` ranges.
+pub fn show_ranges(r: &[(u64, u64)], max: usize) -> String {
+    let mut s: String = r
+        .iter()
+        .take(max)
+        .map(|(a, b)| format!("  {a:x}-{b:x} ({} pages)\n", (b - a) / 4096))
+        .collect();
+    if r.len() > max {
+        s.push_str(&format!("  … and {} more\n", r.len() - max));
+    }
+    s
+}

@@ -1,0 +1,348 @@
+//! The attributed report on real processes: the ledger equals the kernel's
+//! layout range by range after a seeded random workload on several
+//! threads; known functions get their known RSS; launch mode attributes
+//! (nearly) all anonymous RSS.
+
+mod common;
+
+use common::{
+    MapsLine, Ranges, Run, Waiting, bytes_of, normalize, read_jsonl, read_maps, report_of,
+    run_attached, run_launch, show_ranges, subtract, temp_path,
+};
+use serde_json::Value;
+
+const STRESS: &str = env!("CARGO_BIN_EXE_stress");
+const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
+
+const PAGE: u64 = 4096;
+
+fn anon_ranges(maps: &[MapsLine]) -> Ranges {
+    normalize(
+        maps.iter()
+            .filter(|m| m.is_anon())
+            .map(|m| (m.start, m.end))
+            .collect(),
+    )
+}
+
+fn all_ranges(maps: &[MapsLine]) -> Ranges {
+    normalize(maps.iter().map(|m| (m.start, m.end)).collect())
+}
+
+/// `traced_ranges` of the report, checked to be in the documented form:
+/// address order, disjoint, adjacent ones coalesced, page aligned.
+fn traced_ranges(report: &Value) -> Ranges {
+    let list = report["traced_ranges"].as_array().unwrap_or_else(|| {
+        panic!(
+            "report has no traced_ranges array (was --ranges passed?): {}",
+            short(report)
+        )
+    });
+    let ranges: Ranges = list
+        .iter()
+        .map(|r| {
+            let pair = (r[0].as_u64(), r[1].as_u64());
+            let (Some(s), Some(e)) = pair else {
+                panic!("traced range {r} is not [start, end]");
+            };
+            (s, e)
+        })
+        .collect();
+    for w in ranges.windows(2) {
+        assert!(
+            w[0].1 < w[1].0,
+            "traced_ranges must be in address order, disjoint and coalesced: {:x?} then {:x?}",
+            w[0],
+            w[1]
+        );
+    }
+    for &(s, e) in &ranges {
+        assert!(
+            s < e && s % PAGE == 0 && e % PAGE == 0,
+            "traced range {s:x}-{e:x} is empty or not page aligned"
+        );
+    }
+    ranges
+}
+
+/// The report without its long arrays, for messages.
+fn short(report: &Value) -> String {
+    let mut r = report.clone();
+    if let Some(o) = r.as_object_mut() {
+        o.remove("traced_ranges");
+        if let Some(sites) = o.get_mut("call_sites").and_then(Value::as_array_mut) {
+            sites.truncate(5);
+        }
+    }
+    r.to_string()
+}
+
+fn the_function(site: &Value) -> &str {
+    site["call_site"]["function"].as_str().unwrap_or("")
+}
+
+#[test]
+fn stress_ledger_matches_maps_exactly() {
+    let out = temp_path("stress");
+    let w = Waiting::start(
+        STRESS,
+        &[
+            "--out",
+            out.to_str().expect("utf8"),
+            "--seed",
+            "7",
+            "--threads",
+            "4",
+            "--ops",
+            "400",
+        ],
+    );
+    // The fixture is blocked before its first traced change: everything
+    // here was made before tracing began.
+    let before = read_maps(w.pid);
+    let mut after: Vec<MapsLine> = Vec::new();
+    // No --quiet: run_attached waits for memtrace's "tracing pid" line.
+    let run: Run = run_attached(&["--json", "--top", "0", "--ranges"], w, |w| {
+        w.go();
+        w.expect_line("done");
+        // The fixture now waits for stdin with its final layout; it leaves
+        // through _exit, so memtrace's exit stop sees this same layout.
+        after = read_maps(w.pid);
+    });
+    assert_eq!(run.status, 0, "memtrace status; stderr:\n{}", run.stderr);
+    assert_eq!(
+        run.summary["lost_events"], 0,
+        "events were lost, the ledger cannot match: {}",
+        run.summary
+    );
+    let steps = read_jsonl(&out);
+    assert!(
+        steps.len() >= 4 * 400 / 2,
+        "the fixture logged {} steps",
+        steps.len()
+    );
+    let failed: Vec<&Value> = steps
+        .iter()
+        .filter(|s| s["result"].as_i64().is_some_and(|r| r < 0))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the fixture's own calls failed: {failed:?}"
+    );
+
+    let report = report_of(&run);
+    let ledger = traced_ranges(report);
+    let before_all = all_ranges(&before);
+    let after_anon = anon_ranges(&after);
+    // Anonymous memory created after tracing began.
+    let created = subtract(&after_anon, &before_all);
+    let ledger_new = subtract(&ledger, &before_all);
+    assert!(
+        created.len() >= 20 && bytes_of(&created) >= 64 * PAGE,
+        "the workload should leave many new anonymous ranges, found:\n{}",
+        show_ranges(&created, 20)
+    );
+
+    eprintln!(
+        "comparing {} new anonymous ranges ({} pages) with {} ledger ranges",
+        created.len(),
+        bytes_of(&created) / PAGE,
+        ledger.len()
+    );
+    let missing = subtract(&created, &ledger_new);
+    let extra = subtract(&ledger_new, &created);
+    let not_anon = subtract(&ledger, &after_anon);
+    let mut problems = String::new();
+    if !missing.is_empty() {
+        problems.push_str(&format!(
+            "{} ranges ({} pages) are anonymous in /proc/PID/maps, created after tracing began, but not in the ledger:\n{}",
+            missing.len(),
+            bytes_of(&missing) / PAGE,
+            show_ranges(&missing, 10)
+        ));
+    }
+    if !extra.is_empty() {
+        problems.push_str(&format!(
+            "{} ranges ({} pages) are in the ledger but not anonymous in /proc/PID/maps:\n{}",
+            extra.len(),
+            bytes_of(&extra) / PAGE,
+            show_ranges(&extra, 10)
+        ));
+    }
+    if !not_anon.is_empty() {
+        problems.push_str(&format!(
+            "{} ledger ranges ({} pages) lie outside the anonymous mappings of the final layout:\n{}",
+            not_anon.len(),
+            bytes_of(&not_anon) / PAGE,
+            show_ranges(&not_anon, 10)
+        ));
+    }
+    // Page sets equal, so the coalesced range lists are equal too; say so
+    // range by range as well.
+    if problems.is_empty() && ledger_new != created {
+        let first = ledger_new
+            .iter()
+            .zip(&created)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("ledger {:x?} vs maps {:x?}", a, b));
+        problems.push_str(&format!(
+            "range lists differ ({} vs {} ranges): {first:?}\n",
+            ledger_new.len(),
+            created.len()
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "ledger vs /proc/PID/maps (seed 7, 4 threads × 400 ops; fixture log {}):\n{problems}",
+        out.display()
+    );
+}
+
+#[test]
+fn ground_truth_functions_get_their_rss() {
+    let out = temp_path("ground-truth");
+    let run = run_launch(
+        &["--json", "--quiet", "--top", "0"],
+        GROUND_TRUTH,
+        &["--out", out.to_str().expect("utf8")],
+    );
+    assert_eq!(run.status, 0, "memtrace status; stderr:\n{}", run.stderr);
+    let steps = read_jsonl(&out);
+    let report = report_of(&run);
+    let sites = report["call_sites"]
+        .as_array()
+        .unwrap_or_else(|| panic!("report without call_sites: {}", short(report)));
+
+    let adjacent = steps
+        .iter()
+        .find(|s| s["step"] == "adjacent_vma")
+        .expect("the fixture's adjacent_vma step");
+    assert_eq!(
+        adjacent["merged"], true,
+        "adjacent_one and adjacent_two were meant to share one VMA: {adjacent}"
+    );
+
+    let expected: Vec<&Value> = steps
+        .iter()
+        .filter(|s| s.get("expected_rss").is_some())
+        .collect();
+    assert_eq!(
+        expected.len(),
+        4,
+        "four functions with known RSS: {steps:?}"
+    );
+    let mut problems = String::new();
+    for step in expected {
+        let func = step["func"].as_str().expect("func");
+        let want_rss = step["expected_rss"].as_u64().expect("expected_rss");
+        let want_virtual = step["expected_virtual"].as_u64().expect("expected_virtual");
+        let suffix = format!("ground_truth::{func}");
+        let mine: Vec<&Value> = sites
+            .iter()
+            .filter(|s| the_function(s).ends_with(&suffix))
+            .collect();
+        let rss: u64 = mine.iter().filter_map(|s| s["rss_bytes"].as_u64()).sum();
+        let virt: u64 = mine
+            .iter()
+            .filter_map(|s| s["virtual_bytes"].as_u64())
+            .sum();
+        let tolerance = (want_rss / 100).max(PAGE);
+        if rss.abs_diff(want_rss) > tolerance {
+            problems.push_str(&format!(
+                "{func}: {rss} bytes attributed, expected {want_rss} (±{tolerance}); its sites: {mine:?}\n"
+            ));
+        }
+        if virt != want_virtual {
+            problems.push_str(&format!(
+                "{func}: {virt} virtual bytes, expected {want_virtual}; its sites: {mine:?}\n"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        let functions: Vec<(&str, &Value)> = sites
+            .iter()
+            .map(|s| (the_function(s), &s["rss_bytes"]))
+            .collect();
+        panic!("{problems}all call sites (function, rss): {functions:?}");
+    }
+}
+
+#[test]
+fn launch_mode_covers_99_percent() {
+    let out = temp_path("coverage");
+    let run = run_launch(
+        &["--json", "--quiet", "--top", "0"],
+        GROUND_TRUTH,
+        &["--out", out.to_str().expect("utf8")],
+    );
+    assert_eq!(run.status, 0, "memtrace status; stderr:\n{}", run.stderr);
+    let report = report_of(&run);
+    let field = |name: &str| {
+        report[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("report field {name} missing: {}", short(report)))
+    };
+    let anon = field("anon_rss_bytes");
+    let attributed = field("attributed_rss_bytes");
+    let untraced = field("untraced_rss_bytes");
+    assert!(
+        anon >= 10 << 20,
+        "the fixture makes over 10 MiB resident, the report says {anon}: {}",
+        short(report)
+    );
+    assert_eq!(
+        attributed + untraced,
+        anon,
+        "attributed ({attributed}) + untraced ({untraced}) must equal anonymous RSS ({anon})"
+    );
+    let coverage = report["coverage"].as_f64().expect("coverage");
+    assert!(
+        (coverage - attributed as f64 / anon as f64).abs() < 1e-9,
+        "coverage {coverage} is not attributed/anon = {attributed}/{anon}"
+    );
+    assert!(
+        coverage >= 0.99,
+        "launch mode must attribute ≥ 99% of anonymous RSS, got {:.3}% ({untraced} bytes untraced): {}",
+        coverage * 100.0,
+        short(report)
+    );
+    let sites_rss: u64 = report["call_sites"]
+        .as_array()
+        .expect("call_sites")
+        .iter()
+        .filter_map(|s| s["rss_bytes"].as_u64())
+        .sum();
+    assert_eq!(
+        sites_rss, attributed,
+        "with --top 0 the call sites' RSS adds up to the attributed RSS"
+    );
+}
+
+/// The page-set arithmetic the stress test relies on (no root needed).
+#[test]
+fn range_helpers_work_on_pages() {
+    assert_eq!(
+        normalize(vec![(30, 40), (0, 10), (10, 20), (35, 50), (60, 60)]),
+        vec![(0, 20), (30, 50)]
+    );
+    let a = normalize(vec![(0, 100), (200, 300)]);
+    let b = normalize(vec![(10, 20), (90, 210), (250, 260), (400, 500)]);
+    assert_eq!(
+        subtract(&a, &b),
+        vec![(0, 10), (20, 90), (210, 250), (260, 300)]
+    );
+    assert_eq!(subtract(&b, &a), vec![(100, 200), (400, 500)]);
+    assert_eq!(subtract(&a, &a), vec![]);
+    assert_eq!(subtract(&a, &[]), a);
+    assert_eq!(bytes_of(&a), 200);
+    let maps = common::parse_maps(
+        "7f00a000-7f00b000 rw-p 00000000 00:00 0 \n\
+         7f00b000-7f00c000 r--p 00000000 08:01 1234 /usr/lib/libc.so.6\n\
+         7ffd0000-7ffd1000 rw-p 00000000 00:00 0                          [stack]\n\
+         55550000-55551000 rw-p 00000000 00:00 0                          [heap]\n",
+    );
+    assert_eq!(
+        anon_ranges(&maps),
+        vec![(0x5555_0000, 0x5555_1000), (0x7f00_a000, 0x7f00_b000)]
+    );
+}
