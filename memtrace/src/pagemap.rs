@@ -172,15 +172,28 @@ impl PageCounter for Pagemap {
     }
 
     fn prefetch(&mut self, start: u64, end: u64) {
-        self.window = None;
         let first = start / PAGE_SIZE;
-        let len = end.div_ceil(PAGE_SIZE).saturating_sub(first);
+        let last = end.div_ceil(PAGE_SIZE);
+        // Queries come in address order and small VMAs sit close together:
+        // one read covers many of them, so keep the window while it does.
+        if let Some((w_first, w_len)) = self.window
+            && first >= w_first
+            && last <= w_first + w_len
+        {
+            return;
+        }
+        self.window = None;
+        let len = last.saturating_sub(first);
         if len == 0 || len > ENTRIES_PER_READ as u64 {
             // Larger spans are read piece by piece, chunk by chunk.
             return;
         }
-        // A failure here resurfaces (with its error) when the queries read.
-        if let Ok(got) = self.read(first, len as usize) {
+        // Read ahead a full buffer: entries of unmapped pages cost the
+        // kernel next to nothing. A failure here resurfaces (with its
+        // error) when the queries read.
+        if let Ok(got) = self.read(first, ENTRIES_PER_READ)
+            && got as u64 >= len
+        {
             self.window = Some((first, got as u64));
         }
     }
