@@ -346,3 +346,58 @@ fn range_helpers_work_on_pages() {
         vec![(0x5555_0000, 0x5555_1000), (0x7f00_a000, 0x7f00_b000)]
     );
 }
+
+/// `--folded` and `--flamegraph` write the final report for people to look
+/// at: folded lines weighted by RSS that add up to the anonymous total, and
+/// an SVG.
+#[test]
+fn folded_and_flamegraph_files_match_the_report() {
+    let out = temp_path("gt-folded");
+    let folded = temp_path("folded").with_extension("folded");
+    let svg = temp_path("flame").with_extension("svg");
+    let run = run_launch(
+        &[
+            "--json",
+            "--quiet",
+            "--top",
+            "0",
+            "--folded",
+            folded.to_str().expect("utf8"),
+            "--flamegraph",
+            svg.to_str().expect("utf8"),
+        ],
+        GROUND_TRUTH,
+        &["--out", out.to_str().expect("utf8")],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = report_of(&run);
+    let text = std::fs::read_to_string(&folded).expect("folded file written");
+    let mut total = 0u64;
+    let mut alpha = 0u64;
+    for line in text.lines() {
+        let (stack, weight) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad folded line {line:?}"));
+        let w: u64 = weight
+            .parse()
+            .unwrap_or_else(|_| panic!("bad weight in {line:?}"));
+        total += w;
+        if stack
+            .split(';')
+            .any(|f| f.ends_with("ground_truth::cache_alpha"))
+        {
+            alpha += w;
+        }
+    }
+    assert_eq!(
+        total,
+        report["anon_rss_bytes"].as_u64().expect("anon"),
+        "folded weights add up to the anonymous RSS"
+    );
+    assert_eq!(alpha, 6 << 20, "cache_alpha's 6 MiB appear under its frame");
+    let svg_text = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(
+        svg_text.starts_with("<?xml") && svg_text.contains("cache_alpha"),
+        "an SVG flame graph naming the sites"
+    );
+}

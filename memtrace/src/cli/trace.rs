@@ -183,12 +183,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
     };
     let launched = !args.command.is_empty();
-    if !args.quiet {
-        eprintln!(
-            "memtrace: tracing pid {target}{}; Ctrl-C to stop",
-            if launched { " (launched)" } else { "" }
-        );
-    }
+    // Always said (on stderr): scripts wait for it before driving the target.
+    eprintln!(
+        "memtrace: tracing pid {target}{}; Ctrl-C to stop",
+        if launched { " (launched)" } else { "" }
+    );
 
     let started = Instant::now();
     let mut last_report = Instant::now();

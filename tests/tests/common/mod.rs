@@ -203,6 +203,12 @@ impl Waiting {
         }
     }
 
+    /// Close the fixture's stdin (its cue to exit) and wait for it.
+    pub fn finish(&mut self) -> i32 {
+        drop(self.stdin.take());
+        wait_with_timeout(&mut self.child, Duration::from_secs(60))
+    }
+
     /// Send one line to the fixture's stdin.
     pub fn go(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin piped");
