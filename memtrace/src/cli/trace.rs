@@ -146,8 +146,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ring_bytes: Some(args.ring_buffer_size),
         kernel_stacks: args.kernel_stacks,
     };
-    let mut session = Session::new(&opts)?;
+    // Before loading anything: a Ctrl-C from now on ends the session
+    // cleanly instead of killing memtrace mid-setup.
     install_signal_handlers();
+    let mut session = Session::new(&opts)?;
 
     let child = if args.command.is_empty() {
         None
