@@ -9,7 +9,7 @@
 //! `traced_ranges` (the ledger's anonymous ranges, adjacent ones coalesced)
 //! only when asked for.
 
-use std::{fmt::Write as _, io};
+use std::{collections::HashMap, fmt::Write as _, io};
 
 use serde::Serialize;
 
@@ -224,6 +224,7 @@ pub fn build(
         });
     }
     *by_cat.entry(SiteCategory::Untraced).or_insert(0) += attribution.untraced_rss_bytes;
+    let mut sites = merge_same_stacks(sites);
     sites.sort_by(|a, b| {
         b.rss_bytes
             .cmp(&a.rss_bytes)
@@ -263,6 +264,36 @@ pub fn build(
         call_sites: sites,
         traced_ranges,
     }
+}
+
+/// Origins whose stacks read the same (same functions and lines, e.g. the
+/// same code run by several threads) are one call site to a reader: sum
+/// them, keeping the first origin's id.
+fn merge_same_stacks(sites: Vec<SiteReport>) -> Vec<SiteReport> {
+    let mut index: HashMap<(SiteCategory, Vec<String>), usize> = HashMap::new();
+    let mut out: Vec<SiteReport> = Vec::with_capacity(sites.len());
+    for site in sites {
+        let frames = site.stack.frames.iter().map(Frame::display).collect();
+        match index.get(&(site.category, frames)) {
+            Some(&i) => {
+                let merged = &mut out[i];
+                merged.rss_bytes += site.rss_bytes;
+                merged.virtual_bytes += site.virtual_bytes;
+                merged.mappings += site.mappings;
+                for n in site.names {
+                    if !merged.names.contains(&n) {
+                        merged.names.push(n);
+                    }
+                }
+            }
+            None => {
+                let frames = site.stack.frames.iter().map(Frame::display).collect();
+                index.insert((site.category, frames), out.len());
+                out.push(site);
+            }
+        }
+    }
+    out
 }
 
 impl AttributedReport {
