@@ -108,26 +108,27 @@ impl CallStack {
     pub fn user_site(&self) -> Option<&Frame> {
         const PLUMBING: &[&str] = &[
             "alloc::",
-            "<alloc::",
-            "__rust_alloc",
-            "__rust_realloc",
+            "core::alloc::",
+            "std::alloc::",
+            "std::sys::alloc::",
+            "__rust_",
             "__rdl_",
             "__rg_",
-            "std::alloc::",
-            "core::alloc::",
-            "<std::alloc::",
-            "std::sys::alloc::",
             "hashbrown::raw::",
         ];
+        // `<T as alloc::vec::…>::from_elem` and `<alloc::raw_vec::…>::grow`
+        // are plumbing too: look past a leading `<` and `T as `.
+        let plumbing = |func: &str| {
+            let f = func.trim_start_matches('<');
+            let f = f.split_once(" as ").map_or(f, |(_, tr)| tr);
+            PLUMBING.iter().any(|p| f.starts_with(p))
+        };
         self.frames
             .iter()
             .find(|f| {
                 f.module.is_some()
                     && !f.in_runtime_library()
-                    && !f
-                        .function
-                        .as_deref()
-                        .is_some_and(|func| PLUMBING.iter().any(|p| func.starts_with(p)))
+                    && !f.function.as_deref().is_some_and(plumbing)
             })
             .or_else(|| self.call_site())
     }
@@ -151,6 +152,56 @@ pub fn event_raw_stack(ev: &Event, stack_of: impl FnOnce(u32) -> Vec<u64>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(function: &str, module: &str) -> Frame {
+        Frame {
+            address: 1,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            module_offset: Some(0),
+            inlined: false,
+        }
+    }
+
+    #[test]
+    fn user_site_skips_libc_and_allocator_plumbing() {
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let exe = "/srv/app";
+        let stack = CallStack {
+            frames: vec![
+                frame("__GI___mmap64", libc),
+                frame("sysmalloc", libc),
+                frame("__libc_calloc", libc),
+                frame("<alloc::raw_vec::RawVecInner>::try_allocate_in", exe),
+                frame(
+                    "<T as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+                    exe,
+                ),
+                frame("app::load_table", exe),
+                frame("app::main", exe),
+            ],
+        };
+        assert_eq!(
+            stack.user_site().and_then(|f| f.function.as_deref()),
+            Some("app::load_table")
+        );
+        assert_eq!(
+            stack.call_site().and_then(|f| f.function.as_deref()),
+            Some("sysmalloc")
+        );
+        let only_libc = CallStack {
+            frames: vec![
+                frame("__GI___mmap64", libc),
+                frame("_dl_map_segments", "/lib/ld-linux-x86-64.so.2"),
+            ],
+        };
+        assert_eq!(
+            only_libc.user_site().and_then(|f| f.function.as_deref()),
+            Some("_dl_map_segments")
+        );
+    }
 
     #[test]
     fn return_address_goes_second() {
