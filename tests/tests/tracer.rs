@@ -244,3 +244,89 @@ fn library_tracer_sees_a_child_mmap() {
     assert!(ev.user.is_some(), "the user stack window was captured");
     assert!(tracer.lost().total() == 0);
 }
+
+#[test]
+fn follow_forks_traces_children_from_their_first_call() {
+    // The shell forks /bin/true (no exec-in-place: two commands).
+    let run = run_launch(
+        &["--json", "--no-report", "--follow-forks"],
+        "/bin/sh",
+        &["-c", "/bin/true; /bin/true"],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let shell = run
+        .events
+        .iter()
+        .find(|e| e["kind"] == "mmap")
+        .expect("shell events")["pid"]
+        .clone();
+    let forks: Vec<&Value> = run.events.iter().filter(|e| e["kind"] == "fork").collect();
+    assert!(forks.len() >= 2, "the shell forked twice: {forks:?}");
+    for fork in forks {
+        let child = &fork["child_pid"];
+        assert_eq!(fork["pid"], shell);
+        let exec = run
+            .events
+            .iter()
+            .find(|e| e["pid"] == *child && e["kind"] == "exec")
+            .unwrap_or_else(|| panic!("child {child} exec traced"));
+        assert!(
+            exec["filename"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("true")),
+            "{exec}"
+        );
+        assert!(
+            run.events
+                .iter()
+                .any(|e| e["pid"] == *child && e["kind"] == "mmap"),
+            "the child's own mappings are traced"
+        );
+        assert!(
+            run.events
+                .iter()
+                .any(|e| e["pid"] == *child && e["kind"] == "exit")
+        );
+    }
+    // Without the flag, only the shell.
+    let run = run_launch(
+        &["--json", "--no-report"],
+        "/bin/sh",
+        &["-c", "/bin/true; /bin/true"],
+    );
+    let pids: std::collections::BTreeSet<String> =
+        run.events.iter().map(|e| e["pid"].to_string()).collect();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+}
+
+#[test]
+fn without_privileges_says_what_is_missing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    common::require_root();
+    // A copy nobody can reach whatever the permissions of the checkout.
+    let dir = std::env::temp_dir().join(format!("memtrace-nobody-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.join("memtrace");
+    std::fs::copy(common::memtrace_bin(), &bin).expect("copy memtrace");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .args(["--", "/bin/true"])
+        .output()
+        .expect("setpriv (util-linux) runs memtrace as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("root") && err.contains("memtrace snapshot"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
