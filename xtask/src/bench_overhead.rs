@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use crate::{build_release, workspace_root};
+use crate::{bench::median, build_release, workspace_root};
 
 const ITERATIONS: &str = "100000";
 const ROUNDS: usize = 15;
@@ -62,9 +62,4 @@ fn per_op(cmd: &mut Command) -> anyhow::Result<f64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no ns_per_op in the output of {cmd:?}: {text}"))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

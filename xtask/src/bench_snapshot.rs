@@ -11,10 +11,12 @@
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+
+use crate::bench::{KillOnDrop, median, ms};
 
 /// Number of mappings in the target process (vm.max_map_count is 65530 by default).
 const VMAS: usize = 60_000;
@@ -48,30 +50,13 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// Kills the target when the bench ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Run the benchmark and print the comparison.
 pub fn run() -> anyhow::Result<()> {
-    let workspace = workspace_root()?;
+    let workspace = crate::workspace_root();
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
 
-    eprintln!("building memtrace (release)…");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "-p", "memtrace"])
-        .current_dir(&workspace)
-        .status()
-        .context("running cargo build")?;
-    ensure!(status.success(), "cargo build --release -p memtrace failed");
+    crate::build_release()?;
     let memtrace = target_dir.join("release/memtrace");
 
     let max_map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
@@ -155,25 +140,6 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("MEMTRACE_WORKSPACE") {
-        return Ok(PathBuf::from(dir));
-    }
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["locate-project", "--workspace", "--message-format", "plain"])
-        .output()
-        .context("running cargo locate-project")?;
-    ensure!(
-        out.status.success(),
-        "cargo locate-project failed: run this inside the workspace"
-    );
-    let manifest = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .context("workspace manifest has no parent directory")
-}
-
 fn compile_target(dir: &Path) -> anyhow::Result<PathBuf> {
     let src = dir.join("many_vmas.c");
     let bin = dir.join("many_vmas");
@@ -218,15 +184,6 @@ fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
     let elapsed = start.elapsed();
     ensure!(status.success(), "{cmd:?} failed: {status}");
     Ok(elapsed)
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn which(program: &str) -> bool {

@@ -4,6 +4,7 @@
 //! component and bpf-linker, which the eBPF build needs; tracefs), quietly
 //! when everything is already there.
 
+mod bench;
 mod bench_attribution;
 mod bench_overhead;
 mod bench_snapshot;
