@@ -108,11 +108,31 @@ const RUNTIME_MARKERS: &[&str] = &[
 ];
 const THREAD_STACK_MARKERS: &[&str] = &["allocate_stack", "pthread_create", "__pthread_create"];
 
+/// What the ranges of one call site look like, gathered in one pass over
+/// the ledger.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SiteShape {
+    /// Some range is executable anonymous memory.
+    pub exec: bool,
+    /// Some range was mapped with `MAP_STACK`.
+    pub map_stack: bool,
+}
+
+/// The shape of every origin's live ranges.
+pub fn site_shapes(ledger: &Ledger) -> HashMap<OriginId, SiteShape> {
+    let mut out: HashMap<OriginId, SiteShape> = HashMap::new();
+    for r in ledger.ranges() {
+        let shape = out.entry(r.origin).or_default();
+        shape.exec |= r.prot & libc::PROT_EXEC as u32 != 0 && !r.fd_backed();
+        shape.map_stack |= r.flags & libc::MAP_STACK as u32 != 0;
+    }
+    out
+}
+
 /// Category of a call site, from its stack and the ranges it made.
 pub fn classify_site(
-    ledger: &Ledger,
-    id: OriginId,
     origin: &Origin,
+    shape: SiteShape,
     stack: &CallStack,
     named: bool,
 ) -> SiteCategory {
@@ -120,12 +140,7 @@ pub fn classify_site(
     if named {
         return SiteCategory::NamedRegions;
     }
-    let mut exec = false;
-    let mut map_stack = false;
-    for r in ledger.ranges().filter(|r| r.origin == id) {
-        exec |= r.prot & libc::PROT_EXEC as u32 != 0 && !r.fd_backed();
-        map_stack |= r.flags & libc::MAP_STACK as u32 != 0;
-    }
+    let SiteShape { exec, map_stack } = shape;
     if map_stack || funcs().any(|f| THREAD_STACK_MARKERS.iter().any(|m| f.contains(m))) {
         return SiteCategory::ThreadStacks;
     }
@@ -207,10 +222,12 @@ pub fn build(
 ) -> AttributedReport {
     let mut by_cat = std::collections::BTreeMap::new();
     let mut sites = Vec::new();
+    let shapes = site_shapes(ledger);
     for site in &attribution.sites {
         let origin = ledger.origin(site.origin);
         let stack = stack_of(origin);
-        let category = classify_site(ledger, site.origin, origin, &stack, !site.names.is_empty());
+        let shape = shapes.get(&site.origin).copied().unwrap_or_default();
+        let category = classify_site(origin, shape, &stack, !site.names.is_empty());
         *by_cat.entry(category).or_insert(0u64) += site.rss_bytes;
         sites.push(SiteReport {
             origin: site.origin.as_u32(),
@@ -435,4 +452,102 @@ pub fn flamegraph(report: &AttributedReport, out: impl io::Write) -> io::Result<
     opts.count_name = "bytes".into();
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out)
         .map_err(|e| io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(kind: EventKind) -> Origin {
+        Origin {
+            kind,
+            stack_id: None,
+            call_stack: None,
+            ret_addr: None,
+            ip: 0,
+            tid: 1,
+            time_ns: 0,
+            events: 1,
+        }
+    }
+
+    fn stack(funcs: &[&str]) -> CallStack {
+        CallStack {
+            frames: funcs
+                .iter()
+                .map(|f| Frame {
+                    address: 1,
+                    function: Some((*f).into()),
+                    file: None,
+                    line: None,
+                    module: Some("/bin/x".into()),
+                    module_offset: Some(0),
+                    inlined: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sites_are_classified_by_name_shape_and_stack() {
+        let mmap = origin(EventKind::Mmap);
+        let plain = SiteShape::default();
+        let cat = |o: &Origin, shape, funcs: &[&str], named| {
+            classify_site(o, shape, &stack(funcs), named)
+        };
+        assert_eq!(
+            cat(&mmap, plain, &["app::cache"], true),
+            SiteCategory::NamedRegions
+        );
+        let stack_shape = SiteShape {
+            map_stack: true,
+            ..plain
+        };
+        assert_eq!(
+            cat(&mmap, stack_shape, &["app::spawn"], false),
+            SiteCategory::ThreadStacks
+        );
+        assert_eq!(
+            cat(&mmap, plain, &["allocate_stack", "pthread_create"], false),
+            SiteCategory::ThreadStacks
+        );
+        let exec = SiteShape {
+            exec: true,
+            ..plain
+        };
+        assert_eq!(
+            cat(&mmap, exec, &["jit::emit"], false),
+            SiteCategory::JitCode
+        );
+        assert_eq!(
+            cat(
+                &mmap,
+                plain,
+                &["runtime.sysAlloc", "runtime.(*mheap).grow"],
+                false
+            ),
+            SiteCategory::RuntimeHeaps
+        );
+        assert_eq!(
+            cat(
+                &mmap,
+                plain,
+                &["sysmalloc", "_int_malloc", "app::load"],
+                false
+            ),
+            SiteCategory::AllocatorArenas
+        );
+        assert_eq!(
+            cat(&mmap, plain, &["je_extent_alloc"], false),
+            SiteCategory::AllocatorArenas
+        );
+        assert_eq!(
+            cat(&origin(EventKind::Brk), plain, &["app::grow"], false),
+            SiteCategory::AllocatorArenas
+        );
+        assert_eq!(
+            cat(&mmap, plain, &["app::map_file"], false),
+            SiteCategory::OtherCallSites
+        );
+    }
 }
