@@ -401,3 +401,34 @@ fn folded_and_flamegraph_files_match_the_report() {
         "an SVG flame graph naming the sites"
     );
 }
+
+/// `--report-every` prints the report while tracing, not only at the end.
+#[test]
+fn report_every_prints_periodic_reports() {
+    let out = temp_path("gt-every");
+    let w = Waiting::start(GROUND_TRUTH, &["--out", out.to_str().expect("utf8")]);
+    let run = run_attached(&["--json", "--quiet", "--report-every", "200ms"], w, |w| {
+        w.go();
+        w.expect_line("done");
+        std::thread::sleep(std::time::Duration::from_millis(900));
+    });
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let reports: Vec<&Value> = run
+        .others
+        .iter()
+        .filter(|o| o["type"] == "report")
+        .collect();
+    assert!(
+        reports.len() >= 3,
+        "periodic reports plus the final one, got {}",
+        reports.len()
+    );
+    for r in &reports {
+        let (a, u, t) = (
+            r["attributed_rss_bytes"].as_u64().expect("attributed"),
+            r["untraced_rss_bytes"].as_u64().expect("untraced"),
+            r["anon_rss_bytes"].as_u64().expect("anon"),
+        );
+        assert_eq!(a + u, t, "every report is exact");
+    }
+}

@@ -52,9 +52,11 @@ impl Cache {
 /// heap of its own, mapped with mmap.
 #[inline(never)]
 fn worker(id: usize) -> usize {
-    let mut kept: Vec<Vec<u8>> = Vec::new();
-    for i in 0..4000 {
-        kept.push(vec![(id + i) as u8; 512 + (i % 7) * 64]);
+    // Each thread's arena grows with mprotect as it fills; a few large-ish
+    // objects keep the event stream short enough to read.
+    let mut kept: Vec<Vec<u8>> = Vec::with_capacity(64);
+    for i in 0..64 {
+        kept.push(vec![(id + i) as u8; 24 * 1024 + (i % 7) * 512]);
     }
     thread::sleep(Duration::from_millis(200));
     black_box(&kept).len()
