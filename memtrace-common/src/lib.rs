@@ -141,7 +141,9 @@ pub mod counter {
     pub const LOST_RINGBUF: u32 = 0;
     /// Syscall entries dropped because the pending-call map was full.
     pub const LOST_PENDING: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Forked children that could not join the traced set (map full).
+    pub const LOST_CHILDREN: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Maximum number of threads with a syscall in flight at once.

@@ -318,8 +318,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: a plain read of a global set before load.
     let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
-    if follow != 0 {
-        let _ = TRACED.insert(&(child as u32), &1, 0);
+    if follow != 0 && TRACED.insert(&(child as u32), &1, 0).is_err() {
+        count(counter::LOST_CHILDREN);
     }
     emit_lifecycle(EventKind::Fork, tgid, tid, child as u64, None);
     0
@@ -354,6 +354,9 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
     if group_dead != 0 {
         emit_lifecycle(EventKind::Exit, tgid, tid, 0, None);
+        // Forget it here, not only when userspace sees the exit (which may
+        // be lost): a later process reusing the pid must not be traced.
+        let _ = TRACED.remove(&tgid);
     }
     0
 }

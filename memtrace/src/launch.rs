@@ -17,7 +17,7 @@ use std::{
     io,
     os::unix::process::CommandExt as _,
     process::Command,
-    sync::mpsc::{Receiver, Sender, channel},
+    sync::mpsc::{Receiver, Sender, TryRecvError, channel},
     thread,
 };
 
@@ -31,6 +31,8 @@ pub enum ChildEvent {
     AtExit,
     /// Gone, with the exit code memtrace should pass on (128+N for signal N).
     Exited(i32),
+    /// ptrace lost track of it (e.g. waitpid failed); it may still run.
+    Lost,
 }
 
 /// A process memtrace drives with ptrace: launched (stopped after exec
@@ -111,7 +113,13 @@ impl Launched {
 
     /// The next thing the child did, if any, without blocking.
     pub fn poll(&self) -> Option<ChildEvent> {
-        self.events.try_recv().ok()
+        match self.events.try_recv() {
+            Ok(ev) => Some(ev),
+            Err(TryRecvError::Empty) => None,
+            // The ptrace thread gave up (waitpid failed): memtrace can no
+            // longer hold the tracee, so stop relying on it.
+            Err(TryRecvError::Disconnected) => Some(ChildEvent::Lost),
+        }
     }
 
     /// After [`ChildEvent::AtExit`]: let the child finish exiting.

@@ -97,21 +97,23 @@ impl Session {
         self.process(raw)
     }
 
-    fn process(&mut self, raw: Vec<Event>) -> Vec<Event> {
+    fn process(&mut self, mut raw: Vec<Event>) -> Vec<Event> {
+        // Put the batch in the order the kernel applied the calls (see
+        // `apply_order`), so the ledgers replay them correctly.
+        raw.sort_by_key(apply_order);
         let mut out = Vec::with_capacity(raw.len());
-        // A module mapped since the last look (dlopen, the loader's work at
-        // startup), or a new image after exec: read the maps again now.
-        let mut stale: Vec<u32> = raw
-            .iter()
-            .filter(|ev| maps_may_change(ev))
-            .map(|ev| ev.pid)
-            .collect();
-        stale.dedup();
-        for pid in stale {
-            self.refresh_maps(pid);
-        }
+        // Processes whose modules may have changed (dlopen, the loader at
+        // startup, exec): their maps are read again right before their next
+        // event, so events before an exec still resolve in the old image.
+        let mut dirty: HashSet<u32> = HashSet::new();
+        // Children with an event of their own in this batch are processes
+        // (a thread's events carry its process's pid).
+        let active: HashSet<u32> = raw.iter().map(|ev| ev.pid).collect();
         for mut ev in raw {
             if ev.kind().is_syscall() {
+                if dirty.remove(&ev.pid) {
+                    self.refresh_maps(ev.pid);
+                }
                 // Unwind now and pin each address to its file and offset, so
                 // the stack means the same after the process is gone.
                 let maps = self.maps.get(&ev.pid).map(Vec::as_slice).unwrap_or(&[]);
@@ -123,27 +125,27 @@ impl Session {
                 ev.call_stack = Some(self.stacks.intern(located));
                 ev.user = None;
             }
+            if maps_may_change(&ev) {
+                dirty.insert(ev.pid);
+            }
             if let Call::Fork { child_pid } = ev.call {
-                // Thread creation fires the fork tracepoint too: a thread is
-                // listed under its process's task directory.
-                let is_thread = Path::new(&format!("/proc/{}/task/{child_pid}", ev.pid)).exists();
-                if is_thread {
+                // Thread creation fires the fork tracepoint too.
+                if !is_new_process(ev.pid, child_pid, &active) {
                     self.tracer.remove_pid(child_pid);
                     continue;
                 }
                 if self.follow_forks {
-                    // The child starts with a copy of the parent's mappings.
+                    // The child starts with a copy of the parent's mappings;
+                    // what is known of it already (an exec) stays.
                     self.pids.insert(child_pid);
                     let child = self
                         .ledgers
                         .get(&ev.pid)
                         .map(Ledger::fork_child)
                         .unwrap_or_default();
-                    self.ledgers.insert(child_pid, child);
-                    self.maps.insert(
-                        child_pid,
-                        self.maps.get(&ev.pid).cloned().unwrap_or_default(),
-                    );
+                    self.ledgers.entry(child_pid).or_insert(child);
+                    let maps = self.maps.get(&ev.pid).cloned().unwrap_or_default();
+                    self.maps.entry(child_pid).or_insert(maps);
                 }
             }
             let ledger = self.ledgers.entry(ev.pid).or_default();
@@ -152,10 +154,15 @@ impl Session {
             match ev.call {
                 Call::Exec { .. } => {
                     self.unwinder.forget(ev.pid);
+                    self.maps.remove(&ev.pid);
                 }
                 Call::Exit { .. } => {
+                    // Nothing of a process outlives it here: its report was
+                    // taken at its exit stop, before this event.
                     self.unwinder.forget(ev.pid);
                     self.pids.remove(&ev.pid);
+                    self.ledgers.remove(&ev.pid);
+                    self.maps.remove(&ev.pid);
                     self.tracer.remove_pid(ev.pid);
                 }
                 _ => {}
@@ -217,6 +224,49 @@ impl Session {
         if let Some(maps) = procmaps::read(pid) {
             self.maps.insert(pid, maps);
         }
+    }
+}
+
+/// When an event's change to the address space is known to have happened,
+/// as a sort key.
+///
+/// Events reach the ring buffer at syscall exit, after the kernel released
+/// the mm lock, so a thread preempted in between can deliver its munmap
+/// after another thread's mmap that reused the hole. Causality fixes the
+/// order: a call that names an existing range (munmap, mprotect, madvise,
+/// naming) can only have learnt that range after the call that created it
+/// returned, so it is keyed by its entry time; calls that create ranges
+/// (mmap, brk, and mremap, which may move into a hole another thread just
+/// made) by their exit time. A thread's own calls keep their order (each
+/// entry follows the previous exit).
+fn apply_order(ev: &Event) -> u64 {
+    match ev.call {
+        Call::Munmap { .. }
+        | Call::Mprotect { .. }
+        | Call::Madvise { .. }
+        | Call::SetVmaName { .. } => ev.time_ns.saturating_sub(ev.duration_ns),
+        _ => ev.time_ns,
+    }
+}
+
+/// Whether the fork of `child` by `parent` made a process (not a thread).
+/// A thread is listed under its process's task directory, or reports its
+/// process as its Tgid; one that already exited is gone from /proc, as is a
+/// short-lived child process, which shows itself by events of its own.
+fn is_new_process(parent: u32, child: u32, active: &HashSet<u32>) -> bool {
+    if active.contains(&child) {
+        return true;
+    }
+    if Path::new(&format!("/proc/{parent}/task/{child}")).exists() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{child}/status")) {
+        Ok(status) => status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .is_some_and(|tgid| tgid == child),
+        Err(_) => false,
     }
 }
 

@@ -402,6 +402,12 @@ impl Summary {
             "lost events: {} (ring buffer full: {}, pending table full: {})\n",
             self.lost_events, self.lost.ring_buffer, self.lost.pending
         ));
+        if self.lost.untraced_children > 0 {
+            s.push_str(&format!(
+                "children left untraced (traced set full): {}\n",
+                self.lost.untraced_children
+            ));
+        }
         s
     }
 }

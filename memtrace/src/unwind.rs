@@ -5,11 +5,7 @@
 //! tables of the modules mapped in the process (loaded once per file and
 //! shared between processes).
 
-use std::{
-    collections::{HashMap, HashSet},
-    ops::Range,
-    sync::Arc,
-};
+use std::{collections::HashMap, ops::Range, sync::Arc};
 
 use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _,
@@ -38,8 +34,10 @@ struct ElfUnwindInfo {
 struct ProcUnwinder {
     unwinder: UnwinderX86_64<Data>,
     cache: CacheX86_64,
-    /// Start addresses of the mappings already added (or found unusable).
-    seen: HashSet<u64>,
+    /// Mappings already added (or found unusable), by start address, with
+    /// the file and offset they held: a different file at the same address
+    /// (dlclose, then dlopen) replaces the module.
+    seen: HashMap<u64, (Arc<str>, u64)>,
 }
 
 /// Unwinds user stacks of traced processes.
@@ -100,11 +98,17 @@ impl Unwinder {
         let proc = self.procs.entry(pid).or_insert_with(|| ProcUnwinder {
             unwinder: UnwinderX86_64::new(),
             cache: CacheX86_64::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
         });
         for m in maps {
-            if !m.exec || !proc.seen.insert(m.start) {
+            if !m.exec {
                 continue;
+            }
+            let held = (m.path.clone(), m.offset);
+            match proc.seen.insert(m.start, held.clone()) {
+                Some(old) if old == held => continue,
+                Some(_) => proc.unwinder.remove_module(m.start),
+                None => {}
             }
             let info = self
                 .files
@@ -115,9 +119,10 @@ impl Unwinder {
             // The PT_LOAD holding this mapping's file offset places the
             // module: base = start - (p_vaddr + (offset - p_offset)).
             let Some(base) = info.segments.iter().find_map(|(range, vaddr)| {
-                range
-                    .contains(&m.offset)
-                    .then(|| m.start.wrapping_sub(vaddr + (m.offset - range.start)))
+                range.contains(&m.offset).then(|| {
+                    m.start
+                        .wrapping_sub(vaddr.wrapping_add(m.offset - range.start))
+                })
             }) else {
                 continue;
             };
@@ -133,7 +138,7 @@ fn load_elf(path: &str) -> Option<ElfUnwindInfo> {
     let file = object::File::parse(&*data).ok()?;
     let section = |name: &str| {
         let s = file.section_by_name(name)?;
-        let range = s.address()..s.address() + s.size();
+        let range = s.address()..s.address().checked_add(s.size())?;
         let bytes: Data = Arc::from(s.data().ok()?);
         Some((range, bytes))
     };
@@ -142,7 +147,7 @@ fn load_elf(path: &str) -> Option<ElfUnwindInfo> {
     let eh_frame_hdr = section(".eh_frame_hdr");
     let got = file
         .section_by_name(".got")
-        .map(|s| s.address()..s.address() + s.size());
+        .and_then(|s| Some(s.address()..s.address().checked_add(s.size())?));
     let debug_frame = section(".debug_frame");
     let sections = ExplicitModuleSectionInfo {
         base_svma: 0,
@@ -160,7 +165,7 @@ fn load_elf(path: &str) -> Option<ElfUnwindInfo> {
         .segments()
         .map(|seg| {
             let (off, size) = seg.file_range();
-            (off..off + size.max(1), seg.address())
+            (off..off.saturating_add(size.max(1)), seg.address())
         })
         .collect();
     Some(ElfUnwindInfo { sections, segments })

@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     bench::{KillOnDrop, median, ms},
-    build_release, workspace_root,
+    build_release,
 };
 
 const ROUNDS: usize = 11;
@@ -29,7 +29,7 @@ const LISTEN: &str = "127.0.0.1:16061";
 
 pub fn run() -> anyhow::Result<()> {
     build_release()?;
-    let bin = workspace_root().join("target/release");
+    let bin = crate::release_dir();
     let mut target = KillOnDrop(
         Command::new(bin.join("attrib_target"))
             .stdin(Stdio::piped())

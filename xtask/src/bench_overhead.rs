@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench::median, build_release, workspace_root};
+use crate::{bench::median, build_release};
 
 const ITERATIONS: &str = "100000";
 const ROUNDS: usize = 15;
@@ -18,7 +18,7 @@ const TARGET_RATIO: f64 = 1.10;
 
 pub fn run() -> anyhow::Result<()> {
     build_release()?;
-    let bin = workspace_root().join("target/release");
+    let bin = crate::release_dir();
     let workload = bin.join("overhead");
     let memtrace = bin.join("memtrace");
     let mut untraced = Vec::new();

@@ -51,13 +51,14 @@ int main(int argc, char **argv) {
 "#;
 
 pub fn run() -> anyhow::Result<()> {
-    let workspace = crate::workspace_root();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
+    let release = crate::release_dir();
+    let target_dir = release
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| release.clone());
 
     crate::build_release()?;
-    let memtrace = target_dir.join("release/memtrace");
+    let memtrace = release.join("memtrace");
 
     let max_map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()

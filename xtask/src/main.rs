@@ -93,6 +93,14 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where `cargo build --release` puts binaries (honours CARGO_TARGET_DIR).
+pub fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("release")
+}
+
 /// Run a command in the workspace root, failing unless it succeeds.
 pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd
@@ -125,7 +133,7 @@ pub fn build_release() -> anyhow::Result<()> {
 
 fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     build_release()?;
-    let target = workspace_root().join("target/release");
+    let target = crate::release_dir();
     let mut cmd = Command::new(target.join("memtrace"));
     if args.is_empty() {
         eprintln!("xtask: tracing the built-in demo workload (memtrace -- demo)");

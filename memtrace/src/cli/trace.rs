@@ -4,7 +4,7 @@ use std::{
     ffi::OsString,
     io::{self, Write as _},
     process::ExitCode,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// No per-event output, only the summary.
+    /// No per-event output: only the report and the summary.
     #[arg(short, long)]
     pub quiet: bool,
 
@@ -46,7 +46,8 @@ pub struct Args {
 
     /// Size of the kernel-to-memtrace ring buffer in bytes (a power of two
     /// number of pages). Raise it if events are reported lost.
-    #[arg(long, value_name = "BYTES", default_value_t = memtrace_common::DEFAULT_RING_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = memtrace_common::DEFAULT_RING_BYTES,
+          value_parser = clap::value_parser!(u32).range(4096..=(1 << 30)))]
     pub ring_buffer_size: u32,
 
     /// Also record the kernel's frame-pointer stack for every event (by
@@ -113,8 +114,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Ctrl-C / SIGTERM count, set from the signal handler.
 static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+/// Set by SIGTERM.
+static TERMINATED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGTERM {
+        TERMINATED.store(true, Ordering::SeqCst);
+    } else {
+        INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn install_signal_handlers() {
@@ -165,7 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .add_pid(target)
         .with_context(|| format!("tracing pid {target}"))?;
     // Hold the target at its exit, so the final report sees its memory.
-    let tracee = match child {
+    let mut tracee = match child {
         Some(c) => {
             c.start();
             Some(c)
@@ -212,15 +220,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         {
             last_report = Instant::now();
             if let Some(report) = take_report(&mut session, target, &args) {
-                print_report(&report, &args, &mut out)?;
+                print_report(&report.limited(args.top), &args, &mut out)?;
             }
         }
         out.flush()?;
 
         let interrupts = INTERRUPTS.load(Ordering::SeqCst);
-        // In launch mode the child gets the same Ctrl-C and usually exits;
-        // wait for that, unless Ctrl-C comes twice.
-        if interrupts >= 2 || (interrupts == 1 && !launched) {
+        // In launch mode the child gets the same Ctrl-C from the terminal
+        // and usually exits; wait for that, unless Ctrl-C comes twice.
+        // SIGTERM is meant for memtrace alone: stop at once.
+        if interrupts >= 2 || (interrupts == 1 && !launched) || TERMINATED.load(Ordering::SeqCst) {
             break;
         }
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -244,6 +253,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     exit_code = code;
                 }
                 break;
+            }
+            Some(ChildEvent::Lost) => {
+                eprintln!(
+                    "memtrace: warning: lost ptrace control of pid {target}; watching /proc instead"
+                );
+                tracee = None;
             }
             None => {
                 if tracee.is_none() && !session.reap_dead() {

@@ -105,6 +105,8 @@ pub struct Lost {
     pub ring_buffer: u64,
     /// Pending-call table full (too many threads inside a syscall at once).
     pub pending: u64,
+    /// Children (with `--follow-forks`) left untraced: traced set full.
+    pub untraced_children: u64,
 }
 
 impl Lost {
@@ -165,7 +167,7 @@ impl Tracer {
     pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
         check_prerequisites()?;
         let tracefs = tracefs::ensure_mounted()?;
-        tracefs::check_layouts(tracefs)?;
+        tracefs::check_layouts(tracefs, opts.follow_forks)?;
         bump_memlock_rlimit();
 
         let follow: u8 = opts.follow_forks.into();
@@ -277,6 +279,7 @@ impl Tracer {
         Lost {
             ring_buffer: sum(counter::LOST_RINGBUF),
             pending: sum(counter::LOST_PENDING),
+            untraced_children: sum(counter::LOST_CHILDREN),
         }
     }
 

@@ -84,7 +84,7 @@ fn parse_format(text: &str) -> HashMap<String, usize> {
 }
 
 /// What the eBPF programs assume about each record; verified before attach.
-pub fn check_layouts(tracefs: &Path) -> Result<(), TraceError> {
+pub fn check_layouts(tracefs: &Path, follow_forks: bool) -> Result<(), TraceError> {
     let expect = |cat: &str, tp: &str, fields: &[(&str, usize)]| -> Result<(), TraceError> {
         let offsets = field_offsets(tracefs, cat, tp)?;
         for (field, want) in fields {
@@ -109,7 +109,10 @@ pub fn check_layouts(tracefs: &Path) -> Result<(), TraceError> {
         expect("syscalls", &format!("sys_enter_{name}"), &fields)?;
         expect("syscalls", &format!("sys_exit_{name}"), &[("ret", 16)])?;
     }
-    expect("sched", "sched_process_fork", &[("child_pid", 20)])?;
+    // The fork program is attached only with --follow-forks.
+    if follow_forks {
+        expect("sched", "sched_process_fork", &[("child_pid", 20)])?;
+    }
     expect("sched", "sched_process_exec", &[("filename", 8)])?;
     expect("sched", "sched_process_exit", &[("group_dead", 32)])?;
     Ok(())
