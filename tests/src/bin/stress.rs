@@ -352,22 +352,32 @@ impl Worker<'_> {
         }
     }
 
-    #[inline(never)]
-    fn op_map_fixed(&mut self, op: usize) {
-        let Some((start, end, _)) = self.pool.pick(&mut self.rng) else {
-            return self.op_mmap(op);
-        };
+    /// A random page-aligned part of one of this thread's segments.
+    fn pick_sub_range(&mut self) -> Option<(u64, u64)> {
+        let (start, end, _) = self.pool.pick(&mut self.rng)?;
         let n = (end - start) / PAGE as u64;
         let at = self.rng.range(0, n - 1);
         let count = self.rng.range(1, n - at);
-        let addr = start + pages(at);
-        let len = pages(count);
-        let writable = self.rng.chance(60);
+        Some((start + pages(at), pages(count)))
+    }
+
+    /// Read-write with `percent` chance, else read-only.
+    fn random_prot(&mut self, percent: u64) -> (i32, bool) {
+        let writable = self.rng.chance(percent);
         let prot = if writable {
             PROT_READ | PROT_WRITE
         } else {
             PROT_READ
         };
+        (prot, writable)
+    }
+
+    #[inline(never)]
+    fn op_map_fixed(&mut self, op: usize) {
+        let Some((addr, len)) = self.pick_sub_range() else {
+            return self.op_mmap(op);
+        };
+        let (prot, writable) = self.random_prot(60);
         // SAFETY: MAP_FIXED over a range of our own pool.
         let p = unsafe {
             libc::mmap(
@@ -398,20 +408,10 @@ impl Worker<'_> {
 
     #[inline(never)]
     fn op_mprotect(&mut self, op: usize) {
-        let Some((start, end, _)) = self.pool.pick(&mut self.rng) else {
+        let Some((addr, len)) = self.pick_sub_range() else {
             return self.op_mmap(op);
         };
-        let n = (end - start) / PAGE as u64;
-        let at = self.rng.range(0, n - 1);
-        let count = self.rng.range(1, n - at);
-        let addr = start + pages(at);
-        let len = pages(count);
-        let writable = self.rng.chance(50);
-        let prot = if writable {
-            PROT_READ | PROT_WRITE
-        } else {
-            PROT_READ
-        };
+        let (prot, writable) = self.random_prot(50);
         // SAFETY: a range of our own pool.
         let rc = unsafe { libc::mprotect(addr as *mut c_void, len as usize, prot) };
         let result = errno_result(rc);
@@ -483,9 +483,10 @@ fn main() {
     let waiting = std::env::args().any(|a| a == "--wait");
     wait_if_asked("ready");
     std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(threads);
         for index in 0..threads {
             let log = &log;
-            s.spawn(move || {
+            handles.push(s.spawn(move || {
                 let mut w = Worker {
                     log,
                     rng: Rng::new(seed ^ ((index as u64 + 1) << 32)),
@@ -493,7 +494,15 @@ fn main() {
                     index,
                 };
                 w.run(ops);
-            });
+            }));
+        }
+        // Join each thread itself: the scope's implicit wait ends when the
+        // closures return, before the threads have unmapped their signal
+        // stacks on the way out, and the layout printed below must be final.
+        for h in handles {
+            if h.join().is_err() {
+                fail("a worker thread panicked");
+            }
         }
     });
     std::fs::copy("/proc/self/maps", &maps_copy)
