@@ -1,32 +1,27 @@
 //! memtrace: where did this Linux process's memory go?
 //!
-//! The library behind the `memtrace` command. Each module is one stage of
-//! the pipeline and exchanges plain data types with its neighbours:
+//! The library behind the `memtrace` command. Modules follow the data, each
+//! a stage that exchanges plain data types with its neighbours, and none
+//! imports one above it:
 //!
-//! - [`smaps`]: parse `/proc/PID/smaps` into [`smaps::Vma`]s.
-//! - [`classify`]: put each VMA in exactly one category.
-//! - [`snapshot`]: capture a process and total it (equal to `smaps_rollup`).
-//! - [`report`], [`units`]: render a snapshot as text or JSON.
-//! - [`serve`]: the same over HTTP.
-//! - [`event`]: decoded mapping events from the eBPF tracer ([`trace`]).
-//! - [`ledger`]: live traced address ranges with their origins.
+//! - [`proc`]: everything read from `/proc` (smaps, maps, pagemap, pid
+//!   facts) and its error type.
+//! - [`snapshot`]: capture and classify a process's VMAs, total them (equal
+//!   to `smaps_rollup`), render the breakdown.
+//! - [`trace`]: load the eBPF programs, decode their events, launch or
+//!   attach to the target.
+//! - [`stack`]: unwind and symbolize call stacks, choose the call site.
+//! - [`attribution`]: the ledger of traced ranges, its join with smaps, the
+//!   attributed report.
+//! - [`session`]: a tracing session and its live event stream.
+//! - [`serve`]: the reports over HTTP.
+//! - [`units`]: byte counts for humans.
 
-pub mod attribute;
-pub mod callsite;
-pub mod classify;
-pub mod event;
-pub mod launch;
-pub mod ledger;
-pub mod pagemap;
-pub mod procmaps;
-pub mod report;
+pub mod attribution;
+pub mod proc;
 pub mod serve;
 pub mod session;
-pub mod site_report;
-pub mod smaps;
 pub mod snapshot;
-pub mod stream;
-pub mod symbolize;
+pub mod stack;
 pub mod trace;
 pub mod units;
-pub mod unwind;

@@ -5,11 +5,12 @@
 //! Needs root (CI runs as root): reading page frame numbers, which tell the
 //! shared zero page apart from real anonymous pages, needs `CAP_SYS_ADMIN`.
 
-use memtrace::attribute::{self, PageCounter};
-use memtrace::event::{Call, Event};
-use memtrace::ledger::{Ledger, PAGE_SIZE};
-use memtrace::pagemap::Pagemap;
-use memtrace::smaps;
+use memtrace::attribution::join;
+use memtrace::attribution::ledger::{Ledger, PAGE_SIZE};
+use memtrace::proc::pagemap::PageCounter;
+use memtrace::proc::pagemap::Pagemap;
+use memtrace::proc::smaps;
+use memtrace::trace::event::{Call, Event};
 
 const P: u64 = PAGE_SIZE;
 /// Pages per traced mapping.
@@ -128,7 +129,7 @@ fn merged_vma_is_split_by_pagemap() {
         10
     );
 
-    let at = attribute::attribute(&vmas, &ledger, &mut pagemap);
+    let at = join::attribute(&vmas, &ledger, &mut pagemap);
     assert_eq!(
         at.attributed_rss_bytes + at.untraced_rss_bytes,
         at.anon_rss_bytes,

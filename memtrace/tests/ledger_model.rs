@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use memtrace::event::{Call, Event};
-use memtrace::ledger::{Ledger, PAGE_SIZE};
+use memtrace::attribution::ledger::{Ledger, PAGE_SIZE};
+use memtrace::trace::event::{Call, Event};
 use memtrace_common::EventKind;
 use proptest::prelude::*;
 

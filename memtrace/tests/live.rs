@@ -4,8 +4,9 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use memtrace::classify::Category;
-use memtrace::snapshot::{self, CaptureError, Snapshot, Totals};
+use memtrace::proc::ProcError;
+use memtrace::snapshot::classify::Category;
+use memtrace::snapshot::{self, Snapshot, Totals};
 
 const MIB: usize = 1 << 20;
 
@@ -47,7 +48,7 @@ fn touch(start: usize, len: usize) {
     }
 }
 
-fn vma_at(snap: &Snapshot, start: usize) -> (usize, &memtrace::smaps::Vma) {
+fn vma_at(snap: &Snapshot, start: usize) -> (usize, &memtrace::proc::smaps::Vma) {
     snap.vmas
         .iter()
         .enumerate()
@@ -267,12 +268,12 @@ fn errors_are_specific() {
     // No such process (pids are below 2^22 on Linux).
     assert!(matches!(
         snapshot::capture(99_999_999),
-        Err(CaptureError::NoSuchProcess { .. })
+        Err(ProcError::NoSuchProcess { .. })
     ));
     // kthreadd is pid 2 and a kernel thread, when we share its pid namespace.
     if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
         let err = snapshot::capture(2).expect_err("kernel thread");
-        assert!(matches!(err, CaptureError::KernelThread { .. }), "{err}");
+        assert!(matches!(err, ProcError::KernelThread { .. }), "{err}");
         assert!(err.to_string().contains("kernel thread"));
     }
     // An exited (zombie) child.
@@ -284,9 +285,9 @@ fn errors_are_specific() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let err = snapshot::capture(pid).expect_err("zombie");
-    assert!(matches!(err, CaptureError::NoSuchProcess { .. }), "{err}");
+    assert!(matches!(err, ProcError::NoSuchProcess { .. }), "{err}");
     let _ = child.wait();
     let err = snapshot::capture(pid).expect_err("reaped");
-    assert!(matches!(err, CaptureError::NoSuchProcess { .. }), "{err}");
+    assert!(matches!(err, ProcError::NoSuchProcess { .. }), "{err}");
     assert!(!err.to_string().contains('\n'));
 }

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use memtrace::classify::{Category, Classifier, ExeId};
-use memtrace::report::{self, Options};
-use memtrace::smaps::{self, Vma};
+use memtrace::proc::smaps::{self, Vma};
+use memtrace::snapshot::classify::{Category, Classifier, ExeId};
+use memtrace::snapshot::report::{self, Options};
 use memtrace::snapshot::{Snapshot, Totals};
 
 const KIB: u64 = 1024;

@@ -9,21 +9,21 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes(input in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        let _ = memtrace::smaps::parse(&input);
+        let _ = memtrace::proc::smaps::parse(&input);
         let _ = memtrace::snapshot::parse_rollup(&input);
     }
 
     #[test]
     fn smaps_like_text(input in "([0-9a-f]{1,17}-[0-9a-f]{1,17} [rwxps-]{4} [0-9a-f]{1,9} [0-9a-f]{1,3}:[0-9a-f]{1,3} [0-9]{1,21}( +[ -~]{0,20})?\n|[A-Z][A-Za-z_]{0,15}: {0,20}[0-9]{0,22}( kB| B| MB)?\n|VmFlags:( [a-z]{2}){0,5}\n)*") {
-        if let Ok(vmas) = memtrace::smaps::parse(input.as_bytes()) {
+        if let Ok(vmas) = memtrace::proc::smaps::parse(input.as_bytes()) {
             // Whatever parsed must be classifiable and totalled without overflow panics.
             let snap = memtrace::snapshot::Snapshot::from_vmas(
                 1,
                 vmas,
-                &mut memtrace::classify::Classifier::new(Default::default()),
+                &mut memtrace::snapshot::classify::Classifier::new(Default::default()),
             );
-            let _ = memtrace::report::render_text(&snap, &Default::default());
-            let _ = memtrace::report::render_json(&snap, &memtrace::report::Options { all: true, ..Default::default() });
+            let _ = memtrace::snapshot::report::render_text(&snap, &Default::default());
+            let _ = memtrace::snapshot::report::render_json(&snap, &memtrace::snapshot::report::Options { all: true, ..Default::default() });
         }
     }
 
@@ -42,7 +42,7 @@ proptest! {
                 _ => {}
             }
         }
-        let _ = memtrace::smaps::parse(&text);
-        let _ = memtrace::smaps::parse(&text[..cut.min(text.len())]);
+        let _ = memtrace::proc::smaps::parse(&text);
+        let _ = memtrace::proc::smaps::parse(&text[..cut.min(text.len())]);
     }
 }

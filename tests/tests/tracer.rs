@@ -220,7 +220,7 @@ fn launch_mode_passes_the_exit_status_on() {
 
 #[test]
 fn library_tracer_sees_a_child_mmap() {
-    use memtrace::{event::Call, trace::Tracer};
+    use memtrace::{trace::Tracer, trace::event::Call};
     common::require_root();
     let out = temp_path("lib-steps");
     let mut w = Waiting::start(MAPPINGS, &["--out", out.to_str().expect("utf8")]);

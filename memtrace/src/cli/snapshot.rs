@@ -3,8 +3,8 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use memtrace::report::{self, Options};
 use memtrace::snapshot;
+use memtrace::snapshot::report::{self, Options};
 
 /// Categorized breakdown of a process's memory from /proc/PID/smaps.
 ///

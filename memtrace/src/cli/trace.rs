@@ -10,11 +10,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memtrace::{
-    launch::{self, ChildEvent},
-    session::{Session, process_exists},
-    site_report::{self, AttributedReport, ReportOptions},
-    stream,
-    trace::TracerOptions,
+    attribution::report::{self as site_report, AttributedReport, ReportOptions},
+    proc::pid::process_exists,
+    session::{Session, stream},
+    trace::{
+        TracerOptions,
+        launch::{self, ChildEvent},
+    },
 };
 
 #[derive(Debug, clap::Args)]
@@ -332,7 +334,7 @@ fn write_files(report: &AttributedReport, args: &Args) -> anyhow::Result<()> {
 
 fn emit(
     session: &mut Session,
-    events: &[memtrace::event::Event],
+    events: &[memtrace::trace::event::Event],
     args: &Args,
     out: &mut impl io::Write,
 ) -> io::Result<()> {

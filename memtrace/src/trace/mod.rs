@@ -4,10 +4,12 @@
 //! Dropping a [`Tracer`] detaches every link and unloads every program and
 //! map; nothing stays in the kernel afterwards.
 
+pub mod event;
+pub mod launch;
 pub mod tracefs;
 
 use std::{
-    fmt, fs,
+    fmt,
     os::fd::AsRawFd,
     path::Path,
     sync::{
@@ -26,7 +28,7 @@ use aya::{
 };
 use memtrace_common::{RawEvent, counter};
 
-use crate::event::Event;
+use event::Event;
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
@@ -132,7 +134,7 @@ pub fn check_prerequisites() -> Result<(), TraceError> {
     if !cfg!(target_os = "linux") {
         return Err(TraceError::Kernel("eBPF tracing needs Linux".into()));
     }
-    let caps = effective_caps();
+    let caps = crate::proc::pid::effective_caps();
     let has = |bit: u32| caps & (1u64 << bit) != 0;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
@@ -147,18 +149,6 @@ pub fn check_prerequisites() -> Result<(), TraceError> {
         return Err(TraceError::NoBtf);
     }
     Ok(())
-}
-
-/// Effective capability set of this process (0 when unknown).
-fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
 }
 
 impl Tracer {

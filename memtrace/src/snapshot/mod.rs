@@ -1,10 +1,18 @@
-//! Capture a process's mappings, classify them and total them.
+//! The snapshot: a process's mappings captured from smaps, each put in one
+//! category, totalled, and rendered.
+//!
+//! - this module: [`capture`] and [`Snapshot`] with its [`Totals`].
+//! - [`classify`]: the category of each VMA.
+//! - [`report`]: the snapshot as text or JSON.
+//!
+//! Contact points: reads through [`crate::proc`]; [`crate::serve`] and the
+//! CLI render what [`capture`] returns.
 //!
 //! ```no_run
 //! // Serve the report about yourself, in-process:
 //! let snapshot = memtrace::snapshot::capture_self()?;
-//! let text = memtrace::report::render_text(&snapshot, &memtrace::report::Options::default());
-//! # Ok::<(), memtrace::snapshot::CaptureError>(())
+//! let text = memtrace::snapshot::report::render_text(&snapshot, &memtrace::snapshot::report::Options::default());
+//! # Ok::<(), memtrace::proc::ProcError>(())
 //! ```
 //!
 //! The totals are sums over every VMA, and every VMA is in exactly one
@@ -17,14 +25,17 @@
 //! value may be larger by less than 1 KiB per VMA.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::io;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::classify::{Category, Classifier, anon_name};
-use crate::smaps::{self, ParseError, Vma};
+use crate::proc::smaps::{self, ParseError, Vma};
+use crate::proc::{self, ProcError};
+
+pub mod classify;
+pub mod report;
+
+use classify::{Category, Classifier, anon_name};
 
 /// Sums of the memory fields over a set of VMAs (a category, a named
 /// region, or the whole process). All sizes in bytes.
@@ -181,7 +192,7 @@ pub struct CategoryUsage {
     #[serde(rename = "name")]
     pub category: Category,
     /// The text report section (`process`, `named`, `files`, `shared-memory`, `anonymous`, `kernel`).
-    pub group: crate::classify::Group,
+    pub group: classify::Group,
     /// Human label.
     pub label: &'static str,
     /// Sums over the category's VMAs.
@@ -285,30 +296,30 @@ impl Snapshot {
 /// Reads `/proc/PID/smaps` (the cost floor), `/proc/PID/exe`, and the ELF
 /// header of each distinct mapped file whose name does not already say it
 /// is a shared object.
-pub fn capture(pid: u32) -> Result<Snapshot, CaptureError> {
-    check_procfs()?;
+pub fn capture(pid: u32) -> Result<Snapshot, ProcError> {
+    proc::check_procfs()?;
     let vmas = smaps::read_smaps(pid)?;
     if vmas.is_empty() {
-        return Err(explain_empty(pid));
+        return Err(proc::pid::explain_empty(pid));
     }
     let mut classifier = Classifier::for_process(pid);
     Ok(Snapshot::from_vmas(pid, vmas, &mut classifier))
 }
 
 /// Capture the calling process (for serving the report in-process).
-pub fn capture_self() -> Result<Snapshot, CaptureError> {
+pub fn capture_self() -> Result<Snapshot, ProcError> {
     capture(std::process::id())
 }
 
 /// Read and parse `/proc/PID/smaps_rollup` (Linux 4.14+).
-pub fn read_rollup(pid: u32) -> Result<Totals, CaptureError> {
-    check_procfs()?;
+pub fn read_rollup(pid: u32) -> Result<Totals, ProcError> {
+    proc::check_procfs()?;
     let path = format!("/proc/{pid}/smaps_rollup");
-    let bytes = std::fs::read(&path).map_err(|e| CaptureError::from_io(pid, &path, e))?;
+    let bytes = std::fs::read(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
     if bytes.is_empty() {
-        return Err(explain_empty(pid));
+        return Err(proc::pid::explain_empty(pid));
     }
-    parse_rollup(&bytes).map_err(|error| CaptureError::Parse { pid, error })
+    parse_rollup(&bytes).map_err(|error| ProcError::Parse { pid, source: error })
 }
 
 /// Parse `smaps_rollup` text into [`Totals`]. `vma_count` and
@@ -320,136 +331,4 @@ pub fn parse_rollup(input: &[u8]) -> Result<Totals, ParseError> {
     t.vma_count = 0;
     t.virtual_bytes = 0;
     Ok(t)
-}
-
-/// Why a process could not be captured. `Display` gives one line that says
-/// what to do next.
-#[derive(Debug)]
-pub enum CaptureError {
-    /// The process does not exist, or exited while being read.
-    NoSuchProcess {
-        /// The process.
-        pid: u32,
-    },
-    /// Not allowed to read the process's memory map.
-    PermissionDenied {
-        /// The process.
-        pid: u32,
-    },
-    /// The pid is a kernel thread: it has no user address space.
-    KernelThread {
-        /// The process.
-        pid: u32,
-    },
-    /// Not Linux, or `/proc` is not mounted.
-    NoProcfs,
-    /// Another I/O error.
-    Io {
-        /// The file being read.
-        path: String,
-        /// The error.
-        error: io::Error,
-    },
-    /// The kernel's text did not parse (should not happen; please report).
-    Parse {
-        /// The process.
-        pid: u32,
-        /// Where parsing failed.
-        error: ParseError,
-    },
-}
-
-impl CaptureError {
-    /// Map an I/O error on a `/proc/PID/…` file to the right variant.
-    pub fn from_io(pid: u32, path: &str, error: io::Error) -> CaptureError {
-        match error.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => {
-                // ENOENT could also mean /proc is missing altogether.
-                if check_procfs().is_err() {
-                    CaptureError::NoProcfs
-                } else {
-                    CaptureError::NoSuchProcess { pid }
-                }
-            }
-            Some(libc::EACCES) | Some(libc::EPERM) => CaptureError::PermissionDenied { pid },
-            _ => CaptureError::Io {
-                path: path.to_owned(),
-                error,
-            },
-        }
-    }
-}
-
-impl fmt::Display for CaptureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CaptureError::NoSuchProcess { pid } => {
-                write!(
-                    f,
-                    "no process with pid {pid} (it does not exist or has exited)"
-                )
-            }
-            CaptureError::PermissionDenied { pid } => write!(
-                f,
-                "permission denied reading /proc/{pid}/smaps: run as the same user as pid {pid}, \
-                 or as root (CAP_SYS_PTRACE)"
-            ),
-            CaptureError::KernelThread { pid } => write!(
-                f,
-                "pid {pid} is a kernel thread: it has no user address space (its smaps is empty)"
-            ),
-            CaptureError::NoProcfs => {
-                write!(
-                    f,
-                    "/proc is not available: memtrace needs Linux with procfs mounted at /proc"
-                )
-            }
-            CaptureError::Io { path, error } => write!(f, "reading {path}: {error}"),
-            CaptureError::Parse { pid, error } => write!(f, "pid {pid}: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for CaptureError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            CaptureError::Io { error, .. } => Some(error),
-            CaptureError::Parse { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
-
-fn check_procfs() -> Result<(), CaptureError> {
-    if cfg!(not(target_os = "linux")) || !std::path::Path::new("/proc/self/stat").exists() {
-        return Err(CaptureError::NoProcfs);
-    }
-    Ok(())
-}
-
-/// smaps was empty: a kernel thread, or a process that exited (a zombie
-/// also has an empty smaps). `/proc/PID/stat` tells them apart.
-fn explain_empty(pid: u32) -> CaptureError {
-    /// `PF_KTHREAD` from include/linux/sched.h.
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return CaptureError::NoSuchProcess { pid };
-    };
-    // The command name is in parentheses and may contain spaces or ')'; the
-    // fields after the last ')' are: state ppid pgrp session tty tpgid flags.
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return CaptureError::NoSuchProcess { pid };
-    };
-    // Field 7 after the name is `flags`. A zombie or an exiting process
-    // whose mm is already gone also has empty smaps: report it as gone.
-    let flags: u64 = after
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0);
-    if flags & PF_KTHREAD != 0 {
-        CaptureError::KernelThread { pid }
-    } else {
-        CaptureError::NoSuchProcess { pid }
-    }
 }

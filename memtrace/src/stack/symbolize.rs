@@ -12,7 +12,7 @@ use blazesym::symbolize::{
 };
 use serde::Serialize;
 
-use crate::procmaps::Loc;
+use crate::proc::maps::Loc;
 
 /// One frame of a call stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -1,21 +1,31 @@
 //! A tracing session: the tracer, the processes it follows, and the
 //! per-event bookkeeping shared by the live stream and the reports.
 
-use std::{collections::HashMap, collections::HashSet, path::Path, time::Duration};
+use std::{collections::HashMap, collections::HashSet, time::Duration};
+
+pub mod stream;
 
 use crate::{
-    attribute,
-    callsite::{self, CallStack, StackTable},
-    event::{Call, Event},
-    ledger::Ledger,
-    procmaps::{self, Mapping},
-    site_report::{self, AttributedReport, ReportOptions},
-    smaps,
-    stream::Summary,
-    symbolize::Symbolizer,
-    trace::{TraceError, Tracer, TracerOptions},
-    unwind::Unwinder,
+    attribution::{
+        self,
+        ledger::Ledger,
+        report::{AttributedReport, ReportOptions},
+    },
+    proc::{
+        maps::{self, Mapping},
+        pid, smaps,
+    },
+    stack::{
+        callsite::{self, CallStack, StackTable},
+        symbolize::Symbolizer,
+        unwind::Unwinder,
+    },
+    trace::{
+        TraceError, Tracer, TracerOptions,
+        event::{Call, Event},
+    },
 };
+use stream::Summary;
 
 /// CLOCK_MONOTONIC now, in the eBPF side's time base (`bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {
@@ -121,7 +131,7 @@ impl Session {
                 let stack = callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
                     tracer.stack(id)
                 });
-                let located = procmaps::locate(maps, &stack);
+                let located = maps::locate(maps, &stack);
                 ev.call_stack = Some(self.stacks.intern(located));
                 ev.user = None;
             }
@@ -178,7 +188,7 @@ impl Session {
     /// Forget processes that are gone without an exit event (e.g. they
     /// exited before the tracer attached). Returns whether any is left.
     pub fn reap_dead(&mut self) -> bool {
-        self.pids.retain(|pid| process_exists(*pid));
+        self.pids.retain(|pid| pid::process_exists(*pid));
         !self.pids.is_empty()
     }
 
@@ -206,8 +216,8 @@ impl Session {
             ..
         } = self;
         let ledger = ledgers.get(&pid).unwrap_or(&empty);
-        let attribution = attribute::attribute_process(pid, &vmas, ledger);
-        Ok(site_report::build(
+        let attribution = attribution::join::attribute_process(pid, &vmas, ledger);
+        Ok(attribution::report::build(
             &attribution,
             ledger,
             opts,
@@ -221,7 +231,7 @@ impl Session {
     /// Re-read the file mappings of `pid`, keeping the old copy when the
     /// process is already gone.
     pub fn refresh_maps(&mut self, pid: u32) {
-        if let Some(maps) = procmaps::read(pid) {
+        if let Some(maps) = maps::read(pid) {
             self.maps.insert(pid, maps);
         }
     }
@@ -257,17 +267,10 @@ fn is_new_process(parent: u32, child: u32, active: &HashSet<u32>) -> bool {
     if active.contains(&child) {
         return true;
     }
-    if Path::new(&format!("/proc/{parent}/task/{child}")).exists() {
+    if pid::is_thread_of(parent, child) {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{child}/status")) {
-        Ok(status) => status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|t| t.trim().parse::<u32>().ok())
-            .is_some_and(|tgid| tgid == child),
-        Err(_) => false,
-    }
+    pid::status_field(child, "Tgid") == Some(u64::from(child))
 }
 
 /// Whether an event may have changed which files are mapped executable.
@@ -281,19 +284,5 @@ fn maps_may_change(ev: &Event) -> bool {
         Call::Mprotect { prot, .. } => !ev.failed() && prot & libc::PROT_EXEC as u32 != 0,
         Call::Exec { .. } => true,
         _ => false,
-    }
-}
-
-/// Whether `pid` names a live (not zombie) process.
-pub fn process_exists(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3 (after the parenthesised comm) is the state; Z = zombie.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| {
-                !rest.trim_start().starts_with('Z') && !rest.trim_start().starts_with('X')
-            })
-            .unwrap_or(false),
-        Err(_) => false,
     }
 }

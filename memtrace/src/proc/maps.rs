@@ -45,7 +45,7 @@ pub fn locate(maps: &[Mapping], addrs: &[u64]) -> Vec<Loc> {
 /// is gone or unreadable.
 pub fn read(pid: u32) -> Option<Vec<Mapping>> {
     let bytes = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
-    let vmas = crate::smaps::parse(&bytes).ok()?;
+    let vmas = super::smaps::parse(&bytes).ok()?;
     Some(
         vmas.into_iter()
             .filter(|v| v.name.starts_with('/'))

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::mpsc;
 
-use crate::snapshot::CaptureError;
+use super::ProcError;
 
 /// Access permissions of a mapping, from the `rwxp`/`rwxs` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -355,12 +355,12 @@ impl std::error::Error for ReadError {}
 ///
 /// An empty result is valid here (see [`crate::snapshot::capture`] for
 /// telling kernel threads and exited processes apart).
-pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, CaptureError> {
+pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, ProcError> {
     let path = format!("/proc/{pid}/smaps");
-    let file = File::open(&path).map_err(|e| CaptureError::from_io(pid, &path, e))?;
+    let file = File::open(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
     read_pipelined(file).map_err(|e| match e {
-        ReadError::Io(e) => CaptureError::from_io(pid, &path, e),
-        ReadError::Parse(e) => CaptureError::Parse { pid, error: e },
+        ReadError::Io(e) => ProcError::from_io(pid, &path, e),
+        ReadError::Parse(e) => ProcError::Parse { pid, source: e },
     })
 }
 

@@ -79,7 +79,7 @@ pub struct Event {
     #[serde(skip)]
     pub user: Option<Box<UserStack>>,
     /// The event's unwound call stack, as an id in the session's stack
-    /// table ([`crate::callsite::StackTable`]); set by userspace.
+    /// table ([`crate::stack::callsite::StackTable`]); set by userspace.
     pub call_stack: Option<u32>,
 }
 

@@ -1,7 +1,7 @@
 //! Serve the snapshot report over HTTP.
 //!
 //! - `GET /debug/memory?top=N&all=1&bytes=1`: the text report (`text/plain`).
-//! - `GET /debug/memory.json?top=N&all=1`: the JSON report (see [`crate::report::JsonReport`]).
+//! - `GET /debug/memory.json?top=N&all=1`: the JSON report (see [`crate::snapshot::report::JsonReport`]).
 //! - with tracing (`memtrace serve --trace`): `GET /debug/memory/attributed?top=N`
 //!   and `/debug/memory/attributed.json`: resident memory by call site.
 //!
@@ -22,10 +22,11 @@ use axum::routing::get;
 
 use std::{sync::mpsc, time::Duration};
 
-use crate::report::{self, Options};
+use crate::attribution::report::{AttributedReport, ReportOptions};
+use crate::proc::ProcError;
 use crate::session::Session;
-use crate::site_report::{AttributedReport, ReportOptions};
-use crate::snapshot::{self, CaptureError, Snapshot};
+use crate::snapshot::report::{self, Options};
+use crate::snapshot::{self, Snapshot};
 use crate::trace::TracerOptions;
 
 /// Largest `top` served; larger values (up to [`MAX_TOP_ACCEPTED`]) are capped to this.
@@ -318,13 +319,13 @@ async fn not_found() -> Response {
 }
 
 /// HTTP status for a capture failure.
-pub fn status_for(e: &CaptureError) -> StatusCode {
+pub fn status_for(e: &ProcError) -> StatusCode {
     match e {
-        CaptureError::NoSuchProcess { .. } => StatusCode::GONE,
-        CaptureError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-        CaptureError::KernelThread { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        CaptureError::NoProcfs => StatusCode::NOT_IMPLEMENTED,
-        CaptureError::Io { .. } | CaptureError::Parse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        ProcError::NoSuchProcess { .. } => StatusCode::GONE,
+        ProcError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+        ProcError::KernelThread { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ProcError::NoProcfs => StatusCode::NOT_IMPLEMENTED,
+        ProcError::Io { .. } | ProcError::Parse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

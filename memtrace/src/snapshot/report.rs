@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::classify::{Category, Group};
-use crate::smaps::Vma;
-use crate::snapshot::{CategoryUsage, NamedUsage, Snapshot, Totals};
+use super::classify::{Category, Group};
+use super::{CategoryUsage, NamedUsage, Snapshot, Totals};
+use crate::proc::smaps::Vma;
 use crate::units::Human;
 
 /// Version of the JSON schema. Bumped only on incompatible changes; new

@@ -20,13 +20,11 @@
 //! frame numbers read as 0, the zero page cannot be told apart, and it is
 //! counted; [`Pagemap::detects_zero_page`] says which case applies.
 
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use crate::attribute::PageCounter;
-use crate::ledger::PAGE_SIZE;
+use super::{PAGE_SIZE, ProcError};
 
 /// Bytes per pagemap entry.
 const ENTRY: usize = 8;
@@ -55,75 +53,28 @@ pub struct Pagemap {
     window: Option<(u64, u64)>,
 }
 
-/// Why [`Pagemap::open`] failed.
-#[derive(Debug)]
-pub enum PagemapError {
-    /// The process does not exist (or has exited).
-    NoSuchProcess {
-        /// The process.
-        pid: u32,
-    },
-    /// Reading another process's pagemap needs the same user, or root
-    /// (`CAP_SYS_PTRACE`).
-    PermissionDenied {
-        /// The process.
-        pid: u32,
-    },
-    /// Another I/O error.
-    Io {
-        /// The process.
-        pid: u32,
-        /// The error.
-        error: io::Error,
-    },
-}
+/// Counts resident anonymous pages in an address range.
+///
+/// [`Pagemap`] is the real implementation; tests use fakes.
+pub trait PageCounter {
+    /// How many pages of `[start, end)` are resident anonymous memory, in
+    /// the sense of smaps' `Anonymous:` (present, not file-backed or shmem,
+    /// not the shared zero page).
+    fn anon_resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64>;
 
-impl fmt::Display for PagemapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PagemapError::NoSuchProcess { pid } => write!(
-                f,
-                "no process with pid {pid} (it does not exist or has exited)"
-            ),
-            PagemapError::PermissionDenied { pid } => write!(
-                f,
-                "permission denied opening /proc/{pid}/pagemap: run as the same user as \
-                 pid {pid}, or as root (CAP_SYS_PTRACE)"
-            ),
-            PagemapError::Io { pid, error } => write!(f, "reading /proc/{pid}/pagemap: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for PagemapError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            PagemapError::Io { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
-
-impl From<PagemapError> for io::Error {
-    fn from(e: PagemapError) -> io::Error {
-        let kind = match &e {
-            PagemapError::NoSuchProcess { .. } => io::ErrorKind::NotFound,
-            PagemapError::PermissionDenied { .. } => io::ErrorKind::PermissionDenied,
-            PagemapError::Io { error, .. } => error.kind(),
-        };
-        io::Error::new(kind, e)
+    /// A hint: the next queries all lie within `[start, end)` (one VMA).
+    /// [`Pagemap`] reads the whole span with one system call and answers
+    /// the queries from memory. The default does nothing.
+    fn prefetch(&mut self, start: u64, end: u64) {
+        let _ = (start, end);
     }
 }
 
 impl Pagemap {
     /// Open `/proc/PID/pagemap`.
-    pub fn open(pid: u32) -> Result<Pagemap, PagemapError> {
+    pub fn open(pid: u32) -> Result<Pagemap, ProcError> {
         let path = format!("/proc/{pid}/pagemap");
-        let file = File::open(&path).map_err(|error| match error.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => PagemapError::NoSuchProcess { pid },
-            Some(libc::EACCES) | Some(libc::EPERM) => PagemapError::PermissionDenied { pid },
-            _ => PagemapError::Io { pid, error },
-        })?;
+        let file = File::open(&path).map_err(|error| ProcError::from_io(pid, &path, error))?;
         Ok(Pagemap {
             file,
             buf: vec![0; ENTRIES_PER_READ * ENTRY],
@@ -302,7 +253,7 @@ mod tests {
             .err()
             .expect("pid u32::MAX cannot exist");
         assert!(
-            matches!(err, PagemapError::NoSuchProcess { pid: u32::MAX }),
+            matches!(err, ProcError::NoSuchProcess { pid: u32::MAX }),
             "{err:?}"
         );
         assert!(err.to_string().contains("no process"), "{err}");

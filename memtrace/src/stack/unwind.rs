@@ -13,7 +13,7 @@ use framehop::{
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
-use crate::{event::UserStack, procmaps::Mapping};
+use crate::{proc::maps::Mapping, trace::event::UserStack};
 
 /// Lowest address a return address can have (mmap_min_addr is 64 KiB).
 const MIN_CODE_ADDRESS: u64 = 0x10000;

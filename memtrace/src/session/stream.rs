@@ -23,9 +23,11 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    callsite::CallStack,
-    event::{Call, Event},
-    trace::Lost,
+    stack::callsite::CallStack,
+    trace::{
+        Lost,
+        event::{Call, Event},
+    },
     units,
 };
 

@@ -13,11 +13,10 @@ use std::{collections::HashMap, fmt::Write as _, io};
 
 use serde::Serialize;
 
+use super::join::Attribution;
+use super::ledger::{Ledger, Origin, OriginId};
 use crate::{
-    attribute::Attribution,
-    callsite::CallStack,
-    ledger::{Ledger, Origin, OriginId},
-    symbolize::Frame,
+    stack::{callsite::CallStack, symbolize::Frame},
     units,
 };
 use memtrace_common::EventKind;

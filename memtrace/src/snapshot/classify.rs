@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::smaps::Vma;
+use crate::proc::smaps::{self, Vma};
 
 /// Where a VMA's memory belongs. Every VMA gets exactly one category, so
 /// the categories add up to the process totals.
@@ -238,7 +238,7 @@ impl ExeId {
         let link = format!("/proc/{pid}/exe");
         let path = std::fs::read_link(&link).ok().map(|p| {
             let s = p.to_string_lossy();
-            match s.strip_suffix(crate::smaps::DELETED_SUFFIX) {
+            match s.strip_suffix(smaps::DELETED_SUFFIX) {
                 Some(stripped) => PathBuf::from(stripped),
                 None => p,
             }

@@ -43,26 +43,10 @@ use std::io;
 
 use serde::{Serialize, Serializer};
 
-use crate::ledger::{Ledger, NameId, OriginId, PAGE_SIZE, Range};
-use crate::pagemap::Pagemap;
-use crate::smaps::Vma;
-
-/// Counts resident anonymous pages in an address range.
-///
-/// [`Pagemap`] is the real implementation; tests use fakes.
-pub trait PageCounter {
-    /// How many pages of `[start, end)` are resident anonymous memory, in
-    /// the sense of smaps' `Anonymous:` (present, not file-backed or shmem,
-    /// not the shared zero page).
-    fn anon_resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64>;
-
-    /// A hint: the next queries all lie within `[start, end)` (one VMA).
-    /// [`Pagemap`] reads the whole span with one system call and answers
-    /// the queries from memory. The default does nothing.
-    fn prefetch(&mut self, start: u64, end: u64) {
-        let _ = (start, end);
-    }
-}
+use super::ledger::{Ledger, NameId, OriginId, Range};
+use crate::proc::PAGE_SIZE;
+use crate::proc::pagemap::{PageCounter, Pagemap};
+use crate::proc::smaps::Vma;
 
 /// Resident anonymous memory of one process, by call site.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -132,7 +116,7 @@ fn origin_as_u32<S: Serializer>(id: &OriginId, s: S) -> Result<S::Ok, S::Error> 
 pub fn attribute_process(pid: u32, vmas: &[Vma], ledger: &Ledger) -> Attribution {
     let mut attribution = match Pagemap::open(pid) {
         Ok(mut pagemap) => attribute(vmas, ledger, &mut pagemap),
-        Err(e) => attribute(vmas, ledger, &mut Unavailable(Some(e.into()))),
+        Err(e) => attribute(vmas, ledger, &mut Unavailable(Some(io::Error::other(e)))),
     };
     attribution.pid = pid;
     attribution
@@ -436,7 +420,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::event::{Call, Event};
+    use crate::trace::event::{Call, Event};
 
     const P: u64 = PAGE_SIZE;
     const BASE: u64 = 0x7f00_0000_0000;

@@ -5,11 +5,13 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
-use crate::{
-    event::Event,
-    procmaps::{Loc, Mapping},
+use super::{
     symbolize::{Frame, Symbolizer},
     unwind::Unwinder,
+};
+use crate::{
+    proc::maps::{Loc, Mapping},
+    trace::event::Event,
 };
 
 /// Interned raw call stacks: each distinct stack is stored once and named
