@@ -15,10 +15,12 @@
 //!   attributed report.
 //! - [`session`]: a tracing session and its live event stream.
 //! - [`serve`]: the reports over HTTP.
+//! - [`schema`]: the JSON output contract (version, address convention).
 //! - [`units`]: byte counts for humans.
 
 pub mod attribution;
 pub mod proc;
+pub mod schema;
 pub mod serve;
 pub mod session;
 pub mod snapshot;

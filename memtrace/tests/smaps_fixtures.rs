@@ -228,7 +228,8 @@ fn json_report_schema() {
         },
     );
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], memtrace::schema::SCHEMA_VERSION);
+    assert_eq!(v["type"], "snapshot");
     assert_eq!(v["pid"], 42);
     assert_eq!(v["totals"]["rss_bytes"], snap.totals.rss_bytes);
     for key in [

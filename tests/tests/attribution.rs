@@ -29,6 +29,13 @@ fn all_ranges(maps: &[MapsLine]) -> Ranges {
     normalize(maps.iter().map(|m| (m.start, m.end)).collect())
 }
 
+/// An address as memtrace writes it: a `"0x…"` string.
+fn hex(v: &Value) -> Option<u64> {
+    v.as_str()
+        .and_then(|s| s.strip_prefix("0x"))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
 /// `traced_ranges` of the report, checked to be in the documented form:
 /// address order, disjoint, adjacent ones coalesced, page aligned.
 fn traced_ranges(report: &Value) -> Ranges {
@@ -41,7 +48,7 @@ fn traced_ranges(report: &Value) -> Ranges {
     let ranges: Ranges = list
         .iter()
         .map(|r| {
-            let pair = (r[0].as_u64(), r[1].as_u64());
+            let pair = (hex(&r[0]), hex(&r[1]));
             let (Some(s), Some(e)) = pair else {
                 panic!("traced range {r} is not [start, end]");
             };

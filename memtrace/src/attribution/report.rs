@@ -1,13 +1,11 @@
 //! The attributed report: resident anonymous memory by call site and by
 //! category, as text, one JSON object, folded stacks or a flame graph.
 //!
-//! JSON (`memtrace --json`, one line): `{"type":"report","pid","anon_rss_bytes",
-//! "attributed_rss_bytes","untraced_rss_bytes","coverage","categories":[{"name",
-//! "rss_bytes"}],"call_sites":[{"origin","rss_bytes","virtual_bytes","mappings",
-//! "names","category","call_site"?:FRAME,"stack":[FRAME…]}],"traced_ranges"?:
-//! [[start,end]…]}`. `call_sites` holds the top N by RSS (all with `--top 0`);
-//! `traced_ranges` (the ledger's anonymous ranges, adjacent ones coalesced)
-//! only when asked for.
+//! The report holds every call site; renderings list the top N of them
+//! ([`AttributedReport::text`], [`ReportLine`]). A call site is a distinct
+//! stack as [`crate::stack::callsite::StackTable::site`] decides it: origins
+//! (threads, processes, times) that mapped from the same code are one row.
+//! The JSON form is a [`ReportLine`] (schema: `docs/json-schema.md`).
 
 use std::{collections::HashMap, fmt::Write as _, io};
 
@@ -16,6 +14,7 @@ use serde::Serialize;
 use super::join::Attribution;
 use super::ledger::{Ledger, Origin, OriginId};
 use crate::{
+    schema,
     stack::{callsite::CallStack, symbolize::Frame},
     units,
 };
@@ -165,6 +164,7 @@ pub fn classify_site(
 /// One call site in the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct SiteReport {
+    /// The first origin (ledger id) of this call site.
     pub origin: u32,
     pub rss_bytes: u64,
     pub virtual_bytes: u64,
@@ -185,10 +185,8 @@ pub struct CategoryUsage {
 }
 
 /// The attributed report of one process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct AttributedReport {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
     pub pid: u32,
     pub anon_rss_bytes: u64,
     pub attributed_rss_bytes: u64,
@@ -196,38 +194,69 @@ pub struct AttributedReport {
     /// Share of anonymous RSS attributed to a call site (0..=1).
     pub coverage: f64,
     pub categories: Vec<CategoryUsage>,
-    /// How many call sites hold memory (the list may be cut to the top N).
-    pub call_site_count: usize,
+    /// Every call site holding memory, largest RSS first.
     pub call_sites: Vec<SiteReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The ledger's anonymous ranges, adjacent ones coalesced, when asked
+    /// for ([`ReportOptions::ranges`]).
     pub traced_ranges: Option<Vec<[u64; 2]>>,
 }
 
 /// How to build the report.
 #[derive(Clone, Copy, Debug)]
 pub struct ReportOptions {
-    /// Call sites listed; 0 = all.
-    pub top: usize,
     /// Include the ledger's coalesced anonymous ranges.
     pub ranges: bool,
 }
 
-/// Build the report; `stack_of` symbolizes an origin's call stack.
+/// How the report reaches the session's stacks: which call site an origin
+/// is, and the symbolized stack of a call site.
+pub trait SiteStacks {
+    /// The call site of `origin` (`None`: no stack was captured).
+    fn site_of(&self, origin: &Origin) -> Option<u32>;
+    /// The symbolized stack of `origin`, asked once per call site.
+    fn stack_of(&mut self, origin: &Origin) -> CallStack;
+}
+
+/// Build the report: origins of the same call site and category are one
+/// row, symbolized once.
 pub fn build(
     attribution: &Attribution,
     ledger: &Ledger,
     opts: ReportOptions,
-    mut stack_of: impl FnMut(&Origin) -> CallStack,
+    stacks: &mut dyn SiteStacks,
 ) -> AttributedReport {
     let mut by_cat = std::collections::BTreeMap::new();
-    let mut sites = Vec::new();
     let shapes = site_shapes(ledger);
+    // Rows keyed on the call site and what else decides the category
+    // (the stack's functions are the same for one call site).
+    let mut rows: HashMap<(Option<u32>, EventKind, bool, bool, bool), usize> = HashMap::new();
+    let mut sites: Vec<SiteReport> = Vec::new();
     for site in &attribution.sites {
         let origin = ledger.origin(site.origin);
-        let stack = stack_of(origin);
         let shape = shapes.get(&site.origin).copied().unwrap_or_default();
-        let category = classify_site(origin, shape, &stack, !site.names.is_empty());
-        *by_cat.entry(category).or_insert(0u64) += site.rss_bytes;
+        let named = !site.names.is_empty();
+        let key = (
+            stacks.site_of(origin),
+            origin.kind,
+            named,
+            shape.exec,
+            shape.map_stack,
+        );
+        if let Some(&i) = rows.get(&key) {
+            let row = &mut sites[i];
+            row.rss_bytes += site.rss_bytes;
+            row.virtual_bytes += site.virtual_bytes;
+            row.mappings += site.mappings;
+            for n in &site.names {
+                if !row.names.contains(n) {
+                    row.names.push(n.clone());
+                }
+            }
+            continue;
+        }
+        let stack = stacks.stack_of(origin);
+        let category = classify_site(origin, shape, &stack, named);
+        rows.insert(key, sites.len());
         sites.push(SiteReport {
             origin: site.origin.as_u32(),
             rss_bytes: site.rss_bytes,
@@ -239,17 +268,15 @@ pub fn build(
             stack,
         });
     }
+    for site in &sites {
+        *by_cat.entry(site.category).or_insert(0u64) += site.rss_bytes;
+    }
     *by_cat.entry(SiteCategory::Untraced).or_insert(0) += attribution.untraced_rss_bytes;
-    let mut sites = merge_same_stacks(sites);
     sites.sort_by(|a, b| {
         b.rss_bytes
             .cmp(&a.rss_bytes)
             .then(b.virtual_bytes.cmp(&a.virtual_bytes))
     });
-    let call_site_count = sites.len();
-    if opts.top > 0 {
-        sites.truncate(opts.top);
-    }
     let categories = SiteCategory::ALL
         .iter()
         .map(|c| CategoryUsage {
@@ -269,61 +296,30 @@ pub fn build(
         out
     });
     AttributedReport {
-        kind: "report",
         pid: attribution.pid,
         anon_rss_bytes: attribution.anon_rss_bytes,
         attributed_rss_bytes: attribution.attributed_rss_bytes,
         untraced_rss_bytes: attribution.untraced_rss_bytes,
         coverage: attribution.coverage(),
         categories,
-        call_site_count,
         call_sites: sites,
         traced_ranges,
     }
 }
 
-/// Origins whose stacks read the same (same functions and lines, e.g. the
-/// same code run by several threads) are one call site to a reader: sum
-/// them, keeping the first origin's id.
-fn merge_same_stacks(sites: Vec<SiteReport>) -> Vec<SiteReport> {
-    let mut index: HashMap<(SiteCategory, Vec<String>), usize> = HashMap::new();
-    let mut out: Vec<SiteReport> = Vec::with_capacity(sites.len());
-    for site in sites {
-        let frames = site.stack.frames.iter().map(Frame::display).collect();
-        match index.get(&(site.category, frames)) {
-            Some(&i) => {
-                let merged = &mut out[i];
-                merged.rss_bytes += site.rss_bytes;
-                merged.virtual_bytes += site.virtual_bytes;
-                merged.mappings += site.mappings;
-                for n in site.names {
-                    if !merged.names.contains(&n) {
-                        merged.names.push(n);
-                    }
-                }
-            }
-            None => {
-                let frames = site.stack.frames.iter().map(Frame::display).collect();
-                index.insert((site.category, frames), out.len());
-                out.push(site);
-            }
-        }
-    }
-    out
-}
-
 impl AttributedReport {
-    /// The same report with only the top `n` call sites (all when 0).
-    pub fn limited(&self, n: usize) -> AttributedReport {
-        let mut r = self.clone();
-        if n > 0 {
-            r.call_sites.truncate(n);
+    /// The first `top` call sites (all when 0).
+    pub fn top_sites(&self, top: usize) -> &[SiteReport] {
+        if top == 0 {
+            &self.call_sites
+        } else {
+            &self.call_sites[..top.min(self.call_sites.len())]
         }
-        r
     }
 
-    /// The report for a terminal; `verbose` lists every frame.
-    pub fn text(&self, verbose: bool) -> String {
+    /// The report for a terminal, listing the first `top` call sites (all
+    /// when 0); `verbose` lists every frame.
+    pub fn text(&self, verbose: bool, top: usize) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -344,15 +340,15 @@ impl AttributedReport {
         let _ = writeln!(
             s,
             "\nTop {} of {} call sites by RSS:",
-            self.call_sites.len(),
-            self.call_site_count
+            self.top_sites(top).len(),
+            self.call_sites.len()
         );
         let _ = writeln!(
             s,
             "{:>10} {:>10} {:>5}  {:<16} CALL SITE",
             "RSS", "VIRTUAL", "MAPS", "CATEGORY"
         );
-        for site in &self.call_sites {
+        for site in self.top_sites(top) {
             let cat = match site.category {
                 SiteCategory::NamedRegions => "named",
                 SiteCategory::ThreadStacks => "thread stack",
@@ -390,11 +386,53 @@ impl AttributedReport {
         }
         s
     }
+}
 
-    /// One JSON object.
-    pub fn json(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+/// The attributed report as a JSON line, listing the first `top` call
+/// sites.
+#[derive(Debug, Serialize)]
+pub struct ReportLine<'a> {
+    pub schema_version: u32,
+    pub pid: u32,
+    pub anon_rss_bytes: u64,
+    pub attributed_rss_bytes: u64,
+    pub untraced_rss_bytes: u64,
+    /// Share of anonymous RSS attributed to a call site (0..=1).
+    pub coverage: f64,
+    pub categories: &'a [CategoryUsage],
+    /// How many call sites hold memory; `call_sites` may list fewer.
+    pub call_site_count: usize,
+    pub call_sites: &'a [SiteReport],
+    /// The ledger's anonymous ranges, adjacent ones coalesced (`--ranges`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "hex_ranges_opt"
+    )]
+    pub traced_ranges: Option<&'a [[u64; 2]]>,
+}
+
+fn hex_ranges_opt<S: serde::Serializer>(v: &Option<&[[u64; 2]]>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(r) => schema::hex_ranges(r, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl<'a> ReportLine<'a> {
+    /// `top` = 0 lists every call site.
+    pub fn new(r: &'a AttributedReport, top: usize) -> ReportLine<'a> {
+        ReportLine {
+            schema_version: schema::SCHEMA_VERSION,
+            pid: r.pid,
+            anon_rss_bytes: r.anon_rss_bytes,
+            attributed_rss_bytes: r.attributed_rss_bytes,
+            untraced_rss_bytes: r.untraced_rss_bytes,
+            coverage: r.coverage,
+            categories: &r.categories,
+            call_site_count: r.call_sites.len(),
+            call_sites: r.top_sites(top),
+            traced_ranges: r.traced_ranges.as_deref(),
+        }
     }
 }
 

@@ -1,22 +1,21 @@
 //! `memtrace --pid N` / `memtrace -- CMD ARGS…`: stream mapping events.
 
-use std::{
-    ffi::OsString,
-    io::{self, Write as _},
-    process::ExitCode,
-    sync::atomic::{AtomicBool, AtomicU32, Ordering},
-    time::{Duration, Instant},
-};
+use std::{ffi::OsString, io, process::ExitCode, sync::atomic::Ordering, time::Duration};
 
 use anyhow::{Context as _, bail};
 use memtrace::{
-    attribution::report::{self as site_report, AttributedReport, ReportOptions},
+    attribution::report::{self as site_report, AttributedReport},
     proc::pid::process_exists,
-    session::{Session, stream},
-    trace::{
-        TracerOptions,
-        launch::{self, ChildEvent},
+    session::{
+        Session,
+        driver::{self, DriveOptions, StopFlags},
+        output::{Format, Output},
     },
+    trace::{TracerOptions, launch},
+};
+use signal_hook::{
+    consts::{SIGINT, SIGTERM},
+    iterator::Signals,
 };
 
 #[derive(Debug, clap::Args)]
@@ -113,30 +112,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Ctrl-C / SIGTERM count, set from the signal handler.
-static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
-
-/// Set by SIGTERM.
-static TERMINATED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    if sig == libc::SIGTERM {
-        TERMINATED.store(true, Ordering::SeqCst);
-    } else {
-        INTERRUPTS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn install_signal_handlers() {
-    // SAFETY: the handler only touches an atomic. No SA_RESTART, so poll
-    // returns early on a signal.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-    }
+/// Count Ctrl-C and note SIGTERM from now on (a thread of signal-hook's
+/// collects them), so a signal ends the session cleanly instead of killing
+/// memtrace mid-setup with programs loaded.
+fn watch_signals() -> anyhow::Result<StopFlags> {
+    let stop = StopFlags::default();
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let flags = stop.clone();
+    std::thread::Builder::new()
+        .name("memtrace-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGTERM {
+                    flags.terminated.store(true, Ordering::SeqCst);
+                } else {
+                    flags.interrupts.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(stop)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -156,9 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ring_bytes: Some(args.ring_buffer_size),
         kernel_stacks: args.kernel_stacks,
     };
-    // Before loading anything: a Ctrl-C from now on ends the session
-    // cleanly instead of killing memtrace mid-setup.
-    install_signal_handlers();
+    let stop = watch_signals()?;
     let mut session = Session::new(&opts)?;
 
     let child = if args.command.is_empty() {
@@ -175,7 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .add_pid(target)
         .with_context(|| format!("tracing pid {target}"))?;
     // Hold the target at its exit, so the final report sees its memory.
-    let mut tracee = match child {
+    let tracee = match child {
         Some(c) => {
             c.start();
             Some(c)
@@ -188,7 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     bail!("process {target} exited before tracing started");
                 }
                 eprintln!(
-                    "memtrace: warning: {e:#}; a report at the target's exit will not be possible"
+                    "memtrace: warning: {e}; a report at the target's exit will not be possible"
                 );
                 None
             }
@@ -201,120 +194,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if launched { " (launched)" } else { "" }
     );
 
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut exit_code = 0;
-    let mut reported_lost = 0;
-    let mut final_report = None;
-    loop {
-        let events = session.poll(Duration::from_millis(50));
-        emit(&mut session, &events, &args, &mut out)?;
-        if !args.json && !args.quiet && session.summary.lost_events > reported_lost {
-            reported_lost = session.summary.lost_events;
-            writeln!(
-                out,
-                "!! {reported_lost} events lost so far (raise --ring-buffer-size)"
-            )?;
-        }
-        if let Some(every) = args.report_every
-            && last_report.elapsed() >= every
-        {
-            last_report = Instant::now();
-            if let Some(report) = take_report(&mut session, target, &args) {
-                print_report(&report.limited(args.top), &args, &mut out)?;
-            }
-        }
-        out.flush()?;
-
-        let interrupts = INTERRUPTS.load(Ordering::SeqCst);
-        // In launch mode the child gets the same Ctrl-C from the terminal
-        // and usually exits; wait for that, unless Ctrl-C comes twice.
-        // SIGTERM is meant for memtrace alone: stop at once.
-        if interrupts >= 2 || (interrupts == 1 && !launched) || TERMINATED.load(Ordering::SeqCst) {
-            break;
-        }
-        if args.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        match tracee.as_ref().and_then(|t| t.poll()) {
-            Some(ChildEvent::AtExit) => {
-                // Stopped at exit with its address space intact: take
-                // everything it did, then the report, then let it go.
-                let events = session.drain();
-                emit(&mut session, &events, &args, &mut out)?;
-                if !args.no_report {
-                    final_report = take_report(&mut session, target, &args);
-                }
-                if let Some(t) = &tracee {
-                    t.resume_exit();
-                }
-            }
-            Some(ChildEvent::Exited(code)) => {
-                if launched {
-                    exit_code = code;
-                }
-                break;
-            }
-            Some(ChildEvent::Lost) => {
-                eprintln!(
-                    "memtrace: warning: lost ptrace control of pid {target}; watching /proc instead"
-                );
-                tracee = None;
-            }
-            None => {
-                if tracee.is_none() && !session.reap_dead() {
-                    break;
-                }
-            }
-        }
-    }
-    let events = session.drain();
-    emit(&mut session, &events, &args, &mut out)?;
-    if final_report.is_none() && !args.no_report && process_exists(target) {
-        final_report = take_report(&mut session, target, &args);
-    }
-    if let Some(report) = &final_report {
-        write_files(report, &args)?;
-        print_report(&report.limited(args.top), &args, &mut out)?;
-    } else if !args.no_report {
-        eprintln!("memtrace: no report: the target exited before memtrace could stop it at exit");
-    }
-    if args.json {
-        writeln!(out, "{}", session.summary.json())?;
-    } else {
-        write!(out, "{}", session.summary.text())?;
-    }
-    out.flush()?;
-    drop(session);
-    Ok(ExitCode::from(exit_code.clamp(0, 255) as u8))
-}
-
-/// The full report (all call sites), or `None` with a warning.
-fn take_report(session: &mut Session, pid: u32, args: &Args) -> Option<AttributedReport> {
-    let opts = ReportOptions {
-        top: 0,
+    let drive_opts = DriveOptions {
+        duration: args.duration,
+        report_every: args.report_every,
+        quiet: args.quiet,
+        no_report: args.no_report,
         ranges: args.ranges,
+        launched,
     };
-    match session.attributed_report(pid, opts) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            eprintln!("memtrace: no report for pid {pid}: {e:#}");
-            None
-        }
-    }
-}
-
-fn print_report(
-    report: &AttributedReport,
-    args: &Args,
-    out: &mut impl io::Write,
-) -> io::Result<()> {
-    if args.json {
-        writeln!(out, "{}", report.json())
+    let format = if args.json {
+        Format::Json
     } else {
-        write!(out, "{}", report.text(args.verbose))
+        Format::Text
+    };
+    let mut out = Output::new(
+        io::BufWriter::new(io::stdout().lock()),
+        format,
+        args.verbose,
+        args.top,
+    );
+    let outcome = driver::drive(
+        &mut session,
+        target,
+        tracee,
+        &drive_opts,
+        &mut out,
+        &stop,
+        &mut |m: &str| eprintln!("memtrace: {m}"),
+    )
+    .context("writing the output")?;
+    drop(session);
+    if !outcome.output_closed
+        && let Some(report) = &outcome.report
+    {
+        write_files(report, &args)?;
     }
+    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
 
 fn write_files(report: &AttributedReport, args: &Args) -> anyhow::Result<()> {
@@ -328,30 +243,6 @@ fn write_files(report: &AttributedReport, args: &Args) -> anyhow::Result<()> {
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         site_report::flamegraph(report, io::BufWriter::new(file))
             .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn emit(
-    session: &mut Session,
-    events: &[memtrace::trace::event::Event],
-    args: &Args,
-    out: &mut impl io::Write,
-) -> io::Result<()> {
-    if args.quiet {
-        return Ok(());
-    }
-    for ev in events {
-        let stack = session.stack_of(ev);
-        if args.json {
-            writeln!(out, "{}", stream::event_json(ev, &stack))?;
-        } else {
-            writeln!(
-                out,
-                "{}",
-                stream::event_line(ev, &stack, session.start_ns, args.verbose)
-            )?;
-        }
     }
     Ok(())
 }

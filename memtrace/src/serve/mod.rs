@@ -22,9 +22,9 @@ use axum::routing::get;
 
 use std::{sync::mpsc, time::Duration};
 
-use crate::attribution::report::{AttributedReport, ReportOptions};
+use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
 use crate::proc::ProcError;
-use crate::session::Session;
+use crate::session::{Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
 use crate::snapshot::{self, Snapshot};
 use crate::trace::TracerOptions;
@@ -77,10 +77,7 @@ impl TracingHandle {
                         match req_rx.try_recv() {
                             Ok(reply) => {
                                 session.drain();
-                                let opts = ReportOptions {
-                                    top: 0,
-                                    ranges: false,
-                                };
+                                let opts = ReportOptions { ranges: false };
                                 let report = session
                                     .attributed_report(pid, opts)
                                     .map_err(|e| format!("{e:#}"));
@@ -257,7 +254,7 @@ fn attributed_top(params: &[(String, String)]) -> Result<usize, String> {
 async fn attributed_for(
     state: &ServeState,
     params: &[(String, String)],
-) -> Result<(AttributedReport, bool), Response> {
+) -> Result<(AttributedReport, usize, bool), Response> {
     let top = attributed_top(params).map_err(|reason| plain(StatusCode::BAD_REQUEST, reason))?;
     let verbose = params.iter().any(|(k, v)| k == "verbose" && v != "0");
     let Some(tracing) = state.tracing.clone() else {
@@ -283,7 +280,7 @@ async fn attributed_for(
             };
             plain(status, e)
         })?;
-    Ok((report.limited(top), verbose))
+    Ok((report, top, verbose))
 }
 
 async fn attributed_text(
@@ -291,7 +288,7 @@ async fn attributed_text(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     match attributed_for(&state, &params).await {
-        Ok((report, verbose)) => plain(StatusCode::OK, report.text(verbose)),
+        Ok((report, top, verbose)) => plain(StatusCode::OK, report.text(verbose, top)),
         Err(resp) => resp,
     }
 }
@@ -301,10 +298,10 @@ async fn attributed_json(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     match attributed_for(&state, &params).await {
-        Ok((report, _)) => (
+        Ok((report, top, _)) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            report.json(),
+            TraceLine::Report(ReportLine::new(&report, top)).to_json(),
         )
             .into_response(),
         Err(resp) => resp,

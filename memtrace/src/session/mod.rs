@@ -3,13 +3,15 @@
 
 use std::{collections::HashMap, collections::HashSet, time::Duration};
 
+pub mod driver;
+pub mod output;
 pub mod stream;
 
 use crate::{
     attribution::{
         self,
-        ledger::Ledger,
-        report::{AttributedReport, ReportOptions},
+        ledger::{Ledger, Origin},
+        report::{AttributedReport, ReportOptions, SiteStacks},
     },
     proc::{
         maps::{self, Mapping},
@@ -23,6 +25,7 @@ use crate::{
     trace::{
         TraceError, Tracer, TracerOptions,
         event::{Call, Event},
+        source::EventSource,
     },
 };
 use stream::Summary;
@@ -38,8 +41,9 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub struct Session {
-    pub tracer: Tracer,
+/// A tracing session over an event source: the eBPF [`Tracer`] by default.
+pub struct Session<S: EventSource = Tracer> {
+    pub tracer: S,
     pub symbolizer: Symbolizer,
     pub unwinder: Unwinder,
     /// Raw call stacks of all events, by `Event::call_stack`.
@@ -57,21 +61,29 @@ pub struct Session {
     maps: HashMap<u32, Vec<Mapping>>,
 }
 
-impl Session {
+impl Session<Tracer> {
+    /// Load the eBPF tracer; nothing is traced until [`Session::add_pid`].
     pub fn new(opts: &TracerOptions) -> Result<Session, TraceError> {
         let tracer = Tracer::load(opts)?;
-        Ok(Session {
-            tracer,
+        Ok(Session::with_source(tracer, opts.follow_forks))
+    }
+}
+
+impl<S: EventSource> Session<S> {
+    /// A session over any event source (e.g. a recording in tests).
+    pub fn with_source(source: S, follow_forks: bool) -> Session<S> {
+        Session {
+            tracer: source,
             symbolizer: Symbolizer::new(),
             unwinder: Unwinder::new(),
             stacks: StackTable::default(),
             summary: Summary::default(),
             start_ns: monotonic_ns(),
-            follow_forks: opts.follow_forks,
+            follow_forks,
             pids: HashSet::new(),
             ledgers: HashMap::new(),
             maps: HashMap::new(),
-        })
+        }
     }
 
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
@@ -206,7 +218,7 @@ impl Session {
         &mut self,
         pid: u32,
         opts: ReportOptions,
-    ) -> anyhow::Result<AttributedReport> {
+    ) -> Result<AttributedReport, crate::proc::ProcError> {
         let vmas = smaps::read_smaps(pid)?;
         let empty = Ledger::default();
         let Session {
@@ -217,14 +229,12 @@ impl Session {
         } = self;
         let ledger = ledgers.get(&pid).unwrap_or(&empty);
         let attribution = attribution::join::attribute_process(pid, &vmas, ledger);
+        let mut sites = Sites { stacks, symbolizer };
         Ok(attribution::report::build(
             &attribution,
             ledger,
             opts,
-            |origin| match origin.call_stack {
-                Some(id) => CallStack::symbolize(symbolizer, stacks.get(id)),
-                None => CallStack::default(),
-            },
+            &mut sites,
         ))
     }
 
@@ -233,6 +243,25 @@ impl Session {
     pub fn refresh_maps(&mut self, pid: u32) {
         if let Some(maps) = maps::read(pid) {
             self.maps.insert(pid, maps);
+        }
+    }
+}
+
+/// The session's stacks as the report sees them.
+struct Sites<'a> {
+    stacks: &'a StackTable,
+    symbolizer: &'a mut Symbolizer,
+}
+
+impl SiteStacks for Sites<'_> {
+    fn site_of(&self, origin: &Origin) -> Option<u32> {
+        origin.call_stack.and_then(|id| self.stacks.site(id))
+    }
+
+    fn stack_of(&mut self, origin: &Origin) -> CallStack {
+        match origin.call_stack {
+            Some(id) => CallStack::symbolize(self.symbolizer, self.stacks.get(id)),
+            None => CallStack::default(),
         }
     }
 }

@@ -1,29 +1,16 @@
 //! The live event stream: one text line or one JSON object per event, and
 //! the summary printed when tracing ends.
 //!
-//! JSON lines schema (`memtrace --json`), one object per line:
-//!
-//! - events: `{"type":"event","time_ns","pid","tid","kind","addr","len",
-//!   "result","error"?,"prot"?,"flags"?,"fd"?,"offset"?,"old_len"?,
-//!   "new_addr"?,"advice"?,"name"?,"name_refused"?,"child_pid"?,"filename"?,
-//!   "call_site"?:FRAME,"stack":[FRAME…]}` where FRAME is
-//!   `{"address","function"?,"file"?,"line"?,"module"?,"module_offset"?,
-//!   "inlined"?}`, innermost first; `call_site` is the first frame that is
-//!   not a libc or loader syscall wrapper.
-//!   `addr`/`len` are the range the call asked about (for `brk`, `addr` is
-//!   the requested break and `result` the new one); `result` is the raw
-//!   return value, `error` the errno name when the call failed.
-//! - the summary, last: `{"type":"summary","events":{KIND:N},
-//!   "bytes_mapped","bytes_unmapped","lost_events","lost":{"ring_buffer",
-//!   "pending"}}`.
+//! The JSON form of each line ([`EventLine`], [`Summary`]) is one variant
+//! of [`super::output::TraceLine`]; the schema is `docs/json-schema.md`.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
 
 use crate::{
-    stack::callsite::CallStack,
+    schema,
+    stack::{callsite::CallStack, symbolize::Frame},
     trace::{
         Lost,
         event::{Call, Event},
@@ -163,81 +150,143 @@ pub fn event_range(ev: &Event) -> (u64, u64) {
     }
 }
 
-/// One event as a JSON object (see the module docs for the schema).
-pub fn event_json(ev: &Event, stack: &CallStack) -> Value {
-    let (addr, len) = event_range(ev);
-    let mut o = Map::new();
-    o.insert("type".into(), json!("event"));
-    o.insert("time_ns".into(), json!(ev.time_ns));
-    o.insert("pid".into(), json!(ev.pid));
-    o.insert("tid".into(), json!(ev.tid));
-    o.insert("kind".into(), json!(ev.kind().as_str()));
-    o.insert("addr".into(), json!(addr));
-    o.insert("len".into(), json!(len));
-    o.insert("result".into(), json!(ev.result));
-    if let Some(e) = ev.errno() {
-        o.insert("error".into(), json!(errno_name(e)));
-    }
-    match &ev.call {
-        Call::Mmap {
-            addr: hint,
-            prot,
-            flags,
-            fd,
-            offset,
-            ..
-        } => {
-            o.insert("hint".into(), json!(hint));
-            o.insert("prot".into(), json!(prot_string(*prot)));
-            o.insert("flags".into(), json!(mmap_flags_string(*flags)));
-            if flags & libc::MAP_ANONYMOUS as u32 == 0 {
-                o.insert("fd".into(), json!(fd));
-                o.insert("offset".into(), json!(offset));
+/// One event as a JSON line (`{"type":"event",…}`, see
+/// `docs/json-schema.md`). Fields that do not apply to the kind are left
+/// out.
+#[derive(Clone, Debug, Serialize)]
+pub struct EventLine<'a> {
+    pub schema_version: u32,
+    pub time_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub kind: &'static str,
+    /// Start of the range the call is about (for `brk`, the requested break).
+    #[serde(serialize_with = "schema::hex")]
+    pub addr: u64,
+    pub len: u64,
+    /// The raw return value: an address, 0, or `-errno`.
+    pub result: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// mmap's address hint.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "schema::hex_opt"
+    )]
+    pub hint: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prot: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flags: Option<String>,
+    /// mmap of a file: its descriptor and file offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "schema::hex_opt"
+    )]
+    pub old_addr: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_len: Option<u64>,
+    /// mremap with `MREMAP_FIXED`: the requested destination.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "schema::hex_opt"
+    )]
+    pub new_addr: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
+    /// set_vma_name: the name, `null` when the call clears it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<Option<&'a str>>,
+    /// set_vma_name: the kernel refused the name (recorded anyway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_refused: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<&'a str>,
+    /// The first frame that is not a libc or loader syscall wrapper.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_site: Option<&'a Frame>,
+    /// Every frame, innermost first.
+    pub stack: &'a CallStack,
+}
+
+impl<'a> EventLine<'a> {
+    pub fn new(ev: &'a Event, stack: &'a CallStack) -> EventLine<'a> {
+        let (addr, len) = event_range(ev);
+        let mut line = EventLine {
+            schema_version: schema::SCHEMA_VERSION,
+            time_ns: ev.time_ns,
+            pid: ev.pid,
+            tid: ev.tid,
+            kind: ev.kind().as_str(),
+            addr,
+            len,
+            result: ev.result,
+            error: ev.errno().map(errno_name),
+            hint: None,
+            prot: None,
+            flags: None,
+            fd: None,
+            offset: None,
+            old_addr: None,
+            old_len: None,
+            new_addr: None,
+            advice: None,
+            name: None,
+            name_refused: None,
+            child_pid: None,
+            filename: None,
+            call_site: stack.call_site(),
+            stack,
+        };
+        match &ev.call {
+            Call::Mmap {
+                addr: hint,
+                prot,
+                flags,
+                fd,
+                offset,
+                ..
+            } => {
+                line.hint = Some(*hint);
+                line.prot = Some(prot_string(*prot));
+                line.flags = Some(mmap_flags_string(*flags));
+                if flags & libc::MAP_ANONYMOUS as u32 == 0 {
+                    line.fd = Some(*fd);
+                    line.offset = Some(*offset);
+                }
             }
-        }
-        Call::Mprotect { prot, .. } => {
-            o.insert("prot".into(), json!(prot_string(*prot)));
-        }
-        Call::Mremap {
-            old_addr,
-            old_len,
-            flags,
-            new_addr,
-            ..
-        } => {
-            o.insert("old_addr".into(), json!(old_addr));
-            o.insert("old_len".into(), json!(old_len));
-            o.insert("flags".into(), json!(mremap_flags_string(*flags)));
-            if flags & 2 != 0 {
-                o.insert("new_addr".into(), json!(new_addr));
+            Call::Mprotect { prot, .. } => line.prot = Some(prot_string(*prot)),
+            Call::Mremap {
+                old_addr,
+                old_len,
+                flags,
+                new_addr,
+                ..
+            } => {
+                line.old_addr = Some(*old_addr);
+                line.old_len = Some(*old_len);
+                line.flags = Some(mremap_flags_string(*flags));
+                if flags & 2 != 0 {
+                    line.new_addr = Some(*new_addr);
+                }
             }
+            Call::Madvise { advice, .. } => line.advice = Some(advice_string(*advice)),
+            Call::SetVmaName { name, .. } => {
+                line.name = Some(name.as_deref());
+                line.name_refused = Some(ev.failed());
+            }
+            Call::Fork { child_pid } => line.child_pid = Some(*child_pid),
+            Call::Exec { filename } => line.filename = Some(filename),
+            Call::Munmap { .. } | Call::Brk { .. } | Call::Exit { .. } => {}
         }
-        Call::Madvise { advice, .. } => {
-            o.insert("advice".into(), json!(advice_string(*advice)));
-        }
-        Call::SetVmaName { name, .. } => {
-            o.insert("name".into(), json!(name));
-            o.insert("name_refused".into(), json!(ev.failed()));
-        }
-        Call::Fork { child_pid } => {
-            o.insert("child_pid".into(), json!(child_pid));
-        }
-        Call::Exec { filename } => {
-            o.insert("filename".into(), json!(filename));
-        }
-        Call::Munmap { .. } | Call::Brk { .. } | Call::Exit { .. } => {}
+        line
     }
-    if let Some(site) = stack.call_site() {
-        o.insert(
-            "call_site".into(),
-            serde_json::to_value(site).unwrap_or(Value::Null),
-        );
-    }
-    o.insert(
-        "stack".into(),
-        serde_json::to_value(stack).unwrap_or(Value::Null),
-    );
-    Value::Object(o)
 }
 
 /// One event as a terminal line; with `verbose`, every frame follows on
@@ -327,7 +376,7 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
     line
 }
 
-/// Totals over a tracing session.
+/// Totals over a tracing session (the JSON `{"type":"summary",…}` line).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     /// Events by kind.
@@ -376,14 +425,6 @@ impl Summary {
             }
             _ => {}
         }
-    }
-
-    pub fn json(&self) -> Value {
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Value::Object(o) = &mut v {
-            o.insert("type".into(), json!("summary"));
-        }
-        v
     }
 
     pub fn text(&self) -> String {

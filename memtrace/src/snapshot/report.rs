@@ -12,9 +12,7 @@ use super::{CategoryUsage, NamedUsage, Snapshot, Totals};
 use crate::proc::smaps::Vma;
 use crate::units::Human;
 
-/// Version of the JSON schema. Bumped only on incompatible changes; new
-/// fields may be added without a bump.
-pub const SCHEMA_VERSION: u32 = 1;
+pub use crate::schema::SCHEMA_VERSION;
 
 /// Default number of regions in the top-N table.
 pub const DEFAULT_TOP: usize = 20;
@@ -255,7 +253,8 @@ fn truncate_name(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 ///
 /// ```json
 /// {
-///   "schema_version": 1,
+///   "type": "snapshot",
+///   "schema_version": 2,
 ///   "pid": 4242,
 ///   "exe": "/usr/bin/server",
 ///   "totals": { "vma_count": 523, "virtual_bytes": 1, "rss_bytes": 1, "pss_bytes": 1, "...": 0 },
@@ -268,6 +267,9 @@ fn truncate_name(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// ```
 #[derive(Debug, Serialize)]
 pub struct JsonReport<'a> {
+    /// Always `"snapshot"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
     /// The process.
@@ -369,6 +371,7 @@ pub fn json_report<'a>(snapshot: &'a Snapshot, opts: &Options) -> JsonReport<'a>
         .map(|i| JsonRegion::new(&snapshot.vmas[i], snapshot.classes[i]))
         .collect();
     JsonReport {
+        kind: "snapshot",
         schema_version: SCHEMA_VERSION,
         pid: snapshot.pid,
         exe: snapshot

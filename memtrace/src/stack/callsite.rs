@@ -16,10 +16,26 @@ use crate::{
 
 /// Interned raw call stacks: each distinct stack is stored once and named
 /// by a small id, which events and ledger origins carry.
+///
+/// Each stack also belongs to a *call site*: the same sequence of code
+/// locations, (module, file offset) where the address is in a mapped file
+/// and the bare address otherwise. Stacks of the same code in processes
+/// with different layouts (ASLR after exec) are different stacks but one
+/// call site; the reports group by call site, decided here once.
 #[derive(Default)]
 pub struct StackTable {
     stacks: Vec<Arc<[Loc]>>,
     index: HashMap<Arc<[Loc]>, u32>,
+    /// Call site of each stack, by stack id.
+    sites: Vec<u32>,
+    site_index: HashMap<Vec<SiteFrame>, u32>,
+}
+
+/// A code location independent of where its module was mapped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SiteFrame {
+    InModule(Arc<str>, u64),
+    Address(u64),
 }
 
 impl StackTable {
@@ -28,10 +44,25 @@ impl StackTable {
             return *id;
         }
         let id = self.stacks.len() as u32;
+        let key: Vec<SiteFrame> = stack
+            .iter()
+            .map(|l| match &l.module {
+                Some((path, off)) => SiteFrame::InModule(path.clone(), *off),
+                None => SiteFrame::Address(l.addr),
+            })
+            .collect();
+        let next_site = self.site_index.len() as u32;
+        let site = *self.site_index.entry(key).or_insert(next_site);
+        self.sites.push(site);
         let stack: Arc<[Loc]> = stack.into();
         self.stacks.push(stack.clone());
         self.index.insert(stack, id);
         id
+    }
+
+    /// The call site of stack `id`.
+    pub fn site(&self, id: u32) -> Option<u32> {
+        self.sites.get(id as usize).copied()
     }
 
     pub fn get(&self, id: u32) -> &[Loc] {

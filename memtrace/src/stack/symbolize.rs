@@ -17,7 +17,8 @@ use crate::proc::maps::Loc;
 /// One frame of a call stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frame {
-    /// The absolute address in the process.
+    /// The absolute address in the process (JSON: a hex string).
+    #[serde(serialize_with = "crate::schema::hex")]
     pub address: u64,
     /// Demangled function name, when known.
     #[serde(skip_serializing_if = "Option::is_none")]

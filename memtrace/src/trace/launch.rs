@@ -21,7 +21,46 @@ use std::{
     thread,
 };
 
-use anyhow::{Context as _, anyhow};
+use nix::{
+    errno::Errno,
+    sys::{
+        ptrace::{self, Options},
+        signal::Signal,
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::Pid,
+};
+
+/// Why a process could not be launched or attached to.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("no command given")]
+    NoCommand,
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{program} exited before it started (status {status})")]
+    ExitedEarly { program: String, status: i32 },
+    #[error("waiting for {program} failed: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot attach to pid {pid} with ptrace: {source}")]
+    Attach {
+        pid: u32,
+        #[source]
+        source: Errno,
+    },
+    #[error("starting the ptrace thread failed: {0}")]
+    Thread(#[source] io::Error),
+    #[error("the ptrace thread ended unexpectedly")]
+    ThreadGone,
+}
 
 /// What the launched child did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,29 +83,20 @@ pub struct Launched {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// ptrace options of every tracee: stop at exit (address space intact)
+/// and report exec as an event, not a SIGTRAP.
+fn options() -> Options {
+    Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_TRACEEXEC
+}
+
 /// Spawn `argv` stopped right after exec. The child keeps memtrace's stdin,
 /// stdout and stderr.
-pub fn launch(argv: &[OsString]) -> anyhow::Result<Launched> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| anyhow!("no command given"))?;
+pub fn launch(argv: &[OsString]) -> Result<Launched, LaunchError> {
+    let (program, args) = argv.split_first().ok_or(LaunchError::NoCommand)?;
     let program = program.clone();
     let args = args.to_vec();
-    let (pid_tx, pid_rx) = channel::<anyhow::Result<u32>>();
-    let (go_tx, go_rx) = channel::<()>();
-    let (ev_tx, ev_rx) = channel::<ChildEvent>();
-    let thread = thread::Builder::new()
-        .name("memtrace-launch".into())
-        .spawn(move || tracer_thread(program, args, pid_tx, go_rx, ev_tx))
-        .context("spawning the launcher thread")?;
-    let pid = pid_rx
-        .recv()
-        .map_err(|_| anyhow!("launcher thread ended unexpectedly"))??;
-    Ok(Launched {
-        pid,
-        go: go_tx,
-        events: ev_rx,
-        thread: Some(thread),
+    spawn_driver("memtrace-launch", move |pid_tx, go_rx, ev_tx| {
+        tracer_thread(program, args, pid_tx, go_rx, ev_tx)
     })
 }
 
@@ -74,29 +104,34 @@ pub fn launch(argv: &[OsString]) -> anyhow::Result<Launched> {
 /// it) so that it stops at exit with its address space intact. Only the
 /// main thread is attached; the process exits when its last thread does,
 /// and the main thread's exit stop holds the memory until then.
-pub fn seize(pid: u32) -> anyhow::Result<Launched> {
-    let (pid_tx, pid_rx) = channel::<anyhow::Result<u32>>();
+pub fn seize(pid: u32) -> Result<Launched, LaunchError> {
+    spawn_driver("memtrace-seize", move |pid_tx, go_rx, ev_tx| {
+        let target = Pid::from_raw(pid as i32);
+        if let Err(source) = ptrace::seize(target, options()) {
+            let _ = pid_tx.send(Err(LaunchError::Attach { pid, source }));
+            return;
+        }
+        let _ = pid_tx.send(Ok(pid));
+        drive(target, &go_rx, &ev_tx, true);
+    })
+}
+
+type PidReply = Sender<Result<u32, LaunchError>>;
+
+/// Run `body` on the thread that will be the tracer (ptrace requests must
+/// come from it) and wait for the pid it reports.
+fn spawn_driver(
+    name: &str,
+    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>) + Send + 'static,
+) -> Result<Launched, LaunchError> {
+    let (pid_tx, pid_rx) = channel();
     let (go_tx, go_rx) = channel::<()>();
     let (ev_tx, ev_rx) = channel::<ChildEvent>();
     let thread = thread::Builder::new()
-        .name("memtrace-seize".into())
-        .spawn(move || {
-            let opts = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC;
-            // SAFETY: plain ptrace request on a pid.
-            let rc =
-                unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid as i32, 0, opts as libc::c_long) };
-            if rc == -1 {
-                let e = io::Error::last_os_error();
-                let _ = pid_tx.send(Err(anyhow!("cannot attach to pid {pid} with ptrace: {e}")));
-                return;
-            }
-            let _ = pid_tx.send(Ok(pid));
-            drive(pid as i32, &go_rx, &ev_tx, true);
-        })
-        .context("spawning the ptrace thread")?;
-    let pid = pid_rx
-        .recv()
-        .map_err(|_| anyhow!("ptrace thread ended unexpectedly"))??;
+        .name(name.into())
+        .spawn(move || body(pid_tx, go_rx, ev_tx))
+        .map_err(LaunchError::Thread)?;
+    let pid = pid_rx.recv().map_err(|_| LaunchError::ThreadGone)??;
     Ok(Launched {
         pid,
         go: go_tx,
@@ -144,133 +179,134 @@ impl Drop for Launched {
 fn tracer_thread(
     program: OsString,
     args: Vec<OsString>,
-    pid_tx: Sender<anyhow::Result<u32>>,
+    pid_tx: PidReply,
     go: Receiver<()>,
     events: Sender<ChildEvent>,
 ) {
+    let name = program.to_string_lossy().into_owned();
     let mut cmd = Command::new(&program);
     cmd.args(&args);
-    // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe.
+    // SAFETY: the hook runs in the forked child before exec and only makes
+    // the ptrace(PTRACE_TRACEME) system call, which is async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(|| ptrace::traceme().map_err(io::Error::from));
     }
     let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = pid_tx.send(Err(anyhow!(
-                "cannot run {}: {e}",
-                program.to_string_lossy()
-            )));
+        Err(source) => {
+            let _ = pid_tx.send(Err(LaunchError::Spawn {
+                program: name,
+                source,
+            }));
             return;
         }
     };
-    let pid = child.id() as i32;
+    let pid = Pid::from_raw(child.id() as i32);
     // The exec stop (SIGTRAP) comes first.
     match wait(pid) {
-        Some(Wait::Stopped(_)) => {}
-        Some(Wait::Exited(code)) => {
-            let _ = pid_tx.send(Err(anyhow!(
-                "{} exited before it started (status {code})",
-                program.to_string_lossy()
-            )));
+        Ok(Wait::Exited(status)) => {
+            let _ = pid_tx.send(Err(LaunchError::ExitedEarly {
+                program: name,
+                status,
+            }));
             return;
         }
-        None => {
-            let _ = pid_tx.send(Err(anyhow!(
-                "waiting for {} failed",
-                program.to_string_lossy()
-            )));
+        Ok(_) => {}
+        Err(source) => {
+            let _ = pid_tx.send(Err(LaunchError::Wait {
+                program: name,
+                source,
+            }));
             return;
         }
     }
-    let opts = libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACEEXEC;
-    // SAFETY: `pid` is our stopped tracee.
-    unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, opts as libc::c_long) };
-    let _ = pid_tx.send(Ok(pid as u32));
+    let _ = ptrace::setoptions(pid, options());
+    let _ = pid_tx.send(Ok(pid.as_raw() as u32));
     if go.recv().is_err() {
-        detach(pid);
+        let _ = ptrace::detach(pid, None);
         return;
     }
-    cont(pid, 0);
+    let _ = ptrace::cont(pid, None);
     drive(pid, &go, &events, false);
 }
 
 /// Pass signals on, report the exit stop and wait for the caller before
 /// letting the tracee finish. `seized` tracees get group-stops, which must
 /// be left with PTRACE_LISTEN, not resumed.
-fn drive(pid: i32, go: &Receiver<()>, events: &Sender<ChildEvent>, seized: bool) {
+fn drive(pid: Pid, go: &Receiver<()>, events: &Sender<ChildEvent>, seized: bool) {
     loop {
         match wait(pid) {
-            Some(Wait::Exited(code)) => {
+            Ok(Wait::Exited(code)) => {
                 let _ = events.send(ChildEvent::Exited(code));
                 return;
             }
-            Some(Wait::Stopped(status)) => {
-                let sig = (status >> 8) & 0xff;
-                let event = status >> 16;
-                if sig == libc::SIGTRAP && event == libc::PTRACE_EVENT_EXIT {
-                    if events.send(ChildEvent::AtExit).is_err() {
-                        detach(pid);
-                        return;
-                    }
-                    // Wait for the caller's report (or its disappearance).
-                    let _ = go.recv();
-                    cont(pid, 0);
-                } else if seized && event == libc::PTRACE_EVENT_STOP {
-                    // A group-stop (SIGSTOP and friends) of a seized tracee.
-                    // SAFETY: `pid` is our tracee in a ptrace stop.
-                    unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid, 0, 0) };
-                } else if sig == libc::SIGTRAP && event != 0 {
-                    // exec and other ptrace event stops: not signals.
-                    cont(pid, 0);
-                } else {
-                    cont(pid, sig);
+            Ok(Wait::AtExit) => {
+                if events.send(ChildEvent::AtExit).is_err() {
+                    let _ = ptrace::detach(pid, None);
+                    return;
                 }
+                // Wait for the caller's report (or its disappearance).
+                let _ = go.recv();
+                let _ = ptrace::cont(pid, None);
             }
-            None => return,
+            Ok(Wait::GroupStop(_)) if seized => {
+                let _ = listen(pid);
+            }
+            Ok(Wait::GroupStop(sig)) | Ok(Wait::Signal(sig)) => {
+                let _ = ptrace::cont(pid, sig);
+            }
+            // exec and other ptrace event stops: not signals.
+            Ok(Wait::Event) => {
+                let _ = ptrace::cont(pid, None);
+            }
+            Err(_) => return,
         }
     }
 }
 
+/// A state change of the tracee.
 enum Wait {
-    Stopped(i32),
+    /// Gone, with the status to pass on.
     Exited(i32),
+    /// The exit stop (`PTRACE_EVENT_EXIT`).
+    AtExit,
+    /// A group-stop of a seized tracee (`PTRACE_EVENT_STOP`).
+    GroupStop(Signal),
+    /// Another ptrace event stop (exec…).
+    Event,
+    /// A signal about to be delivered.
+    Signal(Signal),
 }
 
-fn wait(pid: i32) -> Option<Wait> {
+fn wait(pid: Pid) -> Result<Wait, Errno> {
     loop {
-        let mut status = 0;
-        // SAFETY: valid out pointer.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
-        if rc == -1 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+            Ok(s) => s,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        };
+        return Ok(match status {
+            WaitStatus::Exited(_, code) => Wait::Exited(code),
+            WaitStatus::Signaled(_, sig, _) => Wait::Exited(128 + sig as i32),
+            WaitStatus::PtraceEvent(_, _, event) if event == libc::PTRACE_EVENT_EXIT => {
+                Wait::AtExit
             }
-            return None;
-        }
-        if libc::WIFSTOPPED(status) {
-            return Some(Wait::Stopped(status));
-        }
-        if libc::WIFEXITED(status) {
-            return Some(Wait::Exited(libc::WEXITSTATUS(status)));
-        }
-        if libc::WIFSIGNALED(status) {
-            return Some(Wait::Exited(128 + libc::WTERMSIG(status)));
-        }
+            WaitStatus::PtraceEvent(_, sig, event) if event == libc::PTRACE_EVENT_STOP => {
+                Wait::GroupStop(sig)
+            }
+            WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) => Wait::Event,
+            WaitStatus::Stopped(_, sig) => Wait::Signal(sig),
+            WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
+        });
     }
 }
 
-fn cont(pid: i32, sig: i32) {
-    // SAFETY: `pid` is our tracee in a ptrace stop.
-    unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig as libc::c_long) };
-}
-
-fn detach(pid: i32) {
-    // SAFETY: as above.
-    unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+/// Leave a group-stop as ptrace wants it for seized tracees: stopped for
+/// the rest of the system, while we keep waiting for events. nix has no
+/// wrapper for `PTRACE_LISTEN`.
+fn listen(pid: Pid) -> Result<(), Errno> {
+    // SAFETY: a ptrace request without memory arguments on our tracee,
+    // which is in a ptrace stop.
+    let rc = unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid.as_raw(), 0, 0) };
+    Errno::result(rc).map(drop)
 }

@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod launch;
+pub mod source;
 pub mod tracefs;
 
 use std::{

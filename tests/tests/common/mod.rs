@@ -65,6 +65,16 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// A JSON number, or an address as memtrace writes it (`"0x…"`); negative
+/// numbers wrap, unreadable values are `u64::MAX`.
+pub fn num(v: &Value) -> u64 {
+    if let Some(h) = v.as_str().and_then(|s| s.strip_prefix("0x")) {
+        return u64::from_str_radix(h, 16).unwrap_or(u64::MAX);
+    }
+    v.as_u64()
+        .unwrap_or_else(|| v.as_i64().map(|i| i as u64).unwrap_or(u64::MAX))
+}
+
 /// What one memtrace run printed.
 pub struct Run {
     pub events: Vec<Value>,

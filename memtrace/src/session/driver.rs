@@ -1,0 +1,245 @@
+//! The tracing loop behind `memtrace --pid N` and `memtrace -- CMD`: poll
+//! events, write them to an [`Output`], hold the target at its exit for the
+//! final report, and end on a signal, a duration, or the target's exit.
+//!
+//! It runs over any [`EventSource`], so it is tested without root or eBPF.
+
+use std::{
+    io::{self, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{Session, output::Output};
+use crate::{
+    attribution::report::{AttributedReport, ReportOptions},
+    proc::pid::process_exists,
+    trace::{
+        launch::{ChildEvent, Launched},
+        source::EventSource,
+    },
+};
+
+/// How long one poll waits for events.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What ends or shapes a trace.
+#[derive(Clone, Debug, Default)]
+pub struct DriveOptions {
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Also write the report this often.
+    pub report_every: Option<Duration>,
+    /// No per-event lines.
+    pub quiet: bool,
+    /// No report at the end.
+    pub no_report: bool,
+    /// Reports include the traced ranges.
+    pub ranges: bool,
+    /// The target was launched by memtrace (its exit status is passed on,
+    /// and a single Ctrl-C waits for it to exit).
+    pub launched: bool,
+}
+
+/// Requests to stop, set from signal handlers.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlags {
+    /// Ctrl-C count.
+    pub interrupts: Arc<AtomicU32>,
+    /// SIGTERM: stop at once.
+    pub terminated: Arc<AtomicBool>,
+}
+
+/// How a trace ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The launched target's exit status (0 in `--pid` mode).
+    pub exit_code: i32,
+    /// The final report, if one was taken.
+    pub report: Option<AttributedReport>,
+    /// The output was closed (`memtrace … | head`): tracing ended there,
+    /// without a report or summary.
+    pub output_closed: bool,
+}
+
+/// Warnings for the user (stderr in the CLI).
+pub trait Notes {
+    fn note(&mut self, message: &str);
+}
+
+impl<F: FnMut(&str)> Notes for F {
+    fn note(&mut self, message: &str) {
+        self(message)
+    }
+}
+
+/// Trace `target` until it exits, a stop is requested, or the duration
+/// ends; `tracee` (launched or seized with ptrace) holds it at its exit for
+/// the final report. Errors are I/O errors of `out` other than a closed
+/// pipe, which ends the trace quietly ([`Outcome::output_closed`]).
+pub fn drive<S: EventSource, W: Write>(
+    session: &mut Session<S>,
+    target: u32,
+    mut tracee: Option<Launched>,
+    opts: &DriveOptions,
+    out: &mut Output<W>,
+    stop: &StopFlags,
+    notes: &mut dyn Notes,
+) -> io::Result<Outcome> {
+    let mut run = Run {
+        session,
+        target,
+        opts,
+        notes,
+        exit_code: 0,
+        report: None,
+    };
+    match run.trace(&mut tracee, out, stop) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            return Ok(Outcome {
+                exit_code: run.exit_code,
+                report: run.report,
+                output_closed: true,
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(Outcome {
+        exit_code: run.exit_code,
+        report: run.report,
+        output_closed: false,
+    })
+}
+
+struct Run<'a, S: EventSource> {
+    session: &'a mut Session<S>,
+    target: u32,
+    opts: &'a DriveOptions,
+    notes: &'a mut dyn Notes,
+    exit_code: i32,
+    report: Option<AttributedReport>,
+}
+
+impl<S: EventSource> Run<'_, S> {
+    fn trace<W: Write>(
+        &mut self,
+        tracee: &mut Option<Launched>,
+        out: &mut Output<W>,
+        stop: &StopFlags,
+    ) -> io::Result<()> {
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut reported_lost = 0;
+        loop {
+            let events = self.session.poll(POLL);
+            self.emit(&events, out)?;
+            if !self.opts.quiet && self.session.summary.lost_events > reported_lost {
+                reported_lost = self.session.summary.lost_events;
+                out.lost_so_far(reported_lost)?;
+            }
+            if let Some(every) = self.opts.report_every
+                && last_report.elapsed() >= every
+            {
+                last_report = Instant::now();
+                if let Some(report) = self.take_report() {
+                    out.report(&report)?;
+                }
+            }
+            out.flush()?;
+
+            let interrupts = stop.interrupts.load(Ordering::SeqCst);
+            // In launch mode the child gets the same Ctrl-C from the
+            // terminal and usually exits; wait for that, unless Ctrl-C comes
+            // twice. SIGTERM is meant for memtrace alone: stop at once.
+            if interrupts >= 2
+                || (interrupts == 1 && !self.opts.launched)
+                || stop.terminated.load(Ordering::SeqCst)
+            {
+                break;
+            }
+            if self.opts.duration.is_some_and(|d| started.elapsed() >= d) {
+                break;
+            }
+            match tracee.as_ref().and_then(Launched::poll) {
+                Some(ChildEvent::AtExit) => {
+                    // Stopped at exit with its address space intact: take
+                    // everything it did, then the report, then let it go.
+                    let events = self.session.drain();
+                    self.emit(&events, out)?;
+                    if !self.opts.no_report {
+                        self.report = self.take_report();
+                    }
+                    if let Some(t) = tracee.as_ref() {
+                        t.resume_exit();
+                    }
+                }
+                Some(ChildEvent::Exited(code)) => {
+                    if self.opts.launched {
+                        self.exit_code = code;
+                    }
+                    break;
+                }
+                Some(ChildEvent::Lost) => {
+                    self.notes.note(&format!(
+                        "warning: lost ptrace control of pid {}; watching /proc instead",
+                        self.target
+                    ));
+                    *tracee = None;
+                }
+                None => {
+                    if tracee.is_none() && !self.session.reap_dead() {
+                        break;
+                    }
+                }
+            }
+        }
+        let events = self.session.drain();
+        self.emit(&events, out)?;
+        if self.report.is_none() && !self.opts.no_report && process_exists(self.target) {
+            self.report = self.take_report();
+        }
+        match &self.report {
+            Some(report) => out.report(report)?,
+            None if !self.opts.no_report => self
+                .notes
+                .note("no report: the target exited before memtrace could stop it at exit"),
+            None => {}
+        }
+        out.summary(&self.session.summary)?;
+        out.flush()
+    }
+
+    /// The full report (all call sites), or `None` with a note.
+    fn take_report(&mut self) -> Option<AttributedReport> {
+        let opts = ReportOptions {
+            ranges: self.opts.ranges,
+        };
+        match self.session.attributed_report(self.target, opts) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.notes
+                    .note(&format!("no report for pid {}: {e}", self.target));
+                None
+            }
+        }
+    }
+
+    fn emit<W: Write>(
+        &mut self,
+        events: &[crate::trace::event::Event],
+        out: &mut Output<W>,
+    ) -> io::Result<()> {
+        if self.opts.quiet {
+            return Ok(());
+        }
+        for ev in events {
+            let stack = self.session.stack_of(ev);
+            out.event(ev, &stack, self.session.start_ns)?;
+        }
+        Ok(())
+    }
+}
