@@ -330,3 +330,36 @@ fn without_privileges_says_what_is_missing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_closed_stdout_ends_memtrace_quietly() {
+    // `memtrace --pid N | head -1`: once the reader is gone, memtrace stops
+    // with status 0 and no error, as `snapshot` does.
+    common::require_root();
+    let out = temp_path("closed-stdout");
+    let mut w = Waiting::start(MAPPINGS, &["--out", out.to_str().expect("utf8")]);
+    let mut mt = std::process::Command::new(common::memtrace_bin())
+        .args(["--pid", &w.pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn memtrace");
+    let mut err = std::io::BufReader::new(mt.stderr.take().expect("stderr"));
+    let mut stderr = String::new();
+    while !stderr.contains("tracing pid") {
+        let n = std::io::BufRead::read_line(&mut err, &mut stderr).expect("stderr");
+        assert!(n > 0, "memtrace ended before attaching: {stderr}");
+    }
+    // The reader goes away before the first event.
+    drop(mt.stdout.take());
+    w.go();
+    let status = common::wait_with_timeout(&mut mt, std::time::Duration::from_secs(30));
+    std::io::Read::read_to_string(&mut err, &mut stderr).expect("stderr");
+    w.finish();
+    assert_eq!(status, 0, "memtrace's status with stdout closed: {stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("broken pipe") && !stderr.contains("error"),
+        "a closed stdout is not an error: {stderr}"
+    );
+}

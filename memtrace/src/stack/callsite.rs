@@ -237,6 +237,31 @@ mod tests {
     }
 
     #[test]
+    fn one_call_site_across_layouts() {
+        let lib: Arc<str> = Arc::from("/usr/lib/libfoo.so");
+        let at = |base: u64, off: u64| Loc {
+            addr: base + off,
+            module: Some((lib.clone(), off)),
+        };
+        let mut t = StackTable::default();
+        // The same code mapped at two bases (two processes after exec):
+        // two stacks, one call site.
+        let a = t.intern(vec![at(0x7f00_0000_0000, 0x10), at(0x7f00_0000_0000, 0x20)]);
+        let b = t.intern(vec![at(0x7e00_0000_0000, 0x10), at(0x7e00_0000_0000, 0x20)]);
+        assert_ne!(a, b);
+        assert_eq!(t.site(a), t.site(b));
+        // Other code is another site; anonymous code is told by address.
+        let c = t.intern(vec![at(0x7f00_0000_0000, 0x30)]);
+        assert_ne!(t.site(a), t.site(c));
+        let jit = |addr| Loc { addr, module: None };
+        let d = t.intern(vec![jit(0x1000)]);
+        let e = t.intern(vec![jit(0x2000)]);
+        assert_ne!(t.site(d), t.site(e));
+        assert_eq!(t.intern(vec![jit(0x1000)]), d);
+        assert_eq!(t.site(99), None);
+    }
+
+    #[test]
     fn return_address_goes_second() {
         assert_eq!(raw_stack(&[10, 30, 40], 10, Some(20)), vec![10, 20, 30, 40]);
     }
