@@ -1,5 +1,16 @@
-//! A tracing session: the tracer, the processes it follows, and the
+//! A tracing session: the event source, the processes it follows, and the
 //! per-event bookkeeping shared by the live stream and the reports.
+//!
+//! - this module: [`Session`]: events in (from any
+//!   [`EventSource`], the eBPF tracer by default), stacks unwound and
+//!   interned, ledgers kept per process, attributed reports out.
+//! - [`driver`]: the tracing loop of `memtrace --pid`/`-- CMD`.
+//! - [`output`]: where the loop writes (text or typed JSON lines).
+//! - [`stream`]: one event as a line; the summary.
+//!
+//! Contact points: below it [`crate::trace`], [`crate::stack`],
+//! [`crate::attribution`], [`crate::proc`]; above it [`crate::serve`] and the
+//! CLI.
 
 use std::{collections::HashMap, collections::HashSet, time::Duration};
 
