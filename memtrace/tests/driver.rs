@@ -125,7 +125,7 @@ fn opts() -> DriveOptions {
 fn json_stream_and_report_of_a_scripted_mapping() {
     let (addr, ev) = map_for_real();
     let mut session = session_with(vec![ev]);
-    let mut out = Output::new(Vec::new(), Format::Json, false, 10);
+    let mut out = Output::new(Vec::new(), Format::Json, false, 10, 1 << 20);
     let mut notes = Vec::new();
     let outcome = driver::drive(
         &mut session,
@@ -139,7 +139,7 @@ fn json_stream_and_report_of_a_scripted_mapping() {
     .expect("drive");
     assert!(!outcome.output_closed);
     assert_eq!(outcome.exit_code, 0);
-    let text = String::from_utf8(out.into_inner()).expect("utf8");
+    let text = String::from_utf8(out.finish().expect("output")).expect("utf8");
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -172,7 +172,7 @@ fn json_stream_and_report_of_a_scripted_mapping() {
 fn text_output_ends_with_the_summary() {
     let (_, ev) = map_for_real();
     let mut session = session_with(vec![ev]);
-    let mut out = Output::new(Vec::new(), Format::Text, false, 10);
+    let mut out = Output::new(Vec::new(), Format::Text, false, 10, 1 << 20);
     driver::drive(
         &mut session,
         std::process::id(),
@@ -183,7 +183,7 @@ fn text_output_ends_with_the_summary() {
         &mut |_: &str| {},
     )
     .expect("drive");
-    let text = String::from_utf8(out.into_inner()).expect("utf8");
+    let text = String::from_utf8(out.finish().expect("output")).expect("utf8");
     assert!(text.contains(" mmap "), "{text}");
     assert!(text.contains("=== Resident anonymous memory by call site"));
     assert!(
@@ -208,7 +208,7 @@ impl Write for ClosedPipe {
 fn a_closed_output_ends_the_trace_quietly() {
     let (_, ev) = map_for_real();
     let mut session = session_with(vec![ev]);
-    let mut out = Output::new(ClosedPipe, Format::Text, false, 10);
+    let mut out = Output::new(ClosedPipe, Format::Text, false, 10, 1 << 20);
     let outcome = driver::drive(
         &mut session,
         std::process::id(),

@@ -199,6 +199,13 @@ pub struct AttributedReport {
     /// The ledger's anonymous ranges, adjacent ones coalesced, when asked
     /// for ([`ReportOptions::ranges`]).
     pub traced_ranges: Option<Vec<[u64; 2]>>,
+    /// Events lost before the report was taken: ranges they created or
+    /// changed may be attributed wrongly or count as untraced. The totals
+    /// (`anon_rss_bytes`) come from smaps and stay exact.
+    pub lost_events: u64,
+    /// Every delivered event was applied when the report was taken. False
+    /// when the exit hold ran out first: the newest changes are missing.
+    pub complete: bool,
 }
 
 /// How to build the report.
@@ -304,6 +311,8 @@ pub fn build(
         categories,
         call_sites: sites,
         traced_ranges,
+        lost_events: 0,
+        complete: true,
     }
 }
 
@@ -333,6 +342,21 @@ impl AttributedReport {
             units::human(self.anon_rss_bytes),
             units::human(self.untraced_rss_bytes)
         );
+        if self.lost_events > 0 {
+            let _ = writeln!(
+                s,
+                "!! {} events were lost: ranges they touched may be attributed wrongly or \
+                 count as untraced (the totals are exact)\n",
+                self.lost_events
+            );
+        }
+        if !self.complete {
+            let _ = writeln!(
+                s,
+                "!! possibly incomplete: the exit hold ran out before every event was \
+                 applied (raise --exit-hold); the newest changes are missing\n"
+            );
+        }
         let _ = writeln!(s, "By category:");
         for c in &self.categories {
             let _ = writeln!(s, "  {:<34} {:>10}", c.label, units::human(c.rss_bytes));
@@ -403,6 +427,10 @@ pub struct ReportLine<'a> {
     /// How many call sites hold memory; `call_sites` may list fewer.
     pub call_site_count: usize,
     pub call_sites: &'a [SiteReport],
+    /// See [`AttributedReport::lost_events`].
+    pub lost_events: u64,
+    /// See [`AttributedReport::complete`].
+    pub complete: bool,
     /// The ledger's anonymous ranges, adjacent ones coalesced (`--ranges`).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -431,6 +459,8 @@ impl<'a> ReportLine<'a> {
             categories: &r.categories,
             call_site_count: r.call_sites.len(),
             call_sites: r.top_sites(top),
+            lost_events: r.lost_events,
+            complete: r.complete,
             traced_ranges: r.traced_ranges.as_deref(),
         }
     }

@@ -1,6 +1,13 @@
 //! `memtrace --pid N` / `memtrace -- CMD ARGS…`: stream mapping events.
 
-use std::{ffi::OsString, io, process::ExitCode, sync::atomic::Ordering, time::Duration};
+use std::{
+    ffi::OsString,
+    fs::File,
+    io::{self, Write as _},
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use memtrace::{
@@ -80,9 +87,62 @@ pub struct Args {
     #[arg(long)]
     pub no_report: bool,
 
+    /// Longest time the target is held at its exit for the final report
+    /// (it waits in a ptrace stop meanwhile); events not applied by then
+    /// are left out and the report says so. 0: never hold it (no report at
+    /// exit).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_hold)]
+    pub exit_hold: Duration,
+
+    /// Memory for event lines waiting to be written, in bytes: when the
+    /// reader is slower (a pager, a slow file), lines beyond it are dropped
+    /// and counted in the summary; the report still sees every event.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub output_buffer: usize,
+
     /// Command to launch and trace from its first instruction (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// Parse a byte count: `65536`, `64KiB`, `64MiB`, `1GiB` (K/M/G also mean
+/// binary units), between 4 KiB and 16 GiB.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 65536, 64KiB, 64MiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let bytes = n
+        .checked_mul(1 << shift)
+        .filter(|b| (4096..=(16 << 30)).contains(b))
+        .ok_or_else(|| format!("`{s}` is out of range (4KiB to 16GiB)"))?;
+    usize::try_from(bytes).map_err(|_| format!("`{s}` is too large here"))
+}
+
+/// A duration that may be 0 (`--exit-hold 0`).
+fn parse_hold(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty()
+        && t.trim_end_matches(['s', 'm'])
+            .chars()
+            .all(|c| c == '0' || c == '.')
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 /// Parse `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
@@ -151,6 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ring_bytes: Some(args.ring_buffer_size),
         kernel_stacks: args.kernel_stacks,
     };
+    let mut files = ReportFiles::create(&args)?;
     let stop = watch_signals()?;
     let mut session = Session::new(&opts)?;
 
@@ -201,6 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         no_report: args.no_report,
         ranges: args.ranges,
         launched,
+        exit_hold: Some(args.exit_hold),
     };
     let format = if args.json {
         Format::Json
@@ -208,10 +270,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Text
     };
     let mut out = Output::new(
-        io::BufWriter::new(io::stdout().lock()),
+        io::BufWriter::with_capacity(1 << 16, io::stdout()),
         format,
         args.verbose,
         args.top,
+        args.output_buffer,
     );
     let outcome = driver::drive(
         &mut session,
@@ -224,27 +287,60 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .context("writing the output")?;
     drop(session);
-    if !outcome.output_closed
-        && let Some(report) = &outcome.report
-    {
-        write_files(report, &args)?;
+    match out.finish() {
+        Ok(_) => {}
+        // `memtrace … | head`: not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => eprintln!("memtrace: writing the output: {e}"),
+    }
+    if let Some(report) = &outcome.report {
+        // A file that cannot be written costs that file, not the report
+        // already printed nor the child's exit status.
+        if let Err(e) = files.write(report) {
+            eprintln!("memtrace: {e:#}");
+        }
     }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
 
-fn write_files(report: &AttributedReport, args: &Args) -> anyhow::Result<()> {
-    if let Some(path) = &args.folded {
-        let mut text = site_report::folded(report).join("\n");
-        text.push('\n');
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+/// `--folded` and `--flamegraph` files, created before tracing starts so a
+/// bad path is reported at once, not after the whole trace.
+#[derive(Default)]
+struct ReportFiles {
+    folded: Option<(std::path::PathBuf, File)>,
+    flamegraph: Option<(std::path::PathBuf, File)>,
+}
+
+impl ReportFiles {
+    fn create(args: &Args) -> anyhow::Result<ReportFiles> {
+        let open = |path: &Option<std::path::PathBuf>| -> anyhow::Result<_> {
+            path.as_ref()
+                .map(|p| {
+                    File::create(p)
+                        .map(|f| (p.clone(), f))
+                        .with_context(|| format!("cannot create {}", p.display()))
+                })
+                .transpose()
+        };
+        Ok(ReportFiles {
+            folded: open(&args.folded)?,
+            flamegraph: open(&args.flamegraph)?,
+        })
     }
-    if let Some(path) = &args.flamegraph {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        site_report::flamegraph(report, io::BufWriter::new(file))
-            .with_context(|| format!("writing {}", path.display()))?;
+
+    fn write(&mut self, report: &AttributedReport) -> anyhow::Result<()> {
+        if let Some((path, file)) = &mut self.folded {
+            let mut text = site_report::folded(report).join("\n");
+            text.push('\n');
+            file.write_all(text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some((path, file)) = &mut self.flamegraph {
+            site_report::flamegraph(report, io::BufWriter::new(file))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -260,5 +356,19 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_hold("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_hold("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_hold("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_hold("").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert!(parse_bytes("1").is_err());
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
     }
 }

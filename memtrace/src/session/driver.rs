@@ -42,7 +42,13 @@ pub struct DriveOptions {
     /// The target was launched by memtrace (its exit status is passed on,
     /// and a single Ctrl-C waits for it to exit).
     pub launched: bool,
+    /// Longest time the target is held at its exit stop for the final
+    /// report; `None` (or zero) lets it go at once, without a report.
+    pub exit_hold: Option<Duration>,
 }
+
+/// Default of [`DriveOptions::exit_hold`].
+pub const DEFAULT_EXIT_HOLD: Duration = Duration::from_secs(2);
 
 /// Requests to stop, set from signal handlers.
 #[derive(Clone, Debug, Default)]
@@ -80,7 +86,7 @@ impl<F: FnMut(&str)> Notes for F {
 /// ends; `tracee` (launched or seized with ptrace) holds it at its exit for
 /// the final report. Errors are I/O errors of `out` other than a closed
 /// pipe, which ends the trace quietly ([`Outcome::output_closed`]).
-pub fn drive<S: EventSource, W: Write>(
+pub fn drive<S: EventSource, W: Write + Send + 'static>(
     session: &mut Session<S>,
     target: u32,
     mut tracee: Option<Launched>,
@@ -125,7 +131,7 @@ struct Run<'a, S: EventSource> {
 }
 
 impl<S: EventSource> Run<'_, S> {
-    fn trace<W: Write>(
+    fn trace<W: Write + Send + 'static>(
         &mut self,
         tracee: &mut Option<Launched>,
         out: &mut Output<W>,
@@ -146,10 +152,13 @@ impl<S: EventSource> Run<'_, S> {
             {
                 last_report = Instant::now();
                 if let Some(report) = self.take_report() {
-                    out.report(&report)?;
+                    // Dropped rather than waited for when the reader lags.
+                    out.report(&report, false)?;
                 }
             }
-            out.flush()?;
+            if let Some(kind) = out.error() {
+                return Err(kind.into());
+            }
 
             let interrupts = stop.interrupts.load(Ordering::SeqCst);
             // In launch mode the child gets the same Ctrl-C from the
@@ -166,15 +175,8 @@ impl<S: EventSource> Run<'_, S> {
             }
             match tracee.as_ref().and_then(Launched::poll) {
                 Some(ChildEvent::AtExit) => {
-                    // Stopped at exit with its address space intact: take
-                    // everything it did, then the report, then let it go.
-                    let events = self.session.drain();
-                    self.emit(&events, out)?;
-                    if !self.opts.no_report {
-                        self.report = self.take_report();
-                    }
                     if let Some(t) = tracee.as_ref() {
-                        t.resume_exit();
+                        self.at_exit(t, out)?;
                     }
                 }
                 Some(ChildEvent::Exited(code)) => {
@@ -203,14 +205,63 @@ impl<S: EventSource> Run<'_, S> {
             self.report = self.take_report();
         }
         match &self.report {
-            Some(report) => out.report(report)?,
-            None if !self.opts.no_report => self
-                .notes
-                .note("no report: the target exited before memtrace could stop it at exit"),
+            Some(report) => out.report(report, true)?,
+            None if !self.opts.no_report => self.notes.note(if self.hold().is_none() {
+                "no report: holding the target at exit is disabled (--exit-hold 0)"
+            } else {
+                "no report: the target exited before memtrace could stop it at exit"
+            }),
             None => {}
         }
-        out.summary(&self.session.summary)?;
-        out.flush()
+        self.session.summary.display_dropped = out.dropped();
+        out.summary(&self.session.summary)
+    }
+
+    fn hold(&self) -> Option<Duration> {
+        self.opts.exit_hold.filter(|d| !d.is_zero())
+    }
+
+    /// The target stopped at its exit with its address space intact: apply
+    /// what it did and capture its memory, then let it go — within the
+    /// exit hold whatever the backlog, and without ever waiting on the
+    /// output (lines that do not fit are dropped). The report is built
+    /// (symbolized) after the target is gone.
+    fn at_exit<W: Write + Send + 'static>(
+        &mut self,
+        tracee: &Launched,
+        out: &mut Output<W>,
+    ) -> io::Result<()> {
+        let Some(hold) = self.hold().filter(|_| !self.opts.no_report) else {
+            tracee.resume_exit();
+            return Ok(());
+        };
+        let deadline = Instant::now() + hold;
+        let (events, complete) = self.session.drain_until(Some(deadline));
+        let captured = self.session.capture_report(self.target);
+        tracee.resume_exit();
+        if !complete {
+            self.notes.note(&format!(
+                "warning: released pid {} after the exit hold ({hold:?}) with {} events not \
+                 yet applied: the report may be incomplete (raise --exit-hold)",
+                self.target,
+                self.session.backlog()
+            ));
+        }
+        let result = self.emit(&events, out);
+        match captured {
+            Ok(input) => {
+                let opts = ReportOptions {
+                    ranges: self.opts.ranges,
+                };
+                let mut report = self.session.build_report_from(&input, opts);
+                report.complete = complete;
+                self.report = Some(report);
+            }
+            Err(e) => self
+                .notes
+                .note(&format!("no report for pid {}: {e}", self.target)),
+        }
+        result
     }
 
     /// The full report (all call sites), or `None` with a note.
@@ -228,7 +279,7 @@ impl<S: EventSource> Run<'_, S> {
         }
     }
 
-    fn emit<W: Write>(
+    fn emit<W: Write + Send + 'static>(
         &mut self,
         events: &[crate::trace::event::Event],
         out: &mut Output<W>,
@@ -237,8 +288,11 @@ impl<S: EventSource> Run<'_, S> {
             return Ok(());
         }
         for ev in events {
-            let stack = self.session.stack_of(ev);
-            out.event(ev, &stack, self.session.start_ns)?;
+            // Lines that would be dropped are not symbolized either.
+            if out.has_room() {
+                let stack = self.session.stack_of(ev);
+                out.event(ev, &stack, self.session.start_ns)?;
+            }
         }
         Ok(())
     }

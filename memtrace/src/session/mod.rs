@@ -12,7 +12,10 @@
 //! [`crate::attribution`], [`crate::proc`]; above it [`crate::serve`] and the
 //! CLI.
 
-use std::{collections::HashMap, collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
 
 pub mod driver;
 pub mod output;
@@ -70,6 +73,16 @@ pub struct Session<S: EventSource = Tracer> {
     /// File mappings per process, refreshed when modules are mapped, so
     /// stacks resolve even after the process is gone.
     maps: HashMap<u32, Vec<Mapping>>,
+    /// Events delivered and put in apply order, not yet applied (a bounded
+    /// drain at an exit stop leaves the rest here).
+    backlog: VecDeque<Event>,
+    /// Processes with events in the backlog: a forked child with events
+    /// of its own is a process, not a thread.
+    active: HashSet<u32>,
+    /// Processes whose modules may have changed (dlopen, the loader at
+    /// startup, exec): their maps are read again right before their next
+    /// event, so events before an exec still resolve in the old image.
+    dirty: HashSet<u32>,
 }
 
 impl Session<Tracer> {
@@ -94,6 +107,9 @@ impl<S: EventSource> Session<S> {
             pids: HashSet::new(),
             ledgers: HashMap::new(),
             maps: HashMap::new(),
+            backlog: VecDeque::new(),
+            active: HashSet::new(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -118,33 +134,58 @@ impl<S: EventSource> Session<S> {
     /// updating the summary and the traced set (forks, exits).
     pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
         let mut raw = Vec::new();
-        self.tracer.wait_events(timeout, &mut raw);
-        self.process(raw)
+        // Work left from a bounded drain comes first, without waiting.
+        let wait = if self.backlog.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        self.tracer.wait_events(wait, &mut raw);
+        self.enqueue(raw);
+        self.process_until(None).0
     }
 
     /// Everything the kernel has delivered so far, without waiting for
     /// more.
     pub fn drain(&mut self) -> Vec<Event> {
-        let mut raw = Vec::new();
-        self.tracer.drain(&mut raw);
-        self.process(raw)
+        self.drain_until(None).0
     }
 
-    fn process(&mut self, mut raw: Vec<Event>) -> Vec<Event> {
+    /// Like [`Session::drain`], but stop applying events at `deadline`;
+    /// the rest wait for the next poll. The flag says whether every
+    /// delivered event was applied.
+    pub fn drain_until(&mut self, deadline: Option<Instant>) -> (Vec<Event>, bool) {
+        let mut raw = Vec::new();
+        self.tracer.drain(&mut raw);
+        self.enqueue(raw);
+        self.process_until(deadline)
+    }
+
+    /// Events delivered but not yet applied.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn enqueue(&mut self, mut raw: Vec<Event>) {
         // Put the batch in the order the kernel applied the calls (see
         // `apply_order`), so the ledgers replay them correctly.
         raw.sort_by_key(apply_order);
-        let mut out = Vec::with_capacity(raw.len());
-        // Processes whose modules may have changed (dlopen, the loader at
-        // startup, exec): their maps are read again right before their next
-        // event, so events before an exec still resolve in the old image.
-        let mut dirty: HashSet<u32> = HashSet::new();
-        // Children with an event of their own in this batch are processes
+        // Children with an event of their own in the batch are processes
         // (a thread's events carry its process's pid).
-        let active: HashSet<u32> = raw.iter().map(|ev| ev.pid).collect();
-        for mut ev in raw {
+        self.active.extend(raw.iter().map(|ev| ev.pid));
+        self.backlog.extend(raw);
+    }
+
+    fn process_until(&mut self, deadline: Option<Instant>) -> (Vec<Event>, bool) {
+        let mut out = Vec::with_capacity(self.backlog.len());
+        while let Some(mut ev) = self.backlog.pop_front() {
+            // Checking the clock every event would cost more than the work.
+            if out.len() % 64 == 63 && deadline.is_some_and(|d| Instant::now() >= d) {
+                self.backlog.push_front(ev);
+                break;
+            }
             if ev.kind().is_syscall() {
-                if dirty.remove(&ev.pid) {
+                if self.dirty.remove(&ev.pid) {
                     self.refresh_maps(ev.pid);
                 }
                 // Unwind now and pin each address to its file and offset, so
@@ -159,11 +200,11 @@ impl<S: EventSource> Session<S> {
                 ev.user = None;
             }
             if maps_may_change(&ev) {
-                dirty.insert(ev.pid);
+                self.dirty.insert(ev.pid);
             }
             if let Call::Fork { child_pid } = ev.call {
                 // Thread creation fires the fork tracepoint too.
-                if !is_new_process(ev.pid, child_pid, &active) {
+                if !is_new_process(ev.pid, child_pid, &self.active) {
                     self.tracer.remove_pid(child_pid);
                     continue;
                 }
@@ -202,10 +243,13 @@ impl<S: EventSource> Session<S> {
             }
             out.push(ev);
         }
+        if self.backlog.is_empty() {
+            self.active.clear();
+        }
         let lost = self.tracer.lost();
         self.summary.lost = lost;
         self.summary.lost_events = lost.total();
-        out
+        (out, self.backlog.is_empty())
     }
 
     /// Forget processes that are gone without an exit event (e.g. they
@@ -236,17 +280,44 @@ impl<S: EventSource> Session<S> {
             ledgers,
             stacks,
             symbolizer,
+            summary,
             ..
         } = self;
         let ledger = ledgers.get(&pid).unwrap_or(&empty);
         let attribution = attribution::join::attribute_process(pid, &vmas, ledger);
         let mut sites = Sites { stacks, symbolizer };
-        Ok(attribution::report::build(
-            &attribution,
+        let mut report = attribution::report::build(&attribution, ledger, opts, &mut sites);
+        report.lost_events = summary.lost_events;
+        Ok(report)
+    }
+
+    /// What the report of `pid` needs from the kernel and the ledger, taken
+    /// now ([`ReportInput::build`] symbolizes later, e.g. once a process
+    /// held at its exit stop has been let go).
+    pub fn capture_report(&mut self, pid: u32) -> Result<ReportInput, crate::proc::ProcError> {
+        let vmas = smaps::read_smaps(pid)?;
+        let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
+        let attribution = attribution::join::attribute_process(pid, &vmas, &ledger);
+        Ok(ReportInput {
+            attribution,
             ledger,
-            opts,
-            &mut sites,
-        ))
+        })
+    }
+
+    /// Build the report of a [`ReportInput`].
+    pub fn build_report_from(
+        &mut self,
+        input: &ReportInput,
+        opts: ReportOptions,
+    ) -> AttributedReport {
+        let mut sites = Sites {
+            stacks: &self.stacks,
+            symbolizer: &mut self.symbolizer,
+        };
+        let mut report =
+            attribution::report::build(&input.attribution, &input.ledger, opts, &mut sites);
+        report.lost_events = self.summary.lost_events;
+        report
     }
 
     /// Re-read the file mappings of `pid`, keeping the old copy when the
@@ -256,6 +327,12 @@ impl<S: EventSource> Session<S> {
             self.maps.insert(pid, maps);
         }
     }
+}
+
+/// A process's attribution and ledger, captured for a report built later.
+pub struct ReportInput {
+    pub attribution: attribution::join::Attribution,
+    pub ledger: Ledger,
 }
 
 /// The session's stacks as the report sees them.

@@ -1,7 +1,19 @@
 //! Where a tracing session writes: each line as text for a terminal or as
 //! one JSON object ([`TraceLine`]), to any [`io::Write`].
+//!
+//! A writer thread does the writing, behind a queue bounded in bytes: a
+//! slow or stalled reader (`memtrace … | less`, left unread) must neither
+//! grow memtrace without bound nor stall event intake, and above all never
+//! keep the target held at its exit stop. Event lines that do not fit are
+//! dropped and counted ([`Output::dropped`]); reports and the summary wait
+//! for room (they come once the target has been let go).
 
-use std::io::{self, Write};
+use std::{
+    collections::VecDeque,
+    io::{self, Write},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    thread,
+};
 
 use serde::Serialize;
 
@@ -17,10 +29,6 @@ use crate::{
 /// "schema_version":…,…}` (schema: `docs/json-schema.md`).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a borrowed view built per line, never stored"
-)]
 pub enum TraceLine<'a> {
     Event(EventLine<'a>),
     Report(ReportLine<'a>),
@@ -56,76 +64,244 @@ pub enum Format {
     Json,
 }
 
+/// Default bound of the output queue.
+pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
+
 /// The sink a session writes to.
-pub struct Output<W: Write> {
+pub struct Output<W: Write + Send + 'static> {
     pub format: Format,
     /// Text: every frame of every stack.
     pub verbose: bool,
     /// Call sites listed in reports (0: all).
     pub top: usize,
-    w: W,
+    queue: Arc<Queue>,
+    writer: Option<thread::JoinHandle<W>>,
+    dropped: u64,
 }
 
-impl<W: Write> Output<W> {
-    pub fn new(w: W, format: Format, verbose: bool, top: usize) -> Self {
+/// Lines waiting for the writer thread.
+struct Queue {
+    state: Mutex<State>,
+    /// Signalled when lines arrive, room frees up, or the writer stops.
+    changed: Condvar,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct State {
+    lines: VecDeque<String>,
+    bytes: usize,
+    /// No more lines will come.
+    finished: bool,
+    /// The writer failed (a closed pipe: `ErrorKind::BrokenPipe`).
+    error: Option<io::Error>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep
+        // going with it rather than lose the output.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<W: Write + Send + 'static> Output<W> {
+    /// Write to `w` through a queue of at most `buffer_bytes` (at least one
+    /// line always fits).
+    pub fn new(w: W, format: Format, verbose: bool, top: usize, buffer_bytes: usize) -> Self {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            cap: buffer_bytes,
+        });
+        let q = queue.clone();
+        let writer = thread::Builder::new()
+            .name("memtrace-output".into())
+            .spawn(move || write_lines(&q, w))
+            .ok();
         Output {
             format,
             verbose,
             top,
-            w,
+            queue,
+            writer,
+            dropped: 0,
         }
     }
 
-    /// One event; `start_ns` is the session start (text shows time since).
-    pub fn event(&mut self, ev: &Event, stack: &CallStack, start_ns: u64) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(&TraceLine::Event(EventLine::new(ev, stack))),
-            Format::Text => writeln!(
-                self.w,
-                "{}",
-                stream::event_line(ev, stack, start_ns, self.verbose)
-            ),
+    /// Whether an event line would be written now rather than dropped: lets
+    /// the caller skip formatting (and symbolizing) what would be dropped.
+    pub fn has_room(&mut self) -> bool {
+        let st = self.queue.lock();
+        let room = st.bytes < self.queue.cap;
+        drop(st);
+        if !room {
+            self.dropped += 1;
         }
+        room
+    }
+
+    /// Event lines dropped so far because the reader was too slow.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The reader is gone (a closed pipe) or writing failed.
+    pub fn error(&self) -> Option<io::ErrorKind> {
+        self.queue.lock().error.as_ref().map(io::Error::kind)
+    }
+
+    /// One event; `start_ns` is the session start (text shows time since).
+    /// Dropped (and counted) when the queue is full.
+    pub fn event(&mut self, ev: &Event, stack: &CallStack, start_ns: u64) -> io::Result<()> {
+        let line = match self.format {
+            Format::Json => TraceLine::Event(EventLine::new(ev, stack)).to_json(),
+            Format::Text => stream::event_line(ev, stack, start_ns, self.verbose),
+        };
+        self.push(line, false)
     }
 
     /// Text only: a notice that `lost` events are lost so far.
     pub fn lost_so_far(&mut self, lost: u64) -> io::Result<()> {
         match self.format {
             Format::Json => Ok(()),
-            Format::Text => writeln!(
-                self.w,
-                "!! {lost} events lost so far (raise --ring-buffer-size)"
+            Format::Text => self.push(
+                format!("!! {lost} events lost so far (raise --ring-buffer-size)"),
+                false,
             ),
         }
     }
 
-    pub fn report(&mut self, report: &AttributedReport) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(&TraceLine::Report(ReportLine::new(report, self.top))),
-            Format::Text => write!(self.w, "{}", report.text(self.verbose, self.top)),
-        }
+    /// A report; with `wait`, it waits for room instead of being dropped.
+    pub fn report(&mut self, report: &AttributedReport, wait: bool) -> io::Result<()> {
+        let text = match self.format {
+            Format::Json => TraceLine::Report(ReportLine::new(report, self.top)).to_json(),
+            Format::Text => report
+                .text(self.verbose, self.top)
+                .trim_end_matches('\n')
+                .to_owned(),
+        };
+        self.push(text, wait)
     }
 
+    /// The summary; waits for room.
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        match self.format {
-            Format::Json => self.json(&TraceLine::Summary(SummaryLine {
+        let text = match self.format {
+            Format::Json => TraceLine::Summary(SummaryLine {
                 schema_version: SCHEMA_VERSION,
                 summary,
-            })),
-            Format::Text => write!(self.w, "{}", summary.text()),
+            })
+            .to_json(),
+            Format::Text => summary.text().trim_end_matches('\n').to_owned(),
+        };
+        self.push(text, true)
+    }
+
+    /// Queue one line (a newline is added). Fails once the writer failed.
+    fn push(&mut self, line: String, wait: bool) -> io::Result<()> {
+        let mut st = self.queue.lock();
+        loop {
+            if let Some(e) = &st.error {
+                return Err(io::Error::new(e.kind(), e.to_string()));
+            }
+            if st.bytes < self.queue.cap || st.lines.is_empty() {
+                break;
+            }
+            if !wait {
+                self.dropped += 1;
+                return Ok(());
+            }
+            st = self
+                .queue
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        st.bytes += line.len() + 1;
+        st.lines.push_back(line);
+        drop(st);
+        self.queue.changed.notify_all();
+        Ok(())
+    }
+
+    /// Write everything queued and hand back the writer (or the error that
+    /// stopped it).
+    pub fn finish(mut self) -> io::Result<W> {
+        self.close()
+    }
+
+    fn close(&mut self) -> io::Result<W> {
+        self.queue.lock().finished = true;
+        self.queue.changed.notify_all();
+        let w = self
+            .writer
+            .take()
+            .ok_or_else(|| io::Error::other("the output thread did not start"))?
+            .join()
+            .map_err(|_| io::Error::other("the output thread panicked"))?;
+        match self.queue.lock().error.take() {
+            Some(e) => Err(e),
+            None => Ok(w),
         }
     }
+}
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
+impl<W: Write + Send + 'static> Drop for Output<W> {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = self.close();
+        }
     }
+}
 
-    /// The writer, e.g. to read back what was written in tests.
-    pub fn into_inner(self) -> W {
-        self.w
-    }
-
-    fn json(&mut self, line: &TraceLine<'_>) -> io::Result<()> {
-        writeln!(self.w, "{}", line.to_json())
+/// The writer thread: write lines as they come, flush when the queue runs
+/// dry, stop at the first error (remembered for the caller).
+fn write_lines<W: Write>(q: &Queue, mut w: W) -> W {
+    let mut batch: Vec<String> = Vec::new();
+    loop {
+        let mut st = q.lock();
+        while st.lines.is_empty() && !st.finished {
+            st = q.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.lines.is_empty() {
+            drop(st);
+            if let Err(e) = w.flush() {
+                q.lock().error = Some(e);
+            }
+            q.changed.notify_all();
+            return w;
+        }
+        batch.extend(st.lines.drain(..));
+        drop(st);
+        let mut written = 0;
+        let mut result = Ok(());
+        for line in &batch {
+            result = w
+                .write_all(line.as_bytes())
+                .and_then(|()| w.write_all(b"\n"));
+            if result.is_err() {
+                break;
+            }
+            written += line.len() + 1;
+        }
+        // Flush once the queue is empty: a terminal sees each line promptly
+        // and a pipe gets large writes.
+        if result.is_ok() && q.lock().lines.is_empty() {
+            result = w.flush();
+        }
+        let total: usize = batch.iter().map(|l| l.len() + 1).sum();
+        batch.clear();
+        let mut st = q.lock();
+        st.bytes = st.bytes.saturating_sub(total.max(written));
+        if let Err(e) = result {
+            st.error = Some(e);
+            st.lines.clear();
+            st.bytes = 0;
+            drop(st);
+            q.changed.notify_all();
+            return w;
+        }
+        drop(st);
+        q.changed.notify_all();
     }
 }

@@ -388,6 +388,9 @@ pub struct Summary {
     pub failed_calls: u64,
     pub lost_events: u64,
     pub lost: Lost,
+    /// Event lines not printed because the reader was too slow (the
+    /// ledger and the reports still saw the events).
+    pub display_dropped: u64,
 }
 
 impl Summary {
@@ -445,6 +448,12 @@ impl Summary {
             "lost events: {} (ring buffer full: {}, pending table full: {})\n",
             self.lost_events, self.lost.ring_buffer, self.lost.pending
         ));
+        if self.display_dropped > 0 {
+            s.push_str(&format!(
+                "event lines not shown (output too slow; see --output-buffer): {}\n",
+                self.display_dropped
+            ));
+        }
         if self.lost.untraced_children > 0 {
             s.push_str(&format!(
                 "children left untraced (traced set full): {}\n",
