@@ -16,6 +16,7 @@
 //! - [`session`]: a tracing session and its live event stream.
 //! - [`serve`]: the reports over HTTP.
 //! - [`schema`]: the JSON output contract (version, address convention).
+//! - [`text`]: names from the target made safe for a terminal.
 //! - [`units`]: byte counts for humans.
 
 pub mod attribution;
@@ -25,5 +26,6 @@ pub mod serve;
 pub mod session;
 pub mod snapshot;
 pub mod stack;
+pub mod text;
 pub mod trace;
 pub mod units;

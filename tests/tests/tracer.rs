@@ -363,3 +363,54 @@ fn a_closed_stdout_ends_memtrace_quietly() {
         "a closed stdout is not an error: {stderr}"
     );
 }
+
+#[test]
+fn names_from_the_target_cannot_drive_the_terminal() {
+    // A region name and a file name with escape sequences and a fake
+    // `=== Summary ===` line: the text output shows them escaped.
+    let hostile = env!("CARGO_BIN_EXE_hostile");
+    let output = std::process::Command::new(common::memtrace_bin())
+        .args(["--", hostile])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run memtrace");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "an escape character reached the terminal:\n{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.trim() == "=== Summary ===")
+            .count(),
+        1,
+        "a name printed a fake summary line:\n{text}"
+    );
+    assert!(
+        text.contains("\\x1b[31mred\\n=== Summary"),
+        "the name is shown escaped:\n{text}"
+    );
+    // The snapshot's region table shows the file name escaped too.
+    let mut w = Waiting::start(hostile, &[]);
+    let snap = std::process::Command::new(common::memtrace_bin())
+        .args(["snapshot", "--all", "--pid", &w.pid.to_string()])
+        .output()
+        .expect("run memtrace snapshot");
+    w.go();
+    w.finish();
+    let text = String::from_utf8_lossy(&snap.stdout);
+    assert!(snap.status.success());
+    assert!(
+        !text.contains('\x1b'),
+        "an escape character reached the terminal:\n{text}"
+    );
+    assert!(
+        text.contains("\\x1b[7m-"),
+        "the file name is shown escaped:\n{text}"
+    );
+}

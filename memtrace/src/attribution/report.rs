@@ -385,7 +385,7 @@ impl AttributedReport {
             let name = if site.names.is_empty() {
                 String::new()
             } else {
-                format!("  [{}]", site.names.join(", "))
+                format!("  [{}]", crate::text::printable(&site.names.join(", ")))
             };
             let at = site
                 .call_site

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::{
     schema,
     stack::{callsite::CallStack, symbolize::Frame},
+    text::printable,
     trace::{
         Lost,
         event::{Call, Event},
@@ -335,7 +336,7 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
         Call::SetVmaName { name, .. } => {
             let n = name
                 .as_deref()
-                .map(|n| format!("\"{n}\""))
+                .map(|n| format!("\"{}\"", printable(n)))
                 .unwrap_or_else(|| "(clear)".into());
             if ev.failed() {
                 format!("name {n} (kernel refused; recorded anyway)")
@@ -344,7 +345,7 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
             }
         }
         Call::Fork { child_pid } => format!("child {child_pid}"),
-        Call::Exec { filename } => filename.clone(),
+        Call::Exec { filename } => printable(filename).into_owned(),
         Call::Exit { .. } => "process exit".into(),
         Call::Munmap { .. } | Call::Brk { .. } => String::new(),
     };

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::classify::{Category, Group};
 use super::{CategoryUsage, NamedUsage, Snapshot, Totals};
 use crate::proc::smaps::Vma;
+use crate::text::printable;
 use crate::units::Human;
 
 pub use crate::schema::SCHEMA_VERSION;
@@ -75,10 +76,10 @@ pub fn render_text(snapshot: &Snapshot, opts: &Options) -> String {
             Human(b).to_string()
         }
     };
-    let exe = snapshot
-        .exe
-        .as_ref()
-        .map_or_else(|| "?".to_owned(), |p| p.display().to_string());
+    let exe = snapshot.exe.as_ref().map_or_else(
+        || "?".to_owned(),
+        |p| printable(&p.display().to_string()).into_owned(),
+    );
     let _ = writeln!(
         out,
         "=== Memory breakdown: pid {} ({}), {} regions ===",
@@ -116,9 +117,9 @@ pub fn render_text(snapshot: &Snapshot, opts: &Options) -> String {
         if c.category == Category::NamedAnon {
             for n in &snapshot.named {
                 let label = if n.shmem {
-                    format!("  [anon_shmem:{}]", n.name)
+                    format!("  [anon_shmem:{}]", printable(&n.name))
                 } else {
-                    format!("  [anon:{}]", n.name)
+                    format!("  [anon:{}]", printable(&n.name))
                 };
                 row(&mut out, &label, &n.totals);
             }
@@ -212,13 +213,13 @@ pub fn render_text(snapshot: &Snapshot, opts: &Options) -> String {
     for (i, cells) in &rows {
         let v = &snapshot.vmas[*i];
         let name = if v.name.is_empty() {
-            "[anon]"
+            "[anon]".into()
         } else {
-            v.name.as_str()
+            printable(&v.name)
         };
         let refs: [&str; 7] = std::array::from_fn(|k| cells[k].as_str());
         push_cells(&mut line, &refs);
-        let _ = writeln!(out, "{line}{}", truncate_name(name, name_width));
+        let _ = writeln!(out, "{line}{}", truncate_name(&name, name_width));
     }
     out
 }

@@ -40,8 +40,13 @@ pub struct Frame {
 
 impl Frame {
     /// `function (file:line)`, or `module+0xoff`, or the bare address as a
-    /// last resort (anonymous memory such as JIT code).
+    /// last resort (anonymous memory such as JIT code). Safe for a terminal:
+    /// names come from the target's files.
     pub fn display(&self) -> String {
+        crate::text::printable(&self.display_raw()).into_owned()
+    }
+
+    fn display_raw(&self) -> String {
         match (&self.function, &self.file, self.line) {
             (Some(f), Some(file), Some(line)) => format!("{f} ({}:{line})", short_path(file)),
             (Some(f), _, _) => f.clone(),
