@@ -7,6 +7,7 @@
 //! so untraced processes pay one hash lookup.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -95,8 +96,9 @@ fn current_ids() -> (u32, u32) {
 
 #[inline(always)]
 fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence.
-    unsafe { TRACED.get(&tgid).is_some() }
+    // SAFETY: the value is only tested for presence, never read, so a
+    // concurrent update of the entry cannot be observed half-written.
+    unsafe { TRACED.get(tgid).is_some() }
 }
 
 #[inline(always)]
@@ -129,20 +131,22 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     }
     let mut args = [0u64; 6];
     for (i, slot) in args.iter_mut().enumerate() {
-        // SAFETY: every syscall tracepoint record holds six argument slots
-        // after the header; unused ones read as whatever the kernel stored.
+        // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+        // faults safely; every syscall tracepoint record holds six argument
+        // slots after the header, unused ones read as whatever is there.
         *slot = unsafe { ctx.read_at::<u64>(ARGS_OFFSET + i * 8) }.unwrap_or(0);
     }
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
     let pending = PendingCall {
+        // SAFETY: a helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         args,
         kind: kind as u32,
         _pad: 0,
     };
-    if PENDING.insert(&tid, &pending, 0).is_err() {
+    if PENDING.insert(tid, pending, 0).is_err() {
         count(counter::LOST_PENDING);
     }
     0
@@ -154,19 +158,23 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+    // SAFETY: the entry is keyed by this thread's id, so only this thread
+    // writes it, and it is copied out before it is removed.
+    let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
         return 0;
     };
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     if pending.kind != kind as u32 {
         return 0;
     }
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely.
     let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         count(counter::LOST_RINGBUF);
         return 0;
     };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points to a reserved, exclusively owned RawEvent slot; each
@@ -313,12 +321,14 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
         return 0;
     };
     // SAFETY: a plain read of a global set before load.
     let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
-    if follow != 0 && TRACED.insert(&(child as u32), &1, 0).is_err() {
+    if follow != 0 && TRACED.insert(child as u32, 1, 0).is_err() {
         count(counter::LOST_CHILDREN);
     }
     emit_lifecycle(EventKind::Fork, tgid, tid, child as u64, None);
@@ -332,6 +342,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely.
     let loc = unsafe { ctx.read_at::<u32>(8) }.unwrap_or(0);
     let name = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
     emit_lifecycle(EventKind::Exec, tgid, tid, 0, Some(name));
@@ -349,14 +361,16 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if tid != tgid {
         // A thread id that the fork program may have added as if it were a
         // process.
-        let _ = TRACED.remove(&tid);
+        let _ = TRACED.remove(tid);
     }
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely.
     let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
     if group_dead != 0 {
         emit_lifecycle(EventKind::Exit, tgid, tid, 0, None);
         // Forget it here, not only when userspace sees the exit (which may
         // be lost): a later process reusing the pid must not be traced.
-        let _ = TRACED.remove(&tgid);
+        let _ = TRACED.remove(tgid);
     }
     0
 }
