@@ -5,7 +5,8 @@ use std::{collections::HashMap, fs, io, path::Path};
 
 use super::TraceError;
 
-const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where tracefs is (or gets) mounted.
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
 /// Path of the mounted tracefs; mounts it at `/sys/kernel/tracing` when it
@@ -28,11 +29,9 @@ pub fn ensure_mounted() -> Result<&'static Path, TraceError> {
         )
     };
     if rc != 0 {
-        let err = io::Error::last_os_error();
-        return Err(TraceError::Tracefs(format!(
-            "tracefs is not mounted and mounting it failed ({err}); run \
-             `mount -t tracefs nodev {TRACEFS}` as root"
-        )));
+        return Err(TraceError::Tracefs {
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(Path::new(TRACEFS))
 }
@@ -48,8 +47,11 @@ pub fn field_offsets(
         .join(category)
         .join(name)
         .join("format");
-    let text = fs::read_to_string(&path).map_err(|e| {
-        TraceError::MissingTracepoint(format!("{category}:{name} ({}: {e})", path.display()))
+    let text = fs::read_to_string(&path).map_err(|source| TraceError::MissingTracepoint {
+        category: category.to_owned(),
+        name: name.to_owned(),
+        path: path.clone(),
+        source,
     })?;
     Ok(parse_format(&text))
 }
