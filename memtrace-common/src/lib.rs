@@ -5,6 +5,8 @@
 //! uninitialised padding.
 #![no_std]
 
+pub mod tracepoints;
+
 /// Which address-space change (or process lifecycle step) an event records.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

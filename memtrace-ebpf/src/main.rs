@@ -29,6 +29,10 @@ use aya_ebpf::{
 use memtrace_common::{
     DEFAULT_RING_BYTES, EventKind, KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED,
     NAME_LEN, PendingCall, RawEvent, STACK_WINDOW, STACK_WINDOW_SMALL, counter, event_flags,
+    tracepoints::{
+        self, EXEC_FILENAME, EXIT_GROUP_DEAD, FORK_CHILD_PID, SCHED_PROCESS_EXEC,
+        SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs,
+    },
 };
 
 /// Processes (tgids) being traced. Userspace adds the target; with
@@ -71,11 +75,6 @@ fn kernel_stacks_forced() -> bool {
     unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
 }
 
-/// Offsets in the syscall tracepoint records (checked against tracefs's
-/// format files by userspace before attaching).
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
-
 /// `prctl` options that name an anonymous range.
 const PR_SET_VMA: u64 = 0x53564d41;
 const PR_SET_VMA_ANON_NAME: u64 = 0;
@@ -87,6 +86,39 @@ const PT_REGS_IP: usize = 128;
 const PT_REGS_SP: usize = 152;
 #[cfg(bpf_target_arch = "x86_64")]
 const PT_REGS_BP: usize = 32;
+
+/// Read a field of the tracepoint record as a `$ty`; fails to build unless
+/// `$ty` has the field's size.
+macro_rules! read_field {
+    ($ctx:expr, $field:expr, $ty:ty) => {{
+        const {
+            assert!(
+                size_of::<$ty>() == $field.size,
+                concat!(stringify!($field), " is not a ", stringify!($ty))
+            )
+        };
+        // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+        // faults safely; `$field` is inside the record on kernels that
+        // userspace's tracefs check accepts.
+        unsafe { $ctx.read_at::<$ty>($field.offset) }
+    }};
+}
+
+/// Const string equality (`==` on `str` is not const).
+const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 #[inline(always)]
 fn current_ids() -> (u32, u32) {
@@ -129,13 +161,12 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    let mut args = [0u64; 6];
-    for (i, slot) in args.iter_mut().enumerate() {
-        // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
-        // faults safely; every syscall tracepoint record holds six argument
-        // slots after the header, unused ones read as whatever is there.
-        *slot = unsafe { ctx.read_at::<u64>(ARGS_OFFSET + i * 8) }.unwrap_or(0);
-    }
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely. Syscalls with fewer than six arguments have a shorter
+    // record; their unused slots read whatever follows it in the trace
+    // buffer, and userspace ignores them.
+    let SyscallEnterArgs { args } =
+        unsafe { ctx.read_at::<SyscallEnterArgs>(SYSCALL_ARGS_OFFSET) }.unwrap_or_default();
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
@@ -167,9 +198,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if pending.kind != kind as u32 {
         return 0;
     }
-    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
-    // faults safely.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(0);
+    let ret = read_field!(ctx, SYSCALL_RET, i64).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
         count(counter::LOST_RINGBUF);
         return 0;
@@ -253,28 +282,53 @@ unsafe fn read_user_regs(ev: &mut RawEvent) {
     }
 }
 
+/// The entry and exit programs of each traced syscall. Userspace attaches
+/// them by the names in `memtrace_common::tracepoints::SYSCALLS`; the
+/// build fails unless each pair is named after its kind's tracepoints there
+/// and every syscall listed there has its pair.
 macro_rules! syscall_probes {
-    ($($enter:ident, $exit:ident => $kind:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $kind)
-        }
+    ($($kind:ident: $enter:ident, $exit:ident;)*) => {
+        $(
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                on_enter(&ctx, EventKind::$kind)
+            }
 
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx, $kind)
-        }
-    )*};
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                on_exit(&ctx, EventKind::$kind)
+            }
+
+            const _: () = {
+                let Some(syscall) = tracepoints::syscall(EventKind::$kind) else {
+                    panic!(concat!(stringify!($kind), " is not a traced syscall"));
+                };
+                assert!(
+                    same_name(stringify!($enter), syscall.enter),
+                    concat!(stringify!($enter), " is not the entry tracepoint of ", stringify!($kind))
+                );
+                assert!(
+                    same_name(stringify!($exit), syscall.exit),
+                    concat!(stringify!($exit), " is not the exit tracepoint of ", stringify!($kind))
+                );
+            };
+        )*
+
+        const _: () = assert!(
+            [$(stringify!($kind)),*].len() == tracepoints::SYSCALLS.len(),
+            "a syscall in memtrace_common::tracepoints::SYSCALLS has no programs"
+        );
+    };
 }
 
 syscall_probes! {
-    sys_enter_mmap, sys_exit_mmap => EventKind::Mmap;
-    sys_enter_munmap, sys_exit_munmap => EventKind::Munmap;
-    sys_enter_mremap, sys_exit_mremap => EventKind::Mremap;
-    sys_enter_brk, sys_exit_brk => EventKind::Brk;
-    sys_enter_mprotect, sys_exit_mprotect => EventKind::Mprotect;
-    sys_enter_madvise, sys_exit_madvise => EventKind::Madvise;
-    sys_enter_prctl, sys_exit_prctl => EventKind::SetVmaName;
+    Mmap: sys_enter_mmap, sys_exit_mmap;
+    Munmap: sys_enter_munmap, sys_exit_munmap;
+    Mremap: sys_enter_mremap, sys_exit_mremap;
+    Brk: sys_enter_brk, sys_exit_brk;
+    Mprotect: sys_enter_mprotect, sys_exit_mprotect;
+    Madvise: sys_enter_madvise, sys_exit_madvise;
+    SetVmaName: sys_enter_prctl, sys_exit_prctl;
 }
 
 /// Emit a lifecycle event (fork, exec, exit) with no call site.
@@ -311,8 +365,7 @@ fn emit_lifecycle(kind: EventKind, tgid: u32, tid: u32, arg0: u64, name: Option<
     entry.submit(wakeup_flags());
 }
 
-/// `sched:sched_process_fork`: `child_pid` at offset 20. The parent is the
-/// current task. With `FOLLOW_FORKS` the child joins the traced set before
+/// `sched:sched_process_fork`. The parent is the current task. With `FOLLOW_FORKS` the child joins the traced set before
 /// it runs. Thread creation fires this too; userspace tells them apart and
 /// the exit program removes thread ids again.
 #[tracepoint]
@@ -321,9 +374,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
-    // faults safely.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+    let Ok(child) = read_field!(ctx, FORK_CHILD_PID, i32) else {
         return 0;
     };
     // SAFETY: a plain read of a global set before load.
@@ -335,23 +386,20 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `sched:sched_process_exec`: `__data_loc char[] filename` at offset 8.
+/// `sched:sched_process_exec`.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return 0;
     }
-    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
-    // faults safely.
-    let loc = unsafe { ctx.read_at::<u32>(8) }.unwrap_or(0);
+    let loc = read_field!(ctx, EXEC_FILENAME, u32).unwrap_or(0);
     let name = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
     emit_lifecycle(EventKind::Exec, tgid, tid, 0, Some(name));
     0
 }
 
-/// `sched:sched_process_exit`: `bool group_dead` at offset 32 (the whole
-/// process is exiting).
+/// `sched:sched_process_exit`.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
@@ -363,9 +411,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // process.
         let _ = TRACED.remove(tid);
     }
-    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
-    // faults safely.
-    let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
+    let group_dead = read_field!(ctx, EXIT_GROUP_DEAD, u8).unwrap_or(0);
     if group_dead != 0 {
         emit_lifecycle(EventKind::Exit, tgid, tid, 0, None);
         // Forget it here, not only when userspace sees the exit (which may
@@ -373,6 +419,34 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         let _ = TRACED.remove(tgid);
     }
     0
+}
+
+/// The sched programs, named after their tracepoints in
+/// `memtrace_common::tracepoints::SCHED` (userspace attaches them by those
+/// names); the build fails if a name differs or one has no program.
+macro_rules! sched_programs {
+    ($($program:ident: $tracepoint:expr;)*) => {
+        $(
+            const _: () = {
+                let _ = $program;
+                assert!(
+                    same_name(stringify!($program), $tracepoint.name),
+                    concat!("program ", stringify!($program), " is not named after its tracepoint")
+                );
+            };
+        )*
+
+        const _: () = assert!(
+            [$(stringify!($program)),*].len() == tracepoints::SCHED.len(),
+            "a tracepoint in memtrace_common::tracepoints::SCHED has no program"
+        );
+    };
+}
+
+sched_programs! {
+    sched_process_fork: SCHED_PROCESS_FORK;
+    sched_process_exec: SCHED_PROCESS_EXEC;
+    sched_process_exit: SCHED_PROCESS_EXIT;
 }
 
 #[cfg(not(test))]

@@ -26,27 +26,18 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint},
 };
-use memtrace_common::{RawEvent, counter};
+use memtrace_common::{
+    RawEvent, counter,
+    tracepoints::{
+        SCHED_CATEGORY, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALLS,
+        SYSCALLS_CATEGORY,
+    },
+};
 
 use event::Event;
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
-
-/// Syscalls traced, with their argument names as tracefs spells them (the
-/// order is the order of the arguments in the record).
-pub(crate) const SYSCALLS: [(&str, &[&str]); 7] = [
-    ("mmap", &["addr", "len", "prot", "flags", "fd", "off"]),
-    ("munmap", &["addr", "len"]),
-    (
-        "mremap",
-        &["addr", "old_len", "new_len", "flags", "new_addr"],
-    ),
-    ("brk", &["brk"]),
-    ("mprotect", &["start", "len", "prot"]),
-    ("madvise", &["start", "len_in", "behavior"]),
-    ("prctl", &["option", "arg2", "arg3", "arg4", "arg5"]),
-];
 
 /// Appended to every [`TraceError`] message: the rest of memtrace works
 /// without eBPF.
@@ -103,8 +94,20 @@ pub enum TraceError {
     },
     /// A tracepoint record does not have the layout memtrace's eBPF
     /// programs read.
-    #[error("{0} {SNAPSHOT_HINT}")]
-    Layout(String),
+    #[error(
+        "{category}:{tracepoint} field `{field}` is {found}, memtrace's eBPF programs read \
+         it at {expected} {SNAPSHOT_HINT}",
+        found = .found.map_or_else(|| "missing".to_owned(), |f| format!("at {f}"))
+    )]
+    Layout {
+        category: &'static str,
+        tracepoint: &'static str,
+        field: &'static str,
+        /// Where the kernel has it, if it has it.
+        found: Option<tracefs::FieldLayout>,
+        /// Where the eBPF programs read it.
+        expected: tracefs::FieldLayout,
+    },
     /// The kernel (or aya) refused memtrace's eBPF object.
     #[error("loading memtrace's eBPF programs failed {SNAPSHOT_HINT}")]
     Load(#[source] Box<aya::EbpfError>),
@@ -275,14 +278,14 @@ impl Tracer {
             })?;
             Ok(())
         };
-        for (name, _) in SYSCALLS {
-            attach(&format!("sys_enter_{name}"), "syscalls")?;
-            attach(&format!("sys_exit_{name}"), "syscalls")?;
+        for syscall in SYSCALLS {
+            attach(syscall.enter, SYSCALLS_CATEGORY)?;
+            attach(syscall.exit, SYSCALLS_CATEGORY)?;
         }
-        attach("sched_process_exec", "sched")?;
-        attach("sched_process_exit", "sched")?;
+        attach(SCHED_PROCESS_EXEC.name, SCHED_CATEGORY)?;
+        attach(SCHED_PROCESS_EXIT.name, SCHED_CATEGORY)?;
         if opts.follow_forks {
-            attach("sched_process_fork", "sched")?;
+            attach(SCHED_PROCESS_FORK.name, SCHED_CATEGORY)?;
         }
 
         let map_err = |map, e| TraceError::Map {
