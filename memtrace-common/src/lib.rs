@@ -141,14 +141,17 @@ pub struct PendingCall {
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const LOST_RINGBUF: u32 = 0;
-    /// Syscall entries dropped because the pending-call map was full.
+    /// Syscall entries dropped because the pending-call map refused them.
+    /// The map is an LRU map that makes room by evicting its least recently
+    /// used entry, so this stays zero unless the kernel cannot allocate.
     pub const LOST_PENDING: u32 = 1;
     /// Forked children that could not join the traced set (map full).
     pub const LOST_CHILDREN: u32 = 2;
     pub const COUNT: u32 = 3;
 }
 
-/// Maximum number of threads with a syscall in flight at once.
+/// Maximum number of threads with a syscall in flight at once; beyond
+/// that the pending-call map evicts the least recently used entries.
 pub const MAX_PENDING: u32 = 16384;
 /// Maximum number of traced processes.
 pub const MAX_TRACED: u32 = 4096;

@@ -23,7 +23,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{btf_map, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
@@ -40,9 +40,12 @@ use memtrace_common::{
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
 
-/// Syscall arguments saved at entry, by thread id.
+/// Syscall arguments saved at entry, by thread id. An LRU map: an entry
+/// whose exit never comes (the thread died inside the call, or its process
+/// left the traced set meanwhile) is evicted once the map fills up, instead
+/// of holding a slot for the rest of the session.
 #[map]
-static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
+static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -411,6 +414,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // process.
         let _ = TRACED.remove(tid);
     }
+    // A call the thread never returned from; normally there is none.
+    let _ = PENDING.remove(tid);
     let group_dead = read_field!(ctx, EXIT_GROUP_DEAD, u8).unwrap_or(0);
     if group_dead != 0 {
         emit_lifecycle(EventKind::Exit, tgid, tid, 0, None);

@@ -191,7 +191,8 @@ pub struct TracerOptions {
 pub struct Lost {
     /// Ring buffer full.
     pub ring_buffer: u64,
-    /// Pending-call table full (too many threads inside a syscall at once).
+    /// Syscall entries the pending-call table refused (it evicts its least
+    /// recently used entry when full, so this is normally zero).
     pub pending: u64,
     /// Children (with `--follow-forks`) left untraced: traced set full.
     pub untraced_children: u64,
