@@ -27,7 +27,7 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use memtrace_common::{
-    RawEvent, counter,
+    counter,
     tracepoints::{
         SCHED_CATEGORY, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALLS,
         SYSCALLS_CATEGORY,
@@ -445,13 +445,7 @@ impl Drop for Reader {
 /// receiving side is gone.
 fn read_ring(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>) -> Result<(), ()> {
     while let Some(item) = ring.next() {
-        if item.len() < size_of::<RawEvent>() {
-            continue;
-        }
-        // SAFETY: the slot holds a RawEvent written by the eBPF side;
-        // read_unaligned copes with the ring buffer's 8-byte alignment.
-        let raw: RawEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        if let Some(ev) = Event::from_raw(&raw) {
+        if let Some(ev) = Event::from_raw(&item) {
             tx.send(ev).map_err(|_| ())?;
         }
     }
