@@ -1,6 +1,15 @@
-//! Types shared by memtrace's eBPF programs and its userspace.
+//! Types shared by memtrace's eBPF programs and its userspace: the one
+//! contract between the two sides.
 //!
-//! Every type here is `#[repr(C)]` with explicit padding fields, so both
+//! - [`tracepoints`]: the tracepoints attached, the traced syscalls with
+//!   their tracefs argument names, and every record field the programs
+//!   read.
+//! - The ring-buffer records: an [`EventHeader`] and a payload chosen by
+//!   [`EventKind`] ([`SyscallEvent`], [`SetVmaNameEvent`], [`ForkEvent`],
+//!   [`ExecEvent`], [`ExitEvent`]).
+//! - Map values, keys and sizes ([`PendingCall`], [`counter`], `MAX_*`).
+//!
+//! Every record type here is `#[repr(C)]` with explicit padding fields, so both
 //! sides agree on the layout byte for byte and the verifier never sees
 //! uninitialised padding.
 #![no_std]

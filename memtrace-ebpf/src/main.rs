@@ -398,9 +398,10 @@ syscall_probes! {
     SetVmaName: sys_enter_prctl, sys_exit_prctl;
 }
 
-/// `sched:sched_process_fork`. The parent is the current task. With `FOLLOW_FORKS` the child joins the traced set before
-/// it runs. Thread creation fires this too; userspace tells them apart and
-/// the exit program removes thread ids again.
+/// `sched:sched_process_fork`. The parent is the current task. With
+/// `FOLLOW_FORKS` the child joins the traced set before it runs. Thread
+/// creation fires this too; userspace tells them apart and the exit program
+/// removes thread ids again.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
