@@ -1,9 +1,20 @@
-//! Types shared by memtrace's eBPF programs and its userspace.
+//! Types shared by memtrace's eBPF programs and its userspace: the one
+//! contract between the two sides.
 //!
-//! Every type here is `#[repr(C)]` with explicit padding fields, so both
+//! - [`tracepoints`]: the tracepoints attached, the traced syscalls with
+//!   their tracefs argument names, and every record field the programs
+//!   read.
+//! - The ring-buffer records: an [`EventHeader`] and a payload chosen by
+//!   [`EventKind`] ([`SyscallEvent`], [`SetVmaNameEvent`], [`ForkEvent`],
+//!   [`ExecEvent`], [`ExitEvent`]).
+//! - Map values, keys and sizes ([`PendingCall`], [`counter`], `MAX_*`).
+//!
+//! Every record type here is `#[repr(C)]` with explicit padding fields, so both
 //! sides agree on the layout byte for byte and the verifier never sees
 //! uninitialised padding.
 #![no_std]
+
+pub mod tracepoints;
 
 /// Which address-space change (or process lifecycle step) an event records.
 #[repr(u32)]
@@ -17,12 +28,11 @@ pub enum EventKind {
     Madvise = 6,
     /// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)`.
     SetVmaName = 7,
-    /// A traced process forked (`args[0]` = child pid).
+    /// A traced process forked (or made a thread): a [`ForkEvent`].
     Fork = 8,
-    /// A traced process called exec successfully.
+    /// A traced process called exec successfully: an [`ExecEvent`].
     Exec = 9,
-    /// A traced thread exited (`args[0]` = exit code; tid == tgid for the
-    /// main thread).
+    /// A traced process exited (its last thread left): an [`ExitEvent`].
     Exit = 10,
 }
 
@@ -77,52 +87,112 @@ pub const STACK_WINDOW: usize = 1024;
 /// Fallback window when the full one crosses the end of the stack mapping.
 pub const STACK_WINDOW_SMALL: usize = 256;
 
-/// Flag bits of [`RawEvent::flags`].
+/// Flag bits of [`EventHeader::flags`]: which optional parts of a record
+/// hold data.
 pub mod event_flags {
-    /// `name` holds a NUL-terminated string.
+    /// The record's name (`SetVmaNameEvent::name`, `ExecEvent::filename`)
+    /// holds a NUL-terminated string.
     pub const HAS_NAME: u32 = 1 << 0;
-    /// `ret_addr` was read from the user stack pointer at syscall entry.
+    /// `regs.ret_addr` was read from the user stack pointer at syscall
+    /// entry.
     pub const HAS_RET_ADDR: u32 = 1 << 1;
-    /// `sp`, `bp` and `stack_len` bytes of `stack` hold the user registers
-    /// and the top of the user stack.
+    /// `regs.sp`, `regs.bp` and `stack_len` bytes of `stack` hold the user
+    /// registers and the top of the user stack.
     pub const HAS_STACK: u32 = 1 << 2;
 }
 
-/// One event as the eBPF side writes it into the ring buffer.
+/// The start of every ring-buffer record; `kind` says which record it
+/// starts, and so how long the record is:
 ///
-/// For syscalls, `args` are the syscall's arguments as the kernel received
-/// them and `ret` is its return value (negative errno on failure), so each
-/// event is a completed call.
+/// | `kind` | record |
+/// | --- | --- |
+/// | mmap, munmap, mremap, brk, mprotect, madvise | [`SyscallEvent`] |
+/// | set_vma_name | [`SetVmaNameEvent`] |
+/// | fork | [`ForkEvent`] |
+/// | exec | [`ExecEvent`] |
+/// | exit | [`ExitEvent`] |
+///
+/// Only syscall records carry the user stack window; lifecycle records are
+/// a few dozen bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RawEvent {
-    /// `bpf_ktime_get_ns()` at syscall exit (CLOCK_MONOTONIC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` when the event completed (CLOCK_MONOTONIC).
     pub ktime_ns: u64,
-    /// Duration of the syscall, entry to exit.
+    /// Duration of the syscall, entry to exit; 0 for lifecycle events.
     pub duration_ns: u64,
     /// [`EventKind`] as u32.
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
-    /// User stack id in the `STACKS` map, or negative when none was taken.
-    pub stack_id: i32,
-    pub args: [u64; 6],
-    pub ret: i64,
-    /// User instruction pointer at syscall entry (inside the libc wrapper).
-    pub ip: u64,
-    /// The word at the user stack pointer at syscall entry: the return
-    /// address into the wrapper's caller when the wrapper made no frame.
-    pub ret_addr: u64,
-    /// User stack and frame pointers at syscall entry.
-    pub sp: u64,
-    pub bp: u64,
     /// Bits from [`event_flags`].
     pub flags: u32,
+}
+
+/// User registers at syscall entry, for finding the call site.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    /// User instruction pointer (inside the libc wrapper).
+    pub ip: u64,
+    /// The word at the user stack pointer: the return address into the
+    /// wrapper's caller when the wrapper made no frame.
+    pub ret_addr: u64,
+    /// User stack and frame pointers.
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// A completed syscall: `args` as the kernel received them, `ret` its
+/// return value (negative errno on failure), and the user call site.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallEvent {
+    pub header: EventHeader,
+    pub args: [u64; tracepoints::SYSCALL_MAX_ARGS],
+    pub ret: i64,
+    pub regs: UserRegs,
+    /// User stack id in the `STACKS` map, or negative when none was taken.
+    pub stack_id: i32,
     /// Valid bytes in `stack`.
     pub stack_len: u32,
-    pub name: [u8; NAME_LEN],
-    /// The user stack from `sp` upwards.
+    /// The user stack from `regs.sp` upwards.
     pub stack: [u8; STACK_WINDOW],
+}
+
+/// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)`: the syscall
+/// and the name it set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SetVmaNameEvent {
+    pub syscall: SyscallEvent,
+    /// NUL-terminated when `HAS_NAME` is set; no name clears it.
+    pub name: [u8; NAME_LEN],
+}
+
+/// A traced process forked or made a thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// A traced process called exec successfully.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// NUL-terminated when `HAS_NAME` is set.
+    pub filename: [u8; NAME_LEN],
+}
+
+/// A traced process exited; `header.tid` is the thread that left last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
 }
 
 /// Syscall arguments saved at entry, keyed by thread id until the exit.
@@ -139,14 +209,17 @@ pub struct PendingCall {
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const LOST_RINGBUF: u32 = 0;
-    /// Syscall entries dropped because the pending-call map was full.
+    /// Syscall entries dropped because the pending-call map refused them.
+    /// The map is an LRU map that makes room by evicting its least recently
+    /// used entry, so this stays zero unless the kernel cannot allocate.
     pub const LOST_PENDING: u32 = 1;
     /// Forked children that could not join the traced set (map full).
     pub const LOST_CHILDREN: u32 = 2;
     pub const COUNT: u32 = 3;
 }
 
-/// Maximum number of threads with a syscall in flight at once.
+/// Maximum number of threads with a syscall in flight at once; beyond
+/// that the pending-call map evicts the least recently used entries.
 pub const MAX_PENDING: u32 = 16384;
 /// Maximum number of traced processes.
 pub const MAX_TRACED: u32 = 4096;
@@ -159,8 +232,22 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `repr(C)` integers and arrays, padding made explicit.
-    unsafe impl aya::Pod for super::RawEvent {}
+    // SAFETY: each is `repr(C)` of integers, arrays of integers and other
+    // such structs, with padding made explicit (see the layout tests), so
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UserRegs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SetVmaNameEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingCall {}
 }
@@ -172,11 +259,41 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<EventHeader>(), 8 * 2 + 4 * 4);
+        assert_eq!(size_of::<UserRegs>(), 8 * 4);
         assert_eq!(
-            size_of::<RawEvent>(),
-            8 * 2 + 4 * 4 + 8 * 6 + 8 * 5 + 4 * 2 + NAME_LEN + STACK_WINDOW
+            size_of::<SyscallEvent>(),
+            size_of::<EventHeader>() + 8 * 6 + 8 + size_of::<UserRegs>() + 4 * 2 + STACK_WINDOW
         );
+        assert_eq!(
+            size_of::<SetVmaNameEvent>(),
+            size_of::<SyscallEvent>() + NAME_LEN
+        );
+        assert_eq!(size_of::<ForkEvent>(), size_of::<EventHeader>() + 4 * 2);
+        assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + NAME_LEN);
+        assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>());
         assert_eq!(size_of::<PendingCall>(), 8 + 8 * 6 + 4 * 2);
+    }
+
+    /// Userspace reads the header of any record first, then the rest by
+    /// kind; the ring buffer hands out 8-byte aligned slots.
+    #[test]
+    fn every_record_starts_with_its_header_and_fits_ring_slots() {
+        use core::mem::{align_of, offset_of};
+        assert_eq!(offset_of!(SyscallEvent, header), 0);
+        assert_eq!(offset_of!(SetVmaNameEvent, syscall), 0);
+        assert_eq!(offset_of!(ForkEvent, header), 0);
+        assert_eq!(offset_of!(ExecEvent, header), 0);
+        assert_eq!(offset_of!(ExitEvent, header), 0);
+        for (size, align) in [
+            (size_of::<SyscallEvent>(), align_of::<SyscallEvent>()),
+            (size_of::<SetVmaNameEvent>(), align_of::<SetVmaNameEvent>()),
+            (size_of::<ForkEvent>(), align_of::<ForkEvent>()),
+            (size_of::<ExecEvent>(), align_of::<ExecEvent>()),
+            (size_of::<ExitEvent>(), align_of::<ExitEvent>()),
+        ] {
+            assert!(align <= 8 && size % 8 == 0, "size {size}, align {align}");
+        }
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //!
 //! Syscall tracepoints on the calls that change an address space. Entry
 //! saves the arguments per thread; exit pairs them with the kernel's result,
-//! captures the user call site and writes one [`RawEvent`] to the ring
-//! buffer. Every program first checks the caller's tgid against `TRACED`,
-//! so untraced processes pay one hash lookup.
+//! captures the user call site and writes one [`SyscallEvent`] (or
+//! [`SetVmaNameEvent`]) to the ring buffer. The sched tracepoints write the
+//! small lifecycle records. Every program first checks the caller's tgid
+//! against `TRACED`, so untraced processes pay one hash lookup.
+//!
+//! Record layouts and tracepoint field offsets come from
+//! `memtrace_common`, the contract with userspace.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -22,12 +27,17 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{btf_map, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
-    DEFAULT_RING_BYTES, EventKind, KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED,
-    NAME_LEN, PendingCall, RawEvent, STACK_WINDOW, STACK_WINDOW_SMALL, counter, event_flags,
+    DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall, STACK_WINDOW,
+    STACK_WINDOW_SMALL, SetVmaNameEvent, SyscallEvent, UserRegs, counter, event_flags,
+    tracepoints::{
+        self, EXEC_FILENAME, EXIT_GROUP_DEAD, FORK_CHILD_PID, SCHED_PROCESS_EXEC,
+        SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs,
+    },
 };
 
 /// Processes (tgids) being traced. Userspace adds the target; with
@@ -35,9 +45,12 @@ use memtrace_common::{
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
 
-/// Syscall arguments saved at entry, by thread id.
+/// Syscall arguments saved at entry, by thread id. An LRU map: an entry
+/// whose exit never comes (the thread died inside the call, or its process
+/// left the traced set meanwhile) is evicted once the map fills up, instead
+/// of holding a slot for the rest of the session.
 #[map]
-static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(MAX_PENDING, 0);
+static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -70,11 +83,6 @@ fn kernel_stacks_forced() -> bool {
     unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
 }
 
-/// Offsets in the syscall tracepoint records (checked against tracefs's
-/// format files by userspace before attaching).
-const ARGS_OFFSET: usize = 16;
-const RET_OFFSET: usize = 16;
-
 /// `prctl` options that name an anonymous range.
 const PR_SET_VMA: u64 = 0x53564d41;
 const PR_SET_VMA_ANON_NAME: u64 = 0;
@@ -87,6 +95,39 @@ const PT_REGS_SP: usize = 152;
 #[cfg(bpf_target_arch = "x86_64")]
 const PT_REGS_BP: usize = 32;
 
+/// Read a field of the tracepoint record as a `$ty`; fails to build unless
+/// `$ty` has the field's size.
+macro_rules! read_field {
+    ($ctx:expr, $field:expr, $ty:ty) => {{
+        const {
+            assert!(
+                size_of::<$ty>() == $field.size,
+                concat!(stringify!($field), " is not a ", stringify!($ty))
+            )
+        };
+        // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+        // faults safely; `$field` is inside the record on kernels that
+        // userspace's tracefs check accepts.
+        unsafe { $ctx.read_at::<$ty>($field.offset) }
+    }};
+}
+
+/// Const string equality (`==` on `str` is not const).
+const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 #[inline(always)]
 fn current_ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
@@ -95,8 +136,9 @@ fn current_ids() -> (u32, u32) {
 
 #[inline(always)]
 fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence.
-    unsafe { TRACED.get(&tgid).is_some() }
+    // SAFETY: the value is only tested for presence, never read, so a
+    // concurrent update of the entry cannot be observed half-written.
+    unsafe { TRACED.get(tgid).is_some() }
 }
 
 #[inline(always)]
@@ -127,22 +169,23 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    let mut args = [0u64; 6];
-    for (i, slot) in args.iter_mut().enumerate() {
-        // SAFETY: every syscall tracepoint record holds six argument slots
-        // after the header; unused ones read as whatever the kernel stored.
-        *slot = unsafe { ctx.read_at::<u64>(ARGS_OFFSET + i * 8) }.unwrap_or(0);
-    }
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely. Syscalls with fewer than six arguments have a shorter
+    // record; their unused slots read whatever follows it in the trace
+    // buffer, and userspace ignores them.
+    let SyscallEnterArgs { args } =
+        unsafe { ctx.read_at::<SyscallEnterArgs>(SYSCALL_ARGS_OFFSET) }.unwrap_or_default();
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
     let pending = PendingCall {
+        // SAFETY: a helper without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         args,
         kind: kind as u32,
         _pad: 0,
     };
-    if PENDING.insert(&tid, &pending, 0).is_err() {
+    if PENDING.insert(tid, pending, 0).is_err() {
         count(counter::LOST_PENDING);
     }
     0
@@ -154,65 +197,126 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if !is_traced(tgid) {
         return 0;
     }
-    // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+    // SAFETY: the entry is keyed by this thread's id, so only this thread
+    // writes it, and it is copied out before it is removed.
+    let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
         return 0;
     };
-    let _ = PENDING.remove(&tid);
+    let _ = PENDING.remove(tid);
     if pending.kind != kind as u32 {
         return 0;
     }
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(0);
-    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
+    let ret = read_field!(ctx, SYSCALL_RET, i64).unwrap_or(0);
+    if kind == EventKind::SetVmaName {
+        let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
+            return 0;
+        };
+        let ev = entry.as_mut_ptr();
+        // SAFETY: `ev` is the slot just reserved, ours alone until submit
+        // and 8-byte aligned; the name is read through a helper that faults
+        // safely.
+        unsafe {
+            write_syscall(
+                ctx,
+                &raw mut (*ev).syscall,
+                (kind, tgid, tid),
+                &pending,
+                ret,
+            );
+            let name = pending.args[4];
+            if name != 0
+                && bpf_probe_read_user_str_bytes(name as *const u8, &mut (*ev).name).is_ok()
+            {
+                (*ev).syscall.header.flags |= event_flags::HAS_NAME;
+            }
+        }
+        entry.submit(wakeup_flags());
+    } else {
+        let Some(mut entry) = reserve::<SyscallEvent>() else {
+            return 0;
+        };
+        // SAFETY: the slot just reserved, ours alone until submit and
+        // 8-byte aligned.
+        unsafe { write_syscall(ctx, entry.as_mut_ptr(), (kind, tgid, tid), &pending, ret) };
+        entry.submit(wakeup_flags());
+    }
+    0
+}
+
+/// A slot for a `T` in the ring buffer; counts the event as lost when the
+/// ring is full.
+#[inline(always)]
+fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
         count(counter::LOST_RINGBUF);
-        return 0;
-    };
+    }
+    entry
+}
+
+/// The header of every record: the current thread, and the time now (the
+/// end of the syscall that started at `started_ns`, if any).
+#[inline(always)]
+fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> EventHeader {
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points to a reserved, exclusively owned RawEvent slot; each
-    // field is written before submit.
+    EventHeader {
+        ktime_ns: now,
+        duration_ns: started_ns.map_or(0, |start| now.wrapping_sub(start)),
+        kind: kind as u32,
+        tgid,
+        tid,
+        flags: 0,
+    }
+}
+
+/// Write every field of a syscall record: the call, its result and its
+/// call site (registers, stack window, and the kernel's frame-pointer stack
+/// when needed).
+///
+/// # Safety
+///
+/// `ev` must point to a ring buffer slot for a `SyscallEvent` that nothing
+/// else writes until it is submitted.
+#[inline(always)]
+unsafe fn write_syscall(
+    ctx: &TracePointContext,
+    ev: *mut SyscallEvent,
+    (kind, tgid, tid): (EventKind, u32, u32),
+    pending: &PendingCall,
+    ret: i64,
+) {
+    // SAFETY: the caller hands over `ev` for writing; the helpers fault
+    // safely.
     unsafe {
-        (*ev).ktime_ns = now;
-        (*ev).duration_ns = now.wrapping_sub(pending.start_ns);
-        (*ev).kind = kind as u32;
-        (*ev).tgid = tgid;
-        (*ev).tid = tid;
-        (*ev).stack_id = -1;
+        (*ev).header = header(kind, tgid, tid, Some(pending.start_ns));
         (*ev).args = pending.args;
         (*ev).ret = ret;
-        (*ev).flags = 0;
+        (*ev).regs = UserRegs::default();
+        (*ev).stack_id = -1;
         (*ev).stack_len = 0;
-        (*ev).ip = 0;
-        (*ev).ret_addr = 0;
-        (*ev).sp = 0;
-        (*ev).bp = 0;
-        (*ev).name[0] = 0;
         read_user_regs(&mut *ev);
         // The frame-pointer walk is the fallback for when no stack window
         // could be read: without frame pointers it yields a frame or two
         // and costs the traced thread microseconds per call.
-        if (*ev).flags & event_flags::HAS_STACK == 0 || kernel_stacks_forced() {
+        if (*ev).header.flags & event_flags::HAS_STACK == 0 || kernel_stacks_forced() {
             (*ev).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
                 Ok(id) => id as i32,
                 Err(e) => e,
             };
         }
-        if kind == EventKind::SetVmaName
-            && pending.args[4] != 0
-            && bpf_probe_read_user_str_bytes(pending.args[4] as *const u8, &mut (*ev).name).is_ok()
-        {
-            (*ev).flags |= event_flags::HAS_NAME;
-        }
     }
-    entry.submit(wakeup_flags());
-    0
 }
 
-/// Fill `ip` and `ret_addr` from the task's saved user registers: the word at
-/// the user stack pointer is the return address into the libc wrapper's
-/// caller, which frame-pointer walking skips.
+/// Fill `regs` from the task's saved user registers, and the stack window
+/// from the user stack pointer: the word there is the return address into
+/// the libc wrapper's caller, which frame-pointer walking skips.
+///
+/// # Safety
+///
+/// `ev` must be a ring buffer slot (its header already written).
 #[inline(always)]
-unsafe fn read_user_regs(ev: &mut RawEvent) {
+unsafe fn read_user_regs(ev: &mut SyscallEvent) {
     // SAFETY: the helpers return the current task and its user pt_regs;
     // reads through them go via bpf_probe_read_*, which fault safely.
     unsafe {
@@ -220,126 +324,136 @@ unsafe fn read_user_regs(ev: &mut RawEvent) {
         if regs == 0 {
             return;
         }
-        ev.ip = bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64).unwrap_or(0);
+        ev.regs.ip = bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64).unwrap_or(0);
         let sp: u64 = bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64).unwrap_or(0);
-        ev.sp = sp;
-        ev.bp = bpf_probe_read_kernel((regs + PT_REGS_BP) as *const u64).unwrap_or(0);
+        ev.regs.sp = sp;
+        ev.regs.bp = bpf_probe_read_kernel((regs + PT_REGS_BP) as *const u64).unwrap_or(0);
         if sp == 0 {
             return;
         }
         if let Ok(ret) = bpf_probe_read_user(sp as *const u64) {
-            ev.ret_addr = ret;
-            ev.flags |= event_flags::HAS_RET_ADDR;
+            ev.regs.ret_addr = ret;
+            ev.header.flags |= event_flags::HAS_RET_ADDR;
         }
         // The window for userspace unwinding; near the top of the stack the
         // full window can cross into unmapped memory, so retry smaller.
         if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack).is_ok() {
             ev.stack_len = STACK_WINDOW as u32;
-            ev.flags |= event_flags::HAS_STACK;
+            ev.header.flags |= event_flags::HAS_STACK;
         } else if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack[..STACK_WINDOW_SMALL])
             .is_ok()
         {
             ev.stack_len = STACK_WINDOW_SMALL as u32;
-            ev.flags |= event_flags::HAS_STACK;
+            ev.header.flags |= event_flags::HAS_STACK;
         }
     }
 }
 
+/// The entry and exit programs of each traced syscall. Userspace attaches
+/// them by the names in `memtrace_common::tracepoints::SYSCALLS`; the
+/// build fails unless each pair is named after its kind's tracepoints there
+/// and every syscall listed there has its pair.
 macro_rules! syscall_probes {
-    ($($enter:ident, $exit:ident => $kind:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $kind)
-        }
+    ($($kind:ident: $enter:ident, $exit:ident;)*) => {
+        $(
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                on_enter(&ctx, EventKind::$kind)
+            }
 
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx, $kind)
-        }
-    )*};
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                on_exit(&ctx, EventKind::$kind)
+            }
+
+            const _: () = {
+                let Some(syscall) = tracepoints::syscall(EventKind::$kind) else {
+                    panic!(concat!(stringify!($kind), " is not a traced syscall"));
+                };
+                assert!(
+                    same_name(stringify!($enter), syscall.enter),
+                    concat!(stringify!($enter), " is not the entry tracepoint of ", stringify!($kind))
+                );
+                assert!(
+                    same_name(stringify!($exit), syscall.exit),
+                    concat!(stringify!($exit), " is not the exit tracepoint of ", stringify!($kind))
+                );
+            };
+        )*
+
+        const _: () = assert!(
+            [$(stringify!($kind)),*].len() == tracepoints::SYSCALLS.len(),
+            "a syscall in memtrace_common::tracepoints::SYSCALLS has no programs"
+        );
+    };
 }
 
 syscall_probes! {
-    sys_enter_mmap, sys_exit_mmap => EventKind::Mmap;
-    sys_enter_munmap, sys_exit_munmap => EventKind::Munmap;
-    sys_enter_mremap, sys_exit_mremap => EventKind::Mremap;
-    sys_enter_brk, sys_exit_brk => EventKind::Brk;
-    sys_enter_mprotect, sys_exit_mprotect => EventKind::Mprotect;
-    sys_enter_madvise, sys_exit_madvise => EventKind::Madvise;
-    sys_enter_prctl, sys_exit_prctl => EventKind::SetVmaName;
+    Mmap: sys_enter_mmap, sys_exit_mmap;
+    Munmap: sys_enter_munmap, sys_exit_munmap;
+    Mremap: sys_enter_mremap, sys_exit_mremap;
+    Brk: sys_enter_brk, sys_exit_brk;
+    Mprotect: sys_enter_mprotect, sys_exit_mprotect;
+    Madvise: sys_enter_madvise, sys_exit_madvise;
+    SetVmaName: sys_enter_prctl, sys_exit_prctl;
 }
 
-/// Emit a lifecycle event (fork, exec, exit) with no call site.
-#[inline(always)]
-fn emit_lifecycle(kind: EventKind, tgid: u32, tid: u32, arg0: u64, name: Option<*const u8>) {
-    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
-        count(counter::LOST_RINGBUF);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: exclusively owned reserved slot, every field written.
-    unsafe {
-        (*ev).ktime_ns = bpf_ktime_get_ns();
-        (*ev).duration_ns = 0;
-        (*ev).kind = kind as u32;
-        (*ev).tgid = tgid;
-        (*ev).tid = tid;
-        (*ev).stack_id = -1;
-        (*ev).args = [arg0, 0, 0, 0, 0, 0];
-        (*ev).ret = 0;
-        (*ev).ip = 0;
-        (*ev).ret_addr = 0;
-        (*ev).flags = 0;
-        (*ev).stack_len = 0;
-        (*ev).sp = 0;
-        (*ev).bp = 0;
-        (*ev).name[0] = 0;
-        if let Some(src) = name
-            && bpf_probe_read_kernel_str_bytes(src, &mut (*ev).name).is_ok()
-        {
-            (*ev).flags |= event_flags::HAS_NAME;
-        }
-    }
-    entry.submit(wakeup_flags());
-}
-
-/// `sched:sched_process_fork`: `child_pid` at offset 20. The parent is the
-/// current task. With `FOLLOW_FORKS` the child joins the traced set before
-/// it runs. Thread creation fires this too; userspace tells them apart and
-/// the exit program removes thread ids again.
+/// `sched:sched_process_fork`. The parent is the current task. With
+/// `FOLLOW_FORKS` the child joins the traced set before it runs. Thread
+/// creation fires this too; userspace tells them apart and the exit program
+/// removes thread ids again.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return 0;
     }
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+    let Ok(child) = read_field!(ctx, FORK_CHILD_PID, i32) else {
         return 0;
     };
     // SAFETY: a plain read of a global set before load.
     let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
-    if follow != 0 && TRACED.insert(&(child as u32), &1, 0).is_err() {
+    if follow != 0 && TRACED.insert(child as u32, 1, 0).is_err() {
         count(counter::LOST_CHILDREN);
     }
-    emit_lifecycle(EventKind::Fork, tgid, tid, child as u64, None);
+    if let Some(mut entry) = reserve::<ForkEvent>() {
+        entry.write(ForkEvent {
+            header: header(EventKind::Fork, tgid, tid, None),
+            child_pid: child as u32,
+            _pad: 0,
+        });
+        entry.submit(wakeup_flags());
+    }
     0
 }
 
-/// `sched:sched_process_exec`: `__data_loc char[] filename` at offset 8.
+/// `sched:sched_process_exec`.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return 0;
     }
-    let loc = unsafe { ctx.read_at::<u32>(8) }.unwrap_or(0);
-    let name = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
-    emit_lifecycle(EventKind::Exec, tgid, tid, 0, Some(name));
+    let loc = read_field!(ctx, EXEC_FILENAME, u32).unwrap_or(0);
+    let filename = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
+    let Some(mut entry) = reserve::<ExecEvent>() else {
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the slot just reserved, ours alone until submit and
+    // 8-byte aligned; the string is read through a helper that faults
+    // safely.
+    unsafe {
+        (*ev).header = header(EventKind::Exec, tgid, tid, None);
+        if bpf_probe_read_kernel_str_bytes(filename, &mut (*ev).filename).is_ok() {
+            (*ev).header.flags |= event_flags::HAS_NAME;
+        }
+    }
+    entry.submit(wakeup_flags());
     0
 }
 
-/// `sched:sched_process_exit`: `bool group_dead` at offset 32 (the whole
-/// process is exiting).
+/// `sched:sched_process_exit`.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
@@ -349,16 +463,51 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if tid != tgid {
         // A thread id that the fork program may have added as if it were a
         // process.
-        let _ = TRACED.remove(&tid);
+        let _ = TRACED.remove(tid);
     }
-    let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0);
+    // A call the thread never returned from; normally there is none.
+    let _ = PENDING.remove(tid);
+    let group_dead = read_field!(ctx, EXIT_GROUP_DEAD, u8).unwrap_or(0);
     if group_dead != 0 {
-        emit_lifecycle(EventKind::Exit, tgid, tid, 0, None);
+        if let Some(mut entry) = reserve::<ExitEvent>() {
+            entry.write(ExitEvent {
+                header: header(EventKind::Exit, tgid, tid, None),
+            });
+            entry.submit(wakeup_flags());
+        }
         // Forget it here, not only when userspace sees the exit (which may
         // be lost): a later process reusing the pid must not be traced.
-        let _ = TRACED.remove(&tgid);
+        let _ = TRACED.remove(tgid);
     }
     0
+}
+
+/// The sched programs, named after their tracepoints in
+/// `memtrace_common::tracepoints::SCHED` (userspace attaches them by those
+/// names); the build fails if a name differs or one has no program.
+macro_rules! sched_programs {
+    ($($program:ident: $tracepoint:expr;)*) => {
+        $(
+            const _: () = {
+                let _ = $program;
+                assert!(
+                    same_name(stringify!($program), $tracepoint.name),
+                    concat!("program ", stringify!($program), " is not named after its tracepoint")
+                );
+            };
+        )*
+
+        const _: () = assert!(
+            [$(stringify!($program)),*].len() == tracepoints::SCHED.len(),
+            "a tracepoint in memtrace_common::tracepoints::SCHED has no program"
+        );
+    };
+}
+
+sched_programs! {
+    sched_process_fork: SCHED_PROCESS_FORK;
+    sched_process_exec: SCHED_PROCESS_EXEC;
+    sched_process_exit: SCHED_PROCESS_EXIT;
 }
 
 #[cfg(not(test))]

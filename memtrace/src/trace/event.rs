@@ -1,7 +1,10 @@
 //! Decoded mapping events: the plain data type between the tracer and
 //! everything downstream (live stream, ledger, attribution).
 
-use memtrace_common::{EventKind, RawEvent, event_flags};
+use memtrace_common::{
+    EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, SetVmaNameEvent, SyscallEvent,
+    event_flags,
+};
 use serde::Serialize;
 
 /// What a syscall event asked for, decoded from its arguments.
@@ -133,81 +136,334 @@ impl Event {
         self.failed().then(|| (-self.result) as i32)
     }
 
-    /// Decode a raw event; `None` for an unknown kind.
-    pub fn from_raw(raw: &RawEvent) -> Option<Event> {
-        let kind = EventKind::from_u32(raw.kind)?;
-        let a = raw.args;
-        let name = (raw.flags & event_flags::HAS_NAME != 0).then(|| c_string(&raw.name));
-        let call = match kind {
-            EventKind::Mmap => Call::Mmap {
-                addr: a[0],
-                len: a[1],
-                prot: a[2] as u32,
-                flags: a[3] as u32,
-                fd: a[4] as i32,
-                offset: a[5],
-            },
-            EventKind::Munmap => Call::Munmap {
-                addr: a[0],
-                len: a[1],
-            },
-            EventKind::Mremap => Call::Mremap {
-                old_addr: a[0],
-                old_len: a[1],
-                new_len: a[2],
-                flags: a[3] as u32,
-                new_addr: a[4],
-            },
-            EventKind::Brk => Call::Brk { addr: a[0] },
-            EventKind::Mprotect => Call::Mprotect {
-                addr: a[0],
-                len: a[1],
-                prot: a[2] as u32,
-            },
-            EventKind::Madvise => Call::Madvise {
-                addr: a[0],
-                len: a[1],
-                advice: a[2] as i32,
-            },
-            // prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)
-            EventKind::SetVmaName => Call::SetVmaName {
-                addr: a[2],
-                len: a[3],
-                name,
-            },
-            EventKind::Fork => Call::Fork {
-                child_pid: a[0] as u32,
-            },
-            EventKind::Exec => Call::Exec {
-                filename: name.unwrap_or_default(),
-            },
-            EventKind::Exit => Call::Exit {},
+    /// Decode one ring-buffer record: its [`EventHeader`] first, then the
+    /// rest by kind. `None` for an unknown kind or a record shorter than its
+    /// kind's layout.
+    pub fn from_raw(record: &[u8]) -> Option<Event> {
+        let header: EventHeader = read_record(record)?;
+        let kind = EventKind::from_u32(header.kind)?;
+        let has_name = header.flags & event_flags::HAS_NAME != 0;
+        let event = match kind {
+            EventKind::SetVmaName => {
+                let ev: SetVmaNameEvent = read_record(record)?;
+                let a = ev.syscall.args;
+                // prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)
+                let call = Call::SetVmaName {
+                    addr: a[2],
+                    len: a[3],
+                    name: has_name.then(|| c_string(&ev.name)),
+                };
+                Event::syscall(&ev.syscall, call)
+            }
+            EventKind::Fork => {
+                let ev: ForkEvent = read_record(record)?;
+                Event::lifecycle(
+                    &ev.header,
+                    Call::Fork {
+                        child_pid: ev.child_pid,
+                    },
+                )
+            }
+            EventKind::Exec => {
+                let ev: ExecEvent = read_record(record)?;
+                let filename = if has_name {
+                    c_string(&ev.filename)
+                } else {
+                    String::new()
+                };
+                Event::lifecycle(&ev.header, Call::Exec { filename })
+            }
+            EventKind::Exit => {
+                let ev: ExitEvent = read_record(record)?;
+                Event::lifecycle(&ev.header, Call::Exit {})
+            }
+            EventKind::Mmap
+            | EventKind::Munmap
+            | EventKind::Mremap
+            | EventKind::Brk
+            | EventKind::Mprotect
+            | EventKind::Madvise => {
+                let ev: SyscallEvent = read_record(record)?;
+                Event::syscall(&ev, syscall_call(kind, ev.args)?)
+            }
         };
-        Some(Event {
-            time_ns: raw.ktime_ns,
-            duration_ns: raw.duration_ns,
-            pid: raw.tgid,
-            tid: raw.tid,
-            call,
-            result: raw.ret,
-            stack_id: u32::try_from(raw.stack_id).ok(),
-            ip: raw.ip,
-            ret_addr: (raw.flags & event_flags::HAS_RET_ADDR != 0).then_some(raw.ret_addr),
-            user: (raw.flags & event_flags::HAS_STACK != 0).then(|| {
-                let len = (raw.stack_len as usize).min(raw.stack.len());
+        Some(event)
+    }
+
+    /// A completed syscall with its call site.
+    fn syscall(ev: &SyscallEvent, call: Call) -> Event {
+        let flags = ev.header.flags;
+        let regs = ev.regs;
+        Event {
+            result: ev.ret,
+            stack_id: u32::try_from(ev.stack_id).ok(),
+            ip: regs.ip,
+            ret_addr: (flags & event_flags::HAS_RET_ADDR != 0).then_some(regs.ret_addr),
+            user: (flags & event_flags::HAS_STACK != 0).then(|| {
+                let len = (ev.stack_len as usize).min(ev.stack.len());
                 Box::new(UserStack {
-                    ip: raw.ip,
-                    sp: raw.sp,
-                    bp: raw.bp,
-                    bytes: raw.stack[..len].to_vec(),
+                    ip: regs.ip,
+                    sp: regs.sp,
+                    bp: regs.bp,
+                    bytes: ev.stack[..len].to_vec(),
                 })
             }),
-            call_stack: None,
-        })
+            ..Event::lifecycle(&ev.header, call)
+        }
     }
+
+    /// An event without a call site (fork, exec, exit).
+    fn lifecycle(header: &EventHeader, call: Call) -> Event {
+        Event {
+            time_ns: header.ktime_ns,
+            duration_ns: header.duration_ns,
+            pid: header.tgid,
+            tid: header.tid,
+            call,
+            result: 0,
+            stack_id: None,
+            ip: 0,
+            ret_addr: None,
+            user: None,
+            call_stack: None,
+        }
+    }
+}
+
+/// What a syscall without a record of its own asked for, from its
+/// arguments.
+fn syscall_call(kind: EventKind, a: [u64; 6]) -> Option<Call> {
+    Some(match kind {
+        EventKind::Mmap => Call::Mmap {
+            addr: a[0],
+            len: a[1],
+            prot: a[2] as u32,
+            flags: a[3] as u32,
+            fd: a[4] as i32,
+            offset: a[5],
+        },
+        EventKind::Munmap => Call::Munmap {
+            addr: a[0],
+            len: a[1],
+        },
+        EventKind::Mremap => Call::Mremap {
+            old_addr: a[0],
+            old_len: a[1],
+            new_len: a[2],
+            flags: a[3] as u32,
+            new_addr: a[4],
+        },
+        EventKind::Brk => Call::Brk { addr: a[0] },
+        EventKind::Mprotect => Call::Mprotect {
+            addr: a[0],
+            len: a[1],
+            prot: a[2] as u32,
+        },
+        EventKind::Madvise => Call::Madvise {
+            addr: a[0],
+            len: a[1],
+            advice: a[2] as i32,
+        },
+        EventKind::SetVmaName | EventKind::Fork | EventKind::Exec | EventKind::Exit => {
+            return None;
+        }
+    })
+}
+
+/// The `T` at the start of `record`, if the record is long enough.
+fn read_record<T: aya::Pod>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `record` holds at least `size_of::<T>()` bytes, and any bytes
+    // are a valid `T` (`Pod`); `read_unaligned` copes with the ring
+    // buffer's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
 }
 
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use memtrace_common::{NAME_LEN, STACK_WINDOW, UserRegs};
+
+    use super::*;
+
+    /// The bytes of a record, as the ring buffer hands them over.
+    fn bytes_of<T: aya::Pod>(record: &T) -> Vec<u8> {
+        // SAFETY: `Pod` records have no padding, so every byte is
+        // initialised; the slice lives only as long as `record`.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    fn header(kind: EventKind, flags: u32) -> EventHeader {
+        EventHeader {
+            ktime_ns: 1_000,
+            duration_ns: 20,
+            kind: kind as u32,
+            tgid: 7,
+            tid: 8,
+            flags,
+        }
+    }
+
+    fn name(s: &str) -> [u8; NAME_LEN] {
+        let mut out = [0xaa; NAME_LEN];
+        out[..s.len()].copy_from_slice(s.as_bytes());
+        out[s.len()] = 0;
+        out
+    }
+
+    fn syscall(kind: EventKind, args: [u64; 6], ret: i64) -> SyscallEvent {
+        let mut stack = [0u8; STACK_WINDOW];
+        stack[..8].copy_from_slice(&0x5555_0000_1234u64.to_le_bytes());
+        SyscallEvent {
+            header: header(kind, event_flags::HAS_RET_ADDR | event_flags::HAS_STACK),
+            args,
+            ret,
+            regs: UserRegs {
+                ip: 0x7f00_0000_1000,
+                ret_addr: 0x5555_0000_1234,
+                sp: 0x7ffd_0000_0000,
+                bp: 0,
+            },
+            stack_id: -14,
+            stack_len: 256,
+            stack,
+        }
+    }
+
+    #[test]
+    fn syscall_records_decode_with_their_call_site() {
+        let raw = syscall(
+            EventKind::Mmap,
+            [0, 8192, 3, 0x22, u64::MAX, 0],
+            0x7f00_0000_0000,
+        );
+        let ev = Event::from_raw(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(
+            ev.call,
+            Call::Mmap {
+                addr: 0,
+                len: 8192,
+                prot: 3,
+                flags: 0x22,
+                fd: -1,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            (ev.time_ns, ev.duration_ns, ev.pid, ev.tid),
+            (1_000, 20, 7, 8)
+        );
+        assert_eq!(ev.result, 0x7f00_0000_0000);
+        assert_eq!(ev.stack_id, None, "a negative stack id is no stack");
+        assert_eq!(ev.ip, 0x7f00_0000_1000);
+        assert_eq!(ev.ret_addr, Some(0x5555_0000_1234));
+        let user = ev.user.expect("stack window");
+        assert_eq!(user.bytes.len(), 256);
+        assert_eq!(user.read_u64(0x7ffd_0000_0000), Some(0x5555_0000_1234));
+
+        let mut bare = syscall(EventKind::Munmap, [0x1000, 4096, 0, 0, 0, 0], 0);
+        bare.header.flags = 0;
+        bare.stack_id = 3;
+        let ev = Event::from_raw(&bytes_of(&bare)).expect("decodes");
+        assert_eq!(
+            ev.call,
+            Call::Munmap {
+                addr: 0x1000,
+                len: 4096
+            }
+        );
+        assert_eq!((ev.stack_id, ev.ret_addr, ev.user), (Some(3), None, None));
+    }
+
+    #[test]
+    fn set_vma_name_records_carry_the_name() {
+        let args = [0x5356_4d41, 0, 0x1000, 4096, 0xdead, 0];
+        let mut raw = SetVmaNameEvent {
+            syscall: syscall(EventKind::SetVmaName, args, 0),
+            name: name("cache"),
+        };
+        raw.syscall.header.flags |= event_flags::HAS_NAME;
+        let ev = Event::from_raw(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(
+            ev.call,
+            Call::SetVmaName {
+                addr: 0x1000,
+                len: 4096,
+                name: Some("cache".into())
+            }
+        );
+        assert!(ev.user.is_some());
+        raw.syscall.header.flags &= !event_flags::HAS_NAME;
+        let ev = Event::from_raw(&bytes_of(&raw)).expect("decodes");
+        assert!(matches!(ev.call, Call::SetVmaName { name: None, .. }));
+    }
+
+    #[test]
+    fn lifecycle_records_are_small_and_have_no_call_site() {
+        let fork = ForkEvent {
+            header: header(EventKind::Fork, 0),
+            child_pid: 99,
+            _pad: 0,
+        };
+        let exec = ExecEvent {
+            header: header(EventKind::Exec, event_flags::HAS_NAME),
+            filename: name("/bin/true"),
+        };
+        let exit = ExitEvent {
+            header: header(EventKind::Exit, 0),
+        };
+        let decoded = [bytes_of(&fork), bytes_of(&exec), bytes_of(&exit)]
+            .map(|b| Event::from_raw(&b).expect("decodes"));
+        assert_eq!(decoded[0].call, Call::Fork { child_pid: 99 });
+        assert_eq!(
+            decoded[1].call,
+            Call::Exec {
+                filename: "/bin/true".into()
+            }
+        );
+        assert_eq!(decoded[2].call, Call::Exit {});
+        for ev in &decoded {
+            assert_eq!((ev.pid, ev.tid, ev.result), (7, 8, 0));
+            assert_eq!((ev.stack_id, ev.ip, ev.ret_addr), (None, 0, None));
+            assert!(ev.user.is_none());
+        }
+        let unnamed = ExecEvent {
+            header: header(EventKind::Exec, 0),
+            ..exec
+        };
+        let ev = Event::from_raw(&bytes_of(&unnamed)).expect("decodes");
+        assert_eq!(
+            ev.call,
+            Call::Exec {
+                filename: "".into()
+            }
+        );
+    }
+
+    #[test]
+    fn short_records_and_unknown_kinds_are_skipped() {
+        let raw = syscall(EventKind::Mprotect, [0x1000, 4096, 1, 0, 0, 0], 0);
+        let bytes = bytes_of(&raw);
+        assert!(Event::from_raw(&bytes).is_some());
+        assert!(Event::from_raw(&bytes[..bytes.len() - 1]).is_none());
+        assert!(Event::from_raw(&bytes[..size_of::<EventHeader>()]).is_none());
+        assert!(Event::from_raw(&bytes[..size_of::<EventHeader>() - 1]).is_none());
+        assert!(Event::from_raw(&[]).is_none());
+        // A set_vma_name header on a plain syscall record is too short.
+        let mut mislabelled = raw;
+        mislabelled.header.kind = EventKind::SetVmaName as u32;
+        assert!(Event::from_raw(&bytes_of(&mislabelled)).is_none());
+        let mut unknown = raw;
+        unknown.header.kind = 0;
+        assert!(Event::from_raw(&bytes_of(&unknown)).is_none());
+    }
 }

@@ -10,9 +10,9 @@ pub mod source;
 pub mod tracefs;
 
 use std::{
-    fmt,
+    io,
     os::fd::AsRawFd,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,67 +24,153 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::TracePoint,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{ProgramError, TracePoint},
 };
-use memtrace_common::{RawEvent, counter};
+use memtrace_common::{
+    counter,
+    tracepoints::{
+        SCHED_CATEGORY, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALLS,
+        SYSCALLS_CATEGORY,
+    },
+};
 
 use event::Event;
 
 /// The compiled eBPF object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
 
-/// Syscalls traced, with their argument names as tracefs spells them (the
-/// order is the order of the arguments in the record).
-pub(crate) const SYSCALLS: [(&str, &[&str]); 7] = [
-    ("mmap", &["addr", "len", "prot", "flags", "fd", "off"]),
-    ("munmap", &["addr", "len"]),
-    (
-        "mremap",
-        &["addr", "old_len", "new_len", "flags", "new_addr"],
-    ),
-    ("brk", &["brk"]),
-    ("mprotect", &["start", "len", "prot"]),
-    ("madvise", &["start", "len_in", "behavior"]),
-    ("prctl", &["option", "arg2", "arg3", "arg4", "arg5"]),
-];
+/// Appended to every [`TraceError`] message: the rest of memtrace works
+/// without eBPF.
+const SNAPSHOT_HINT: &str = "(`memtrace snapshot` still works without eBPF)";
 
-/// Why tracing cannot start. Each says what is missing and what to do.
-#[derive(Debug)]
+/// Why tracing cannot start. `Display` gives one line that says what is
+/// missing and what to do; where the kernel (through aya) gave a reason,
+/// that is the error's [`source`](std::error::Error::source), which
+/// `{:#}` of `anyhow` prints after the line.
+#[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// Not Linux: there is no eBPF to load.
+    #[error("eBPF tracing needs Linux {SNAPSHOT_HINT}")]
+    NotLinux,
     /// Not root and without the capabilities tracing needs.
-    Permission(String),
+    #[error(
+        "tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with sudo \
+         {SNAPSHOT_HINT}"
+    )]
+    Permission,
     /// No BTF for the running kernel.
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing; needs \
+         CONFIG_DEBUG_INFO_BTF=y) {SNAPSHOT_HINT}"
+    )]
     NoBtf,
-    Tracefs(String),
-    MissingTracepoint(String),
-    Layout(String),
-    /// The kernel refused to load or attach a program or map.
-    Kernel(String),
+    /// tracefs is not mounted and mounting it failed.
+    #[error(
+        "tracefs is not mounted and mounting it failed; run \
+         `mount -t tracefs nodev {mount_point}` as root {SNAPSHOT_HINT}",
+        mount_point = tracefs::TRACEFS
+    )]
+    Tracefs {
+        /// Why `mount(2)` failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A tracepoint's `format` file could not be read.
+    #[error(
+        "tracepoint {category}:{name} ({path}) is missing (needs CONFIG_FTRACE_SYSCALLS) \
+         {SNAPSHOT_HINT}",
+        path = .path.display()
+    )]
+    MissingTracepoint {
+        /// Tracepoint category (`syscalls`, `sched`).
+        category: String,
+        /// Tracepoint name.
+        name: String,
+        /// Its `format` file.
+        path: PathBuf,
+        /// Why the file could not be read.
+        #[source]
+        source: io::Error,
+    },
+    /// A tracepoint record does not have the layout memtrace's eBPF
+    /// programs read.
+    #[error(
+        "{category}:{tracepoint} field `{field}` is {found}, memtrace's eBPF programs read \
+         it at {expected} {SNAPSHOT_HINT}",
+        found = .found.map_or_else(|| "missing".to_owned(), |f| format!("at {f}"))
+    )]
+    Layout {
+        category: &'static str,
+        tracepoint: &'static str,
+        field: &'static str,
+        /// Where the kernel has it, if it has it.
+        found: Option<tracefs::FieldLayout>,
+        /// Where the eBPF programs read it.
+        expected: tracefs::FieldLayout,
+    },
+    /// The kernel (or aya) refused memtrace's eBPF object.
+    #[error("loading memtrace's eBPF programs failed {SNAPSHOT_HINT}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program or map is missing from the eBPF object (a build problem).
+    #[error("{what} {name} missing from the object {SNAPSHOT_HINT}")]
+    MissingFromObject {
+        /// `program` or `map`.
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A program in the object is not a tracepoint program.
+    #[error("program {program} is not a tracepoint program {SNAPSHOT_HINT}")]
+    ProgramType {
+        /// The program.
+        program: String,
+        /// What aya found.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The verifier rejected a program.
+    #[error("the kernel rejected program {program} {SNAPSHOT_HINT}")]
+    ProgramRejected {
+        /// The program.
+        program: String,
+        /// The kernel's reason (with the verifier log).
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A program did not attach to its tracepoint.
+    #[error("attaching {category}:{program} failed {SNAPSHOT_HINT}")]
+    Attach {
+        /// Tracepoint category.
+        category: String,
+        /// The program (named after its tracepoint).
+        program: String,
+        /// The kernel's reason.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A map could not be opened.
+    #[error("map {map} cannot be used {SNAPSHOT_HINT}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// The kernel's (or aya's) reason.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// A pid could not be added to the traced set.
+    #[error("adding pid {pid} to the traced set failed {SNAPSHOT_HINT}")]
+    AddPid {
+        /// The process.
+        pid: u32,
+        /// The kernel's reason.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// The thread that drains the ring buffer could not start.
+    #[error("starting the ring buffer reader thread failed {SNAPSHOT_HINT}")]
+    Reader(#[source] io::Error),
 }
-
-impl fmt::Display for TraceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const SNAPSHOT_HINT: &str = "(`memtrace snapshot` still works without eBPF)";
-        match self {
-            TraceError::Permission(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
-            TraceError::NoBtf => write!(
-                f,
-                "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing; needs \
-                 CONFIG_DEBUG_INFO_BTF=y) {SNAPSHOT_HINT}"
-            ),
-            TraceError::Tracefs(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
-            TraceError::MissingTracepoint(m) => write!(
-                f,
-                "tracepoint {m} is missing (needs CONFIG_FTRACE_SYSCALLS) {SNAPSHOT_HINT}"
-            ),
-            TraceError::Layout(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
-            TraceError::Kernel(m) => write!(f, "{m} {SNAPSHOT_HINT}"),
-        }
-    }
-}
-
-impl std::error::Error for TraceError {}
 
 /// How to load the tracer.
 #[derive(Clone, Debug, Default)]
@@ -106,7 +192,8 @@ pub struct TracerOptions {
 pub struct Lost {
     /// Ring buffer full.
     pub ring_buffer: u64,
-    /// Pending-call table full (too many threads inside a syscall at once).
+    /// Syscall entries the pending-call table refused (it evicts its least
+    /// recently used entry when full, so this is normally zero).
     pub pending: u64,
     /// Children (with `--follow-forks`) left untraced: traced set full.
     pub untraced_children: u64,
@@ -133,7 +220,7 @@ pub struct Tracer {
 /// one clear line.
 pub fn check_prerequisites() -> Result<(), TraceError> {
     if !cfg!(target_os = "linux") {
-        return Err(TraceError::Kernel("eBPF tracing needs Linux".into()));
+        return Err(TraceError::NotLinux);
     }
     let caps = crate::proc::pid::effective_caps();
     let has = |bit: u32| caps & (1u64 << bit) != 0;
@@ -141,10 +228,7 @@ pub fn check_prerequisites() -> Result<(), TraceError> {
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
-        return Err(TraceError::Permission(
-            "tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with sudo"
-                .into(),
-        ));
+        return Err(TraceError::Permission);
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(TraceError::NoBtf);
@@ -169,48 +253,60 @@ impl Tracer {
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", ring_size(bytes));
         }
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
-            TraceError::Kernel(format!("loading memtrace's eBPF programs failed: {e}"))
-        })?;
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| TraceError::Load(Box::new(e)))?;
 
         let mut attach = |prog: &str, category: &str| -> Result<(), TraceError> {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
-                .ok_or_else(|| {
-                    TraceError::Kernel(format!("program {prog} missing from the object"))
+                .ok_or_else(|| TraceError::MissingFromObject {
+                    what: "program",
+                    name: prog.to_owned(),
                 })?
                 .try_into()
-                .map_err(|e| TraceError::Kernel(format!("{prog}: {e}")))?;
-            tp.load().map_err(|e| {
-                TraceError::Kernel(format!("the kernel rejected program {prog}: {e}"))
+                .map_err(|e| TraceError::ProgramType {
+                    program: prog.to_owned(),
+                    source: Box::new(e),
+                })?;
+            tp.load().map_err(|e| TraceError::ProgramRejected {
+                program: prog.to_owned(),
+                source: Box::new(e),
             })?;
-            tp.attach(category, prog).map_err(|e| {
-                TraceError::Kernel(format!("attaching {category}:{prog} failed: {e}"))
+            tp.attach(category, prog).map_err(|e| TraceError::Attach {
+                category: category.to_owned(),
+                program: prog.to_owned(),
+                source: Box::new(e),
             })?;
             Ok(())
         };
-        for (name, _) in SYSCALLS {
-            attach(&format!("sys_enter_{name}"), "syscalls")?;
-            attach(&format!("sys_exit_{name}"), "syscalls")?;
+        for syscall in SYSCALLS {
+            attach(syscall.enter, SYSCALLS_CATEGORY)?;
+            attach(syscall.exit, SYSCALLS_CATEGORY)?;
         }
-        attach("sched_process_exec", "sched")?;
-        attach("sched_process_exit", "sched")?;
+        attach(SCHED_PROCESS_EXEC.name, SCHED_CATEGORY)?;
+        attach(SCHED_PROCESS_EXIT.name, SCHED_CATEGORY)?;
         if opts.follow_forks {
-            attach("sched_process_fork", "sched")?;
+            attach(SCHED_PROCESS_FORK.name, SCHED_CATEGORY)?;
         }
 
-        let map_err =
-            |name: &str, e: &dyn fmt::Display| TraceError::Kernel(format!("map {name}: {e}"));
+        let map_err = |map, e| TraceError::Map {
+            map,
+            source: Box::new(e),
+        };
         let mut take = |name: &str| {
             ebpf.take_map(name)
-                .ok_or_else(|| TraceError::Kernel(format!("map {name} missing from the object")))
+                .ok_or_else(|| TraceError::MissingFromObject {
+                    what: "map",
+                    name: name.to_owned(),
+                })
         };
-        let events = RingBuf::try_from(take("EVENTS")?).map_err(|e| map_err("EVENTS", &e))?;
-        let reader = Reader::spawn(events).map_err(|e| map_err("EVENTS reader", &e))?;
-        let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", &e))?;
+        let events = RingBuf::try_from(take("EVENTS")?).map_err(|e| map_err("EVENTS", e))?;
+        let reader = Reader::spawn(events).map_err(TraceError::Reader)?;
+        let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", e))?;
         let counters =
-            PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", &e))?;
-        let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", &e))?;
+            PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", e))?;
+        let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", e))?;
         Ok(Tracer {
             reader,
             stacks,
@@ -224,7 +320,10 @@ impl Tracer {
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         self.traced
             .insert(pid, 1, 0)
-            .map_err(|e| TraceError::Kernel(format!("adding pid {pid} to the traced set: {e}")))
+            .map_err(|e| TraceError::AddPid {
+                pid,
+                source: Box::new(e),
+            })
     }
 
     /// Stop tracing `pid` (e.g. a thread id the fork program added).
@@ -347,13 +446,7 @@ impl Drop for Reader {
 /// receiving side is gone.
 fn read_ring(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>) -> Result<(), ()> {
     while let Some(item) = ring.next() {
-        if item.len() < size_of::<RawEvent>() {
-            continue;
-        }
-        // SAFETY: the slot holds a RawEvent written by the eBPF side;
-        // read_unaligned copes with the ring buffer's 8-byte alignment.
-        let raw: RawEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        if let Some(ev) = Event::from_raw(&raw) {
+        if let Some(ev) = Event::from_raw(&item) {
             tx.send(ev).map_err(|_| ())?;
         }
     }
@@ -380,6 +473,38 @@ fn bump_memlock_rlimit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_one_line_with_the_hint_and_keep_their_cause() {
+        use std::error::Error as _;
+
+        assert_eq!(
+            TraceError::Permission.to_string(),
+            "tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with \
+             sudo (`memtrace snapshot` still works without eBPF)"
+        );
+        let mount = TraceError::Tracefs {
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        let missing = TraceError::MissingTracepoint {
+            category: "syscalls".into(),
+            name: "sys_enter_mmap".into(),
+            path: "/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        for e in [&mount, &missing] {
+            let line = e.to_string();
+            assert!(line.ends_with(SNAPSHOT_HINT), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+            assert!(e.source().is_some(), "{line} lost its cause");
+        }
+        assert_eq!(
+            missing.to_string(),
+            "tracepoint syscalls:sys_enter_mmap \
+             (/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format) is missing (needs \
+             CONFIG_FTRACE_SYSCALLS) (`memtrace snapshot` still works without eBPF)"
+        );
+    }
 
     #[test]
     fn ring_sizes_are_power_of_two_pages() {
