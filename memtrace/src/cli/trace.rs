@@ -100,6 +100,13 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub output_buffer: usize,
 
+    /// Memory for events taken from the kernel and not yet processed, in
+    /// bytes: past it the kernel's ring buffer overflows and the lost
+    /// events are counted (the report then says its attribution may be
+    /// off).
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub event_buffer: usize,
+
     /// Command to launch and trace from its first instruction (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -210,6 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         follow_forks: args.follow_forks,
         ring_bytes: Some(args.ring_buffer_size),
         kernel_stacks: args.kernel_stacks,
+        queue_bytes: Some(args.event_buffer),
     };
     let mut files = ReportFiles::create(&args)?;
     let stop = watch_signals()?;

@@ -96,6 +96,22 @@ pub struct UserStack {
     pub bytes: Vec<u8>,
 }
 
+impl Event {
+    /// Bytes this event holds in memory, for bounding queues of events.
+    pub fn footprint(&self) -> usize {
+        let user = self
+            .user
+            .as_ref()
+            .map_or(0, |u| size_of::<UserStack>() + u.bytes.capacity());
+        let name = match &self.call {
+            Call::SetVmaName { name: Some(n), .. } => n.capacity(),
+            Call::Exec { filename } => filename.capacity(),
+            _ => 0,
+        };
+        size_of::<Event>() + user + name
+    }
+}
+
 impl UserStack {
     /// The 8-byte word at user address `addr`, if inside the window.
     pub fn read_u64(&self, addr: u64) -> Option<u64> {

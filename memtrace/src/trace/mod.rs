@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     thread,
@@ -185,7 +185,15 @@ pub struct TracerOptions {
     /// when the user stack window could not be read (costs the traced
     /// threads a few microseconds per call).
     pub kernel_stacks: bool,
+    /// Most bytes of decoded events waiting in memory for the session;
+    /// `None` for [`DEFAULT_QUEUE_BYTES`]. Past it the reader stops taking
+    /// events from the ring buffer, which then overflows and counts its
+    /// losses: memory stays bounded whatever the backlog.
+    pub queue_bytes: Option<usize>,
 }
+
+/// Default of [`TracerOptions::queue_bytes`].
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
 /// Events the kernel side could not deliver.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -302,7 +310,8 @@ impl Tracer {
                 })
         };
         let events = RingBuf::try_from(take("EVENTS")?).map_err(|e| map_err("EVENTS", e))?;
-        let reader = Reader::spawn(events).map_err(TraceError::Reader)?;
+        let reader = Reader::spawn(events, opts.queue_bytes.unwrap_or(DEFAULT_QUEUE_BYTES))
+            .map_err(TraceError::Reader)?;
         let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", e))?;
         let counters =
             PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", e))?;
@@ -340,6 +349,7 @@ impl Tracer {
             Err(_) => return 0,
         }
         out.extend(self.reader.rx.try_iter());
+        self.reader.taken(&out[before..]);
         out.len() - before
     }
 
@@ -355,6 +365,7 @@ impl Tracer {
             let _ = done_rx.recv_timeout(Duration::from_secs(1));
         }
         out.extend(self.reader.rx.try_iter());
+        self.reader.taken(&out[before..]);
         out.len() - before
     }
 
@@ -387,6 +398,8 @@ impl Tracer {
 /// the kernel drop events. Events queue in memory instead.
 struct Reader {
     rx: mpsc::Receiver<Event>,
+    /// Bytes of events sent and not yet taken by the session.
+    queued: Arc<AtomicUsize>,
     /// Requests for one more pass; the reply says it is done.
     flush: mpsc::Sender<mpsc::Sender<()>>,
     stop: Arc<AtomicBool>,
@@ -394,11 +407,17 @@ struct Reader {
 }
 
 impl Reader {
-    fn spawn(mut ring: RingBuf<MapData>) -> std::io::Result<Reader> {
+    fn spawn(mut ring: RingBuf<MapData>, cap: usize) -> std::io::Result<Reader> {
         let (tx, rx) = mpsc::channel();
         let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let sink = Sink {
+            tx,
+            queued: queued.clone(),
+            cap,
+        };
         let thread = thread::Builder::new()
             .name("memtrace-ring".into())
             .spawn(move || {
@@ -413,11 +432,11 @@ impl Reader {
                     // only when the ring is a quarter full, so poll on a
                     // short timer too.
                     unsafe { libc::poll(&mut pfd, 1, 20) };
-                    if read_ring(&mut ring, &tx).is_err() {
+                    if read_ring(&mut ring, &sink).is_err() {
                         return;
                     }
                     while let Ok(done) = flush_rx.try_recv() {
-                        if read_ring(&mut ring, &tx).is_err() {
+                        if read_ring(&mut ring, &sink).is_err() {
                             return;
                         }
                         let _ = done.send(());
@@ -426,11 +445,27 @@ impl Reader {
             })?;
         Ok(Reader {
             rx,
+            queued,
             flush: flush_tx,
             stop,
             thread: Some(thread),
         })
     }
+}
+
+impl Reader {
+    /// The session took these events: their bytes no longer count.
+    fn taken(&self, events: &[Event]) {
+        let bytes: usize = events.iter().map(Event::footprint).sum();
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The reader thread's end of the queue.
+struct Sink {
+    tx: mpsc::Sender<Event>,
+    queued: Arc<AtomicUsize>,
+    cap: usize,
 }
 
 impl Drop for Reader {
@@ -442,12 +477,16 @@ impl Drop for Reader {
     }
 }
 
-/// Decode every record in the ring and send it on; `Err` when the
-/// receiving side is gone.
-fn read_ring(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Event>) -> Result<(), ()> {
-    while let Some(item) = ring.next() {
+/// Decode records from the ring and send them on, while the queue has
+/// room: a full queue leaves them in the ring, whose overflow the eBPF
+/// side counts, so memory stays bounded and every loss is counted. `Err`
+/// when the receiving side is gone.
+fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
+    while sink.queued.load(Ordering::Relaxed) < sink.cap {
+        let Some(item) = ring.next() else { break };
         if let Some(ev) = Event::from_raw(&item) {
-            tx.send(ev).map_err(|_| ())?;
+            sink.queued.fetch_add(ev.footprint(), Ordering::Relaxed);
+            sink.tx.send(ev).map_err(|_| ())?;
         }
     }
     Ok(())
