@@ -13,6 +13,7 @@ use serde_json::Value;
 
 const STRESS: &str = env!("CARGO_BIN_EXE_stress");
 const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
+const SHARED_ANON: &str = env!("CARGO_BIN_EXE_shared_anon");
 
 const PAGE: u64 = 4096;
 
@@ -325,6 +326,90 @@ fn launch_mode_covers_99_percent() {
     );
 }
 
+/// Shared anonymous memory (smaps: `/dev/zero (deleted)`, `Anonymous: 0`)
+/// is attributed from its `Rss` to the function that mapped it, in totals
+/// of its own; the private anonymous totals stay exact beside it.
+#[test]
+fn shared_anonymous_memory_is_attributed() {
+    let out = temp_path("shared-anon");
+    let run = run_launch(
+        &["--json", "--quiet", "--top", "0"],
+        SHARED_ANON,
+        &["--out", out.to_str().expect("utf8")],
+    );
+    assert_eq!(run.status, 0, "memtrace status; stderr:\n{}", run.stderr);
+    let report = report_of(&run);
+    // A field this test needs reads as 0 when missing, so that a report
+    // without shared memory support fails on the figures below.
+    let field = |name: &str| report[name].as_u64().unwrap_or(0);
+    let sites = report["call_sites"]
+        .as_array()
+        .unwrap_or_else(|| panic!("report without call_sites: {}", short(report)));
+    let of = |func: &str, name: &str| -> u64 {
+        let suffix = format!("shared_anon::{func}");
+        sites
+            .iter()
+            .filter(|s| the_function(s).ends_with(&suffix))
+            .map(|s| s[name].as_u64().unwrap_or(0))
+            .sum()
+    };
+
+    let want = 64u64 << 20;
+    let shared = of("map_shared_anon", "shared_rss_bytes");
+    assert!(
+        shared.abs_diff(want) <= PAGE,
+        "map_shared_anon touched 64 MiB of shared anonymous memory; the report gives it \
+         {shared} bytes of shared RSS: {}",
+        short(report)
+    );
+    assert_eq!(
+        of("map_shared_anon", "rss_bytes"),
+        0,
+        "shared memory is not private anonymous RSS"
+    );
+    let private = of("map_private_anon", "rss_bytes");
+    assert!(
+        private.abs_diff(1 << 20) <= PAGE,
+        "map_private_anon touched 1 MiB, the report says {private}: {}",
+        short(report)
+    );
+    assert_eq!(of("map_private_anon", "shared_rss_bytes"), 0);
+
+    let (total, attributed, untraced) = (
+        field("shared_anon_rss_bytes"),
+        field("shared_attributed_rss_bytes"),
+        field("shared_untraced_rss_bytes"),
+    );
+    assert!(
+        total >= want && attributed >= shared,
+        "shared totals {total} / {attributed} below the 64 MiB mapped: {}",
+        short(report)
+    );
+    assert_eq!(
+        attributed + untraced,
+        total,
+        "shared: attributed + untraced == total"
+    );
+    assert_eq!(
+        field("attributed_rss_bytes") + field("untraced_rss_bytes"),
+        field("anon_rss_bytes"),
+        "private anonymous totals stay exact"
+    );
+    let sites_shared: u64 = sites
+        .iter()
+        .map(|s| s["shared_rss_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        sites_shared, attributed,
+        "with --top 0 the call sites' shared RSS adds up to the shared attributed RSS"
+    );
+    let first = the_function(&sites[0]);
+    assert!(
+        first.ends_with("shared_anon::map_shared_anon"),
+        "sites sort by private + shared RSS: the 64 MiB site comes first, not {first:?}"
+    );
+}
+
 /// The page-set arithmetic the stress test relies on (no root needed).
 #[test]
 fn range_helpers_work_on_pages() {
@@ -355,8 +440,8 @@ fn range_helpers_work_on_pages() {
 }
 
 /// `--folded` and `--flamegraph` write the final report for people to look
-/// at: folded lines weighted by RSS that add up to the anonymous total, and
-/// an SVG.
+/// at: folded lines weighted by RSS that add up to the anonymous total
+/// (private and shared), and an SVG.
 #[test]
 fn folded_and_flamegraph_files_match_the_report() {
     let out = temp_path("gt-folded");
@@ -398,8 +483,11 @@ fn folded_and_flamegraph_files_match_the_report() {
     }
     assert_eq!(
         total,
-        report["anon_rss_bytes"].as_u64().expect("anon"),
-        "folded weights add up to the anonymous RSS"
+        report["anon_rss_bytes"].as_u64().expect("anon")
+            + report["shared_anon_rss_bytes"]
+                .as_u64()
+                .expect("shared anon"),
+        "folded weights add up to the anonymous RSS, private and shared"
     );
     assert_eq!(alpha, 6 << 20, "cache_alpha's 6 MiB appear under its frame");
     let svg_text = std::fs::read_to_string(&svg).expect("svg written");

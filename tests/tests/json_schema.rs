@@ -131,7 +131,8 @@ fn the_schema_rejects_drift() {
     let good = serde_json::json!({
         "type": "summary", "schema_version": 2, "events": {"mmap": 1},
         "bytes_mapped": 4096, "bytes_unmapped": 0, "failed_calls": 0,
-        "lost_events": 0, "lost": {"ring_buffer": 0, "pending": 0, "untraced_children": 0}
+        "lost_events": 0, "lost": {"ring_buffer": 0, "pending": 0, "untraced_children": 0},
+        "display_dropped": 0
     });
     assert!(validator.is_valid(&good));
     let mut extra = good.clone();

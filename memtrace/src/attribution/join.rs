@@ -1,9 +1,16 @@
 //! Attribution: which call site is this resident memory from?
 //!
 //! [`attribute`] joins the VMAs of `/proc/PID/smaps` with the [`Ledger`]'s
-//! traced ranges. The pool being attributed is resident anonymous memory:
-//! each VMA's `Anonymous:` ([`Vma::anonymous`]), whose sum over all VMAs is
-//! the `Anonymous` of `smaps_rollup`.
+//! traced ranges. Two pools of resident memory are attributed, each with
+//! totals of its own:
+//!
+//! - *private anonymous* memory: each VMA's `Anonymous:`
+//!   ([`Vma::anonymous`]), whose sum over all VMAs is the `Anonymous` of
+//!   `smaps_rollup`;
+//! - *shared anonymous* memory (`MAP_SHARED | MAP_ANONYMOUS`,
+//!   [`Vma::is_shared_anonymous`]): the kernel backs it with shmem, so its
+//!   `Anonymous` is 0 and its resident pages are its `Rss`. It may also be
+//!   mapped by other processes (after fork), which see the same pages.
 //!
 //! The kernel merges adjacent anonymous mappings with equal flags into one
 //! VMA and splits VMAs on mprotect, madvise and partial munmap, so VMAs and
@@ -14,21 +21,23 @@
 //! before tracing began, or derived from such a mapping).
 //!
 //! - A VMA with a single part (one origin covers it entirely, or it is
-//!   entirely untraced) gives all its `Anonymous` to that part. Most VMAs
-//!   are like this and cost no system call.
+//!   entirely untraced) gives all its pool to that part. Most VMAs are like
+//!   this and cost no system call.
 //! - A VMA with several parts is split by counting each part's resident
-//!   anonymous pages in `/proc/PID/pagemap` (see [`PageCounter`]). The
-//!   VMA's `Anonymous` is then divided in proportion to those counts with
-//!   largest-remainder rounding at page granularity, so the parts add up to
-//!   it exactly. In a stopped process the counts already equal it; in a
-//!   running one they drift slightly between reading smaps and pagemap, and
-//!   the rounding keeps the total exact anyway.
+//!   pages in `/proc/PID/pagemap` (see [`PageCounter`]): anonymous pages
+//!   for private memory (not the zero page, not shmem), every present page
+//!   for shared anonymous memory (all shmem). The VMA's pool is then
+//!   divided in proportion to those counts with largest-remainder rounding
+//!   at page granularity, so the parts add up to it exactly. In a stopped
+//!   process the counts already equal it; in a running one they drift
+//!   slightly between reading smaps and pagemap, and the rounding keeps the
+//!   total exact anyway.
 //! - Nothing is guessed: if no page of a multi-part VMA counts as resident
-//!   (smaps and pagemap disagree) or pagemap cannot be read, the VMA's
-//!   `Anonymous` goes to untraced.
+//!   (smaps and pagemap disagree) or pagemap cannot be read, the VMA's pool
+//!   goes to untraced.
 //!
 //! Hence, always, `attributed_rss_bytes + untraced_rss_bytes ==
-//! anon_rss_bytes`.
+//! anon_rss_bytes`, and the same for the `shared_` totals.
 //!
 //! # Cost
 //!
@@ -62,8 +71,18 @@ pub struct Attribution {
     /// tracing began), or not attributable (pagemap unreadable).
     /// `attributed_rss_bytes + untraced_rss_bytes == anon_rss_bytes`, always.
     pub untraced_rss_bytes: u64,
-    /// One entry per origin with at least one live range, by `rss_bytes`
-    /// descending, then `virtual_bytes` descending, then origin id.
+    /// Resident shared anonymous bytes in the process (the `Rss` of its
+    /// shared anonymous VMAs); not part of `anon_rss_bytes`.
+    pub shared_anon_rss_bytes: u64,
+    /// The part of `shared_anon_rss_bytes` attributed to traced call sites.
+    pub shared_attributed_rss_bytes: u64,
+    /// The part of `shared_anon_rss_bytes` untraced or not attributable.
+    /// `shared_attributed_rss_bytes + shared_untraced_rss_bytes ==
+    /// shared_anon_rss_bytes`, always.
+    pub shared_untraced_rss_bytes: u64,
+    /// One entry per origin with at least one live range, by resident
+    /// bytes ([`SiteUsage::resident_bytes`]) descending, then
+    /// `virtual_bytes` descending, then origin id.
     pub sites: Vec<SiteUsage>,
     /// How many VMAs held several parts and needed pagemap.
     pub pagemap_vmas: usize,
@@ -93,14 +112,23 @@ pub struct SiteUsage {
     /// The origin in the ledger ([`Ledger::origin`]).
     #[serde(serialize_with = "origin_as_u32")]
     pub origin: OriginId,
-    /// Resident anonymous bytes attributed to it.
+    /// Resident private anonymous bytes attributed to it.
     pub rss_bytes: u64,
+    /// Resident shared anonymous bytes attributed to it.
+    pub shared_rss_bytes: u64,
     /// Bytes of its live ranges, resident or not.
     pub virtual_bytes: u64,
     /// Number of its live ranges.
     pub mappings: usize,
     /// Distinct names set on its ranges (`PR_SET_VMA_ANON_NAME`), sorted.
     pub names: Vec<String>,
+}
+
+impl SiteUsage {
+    /// Everything resident it holds: private and shared anonymous.
+    pub fn resident_bytes(&self) -> u64 {
+        self.rss_bytes.saturating_add(self.shared_rss_bytes)
+    }
 }
 
 fn origin_as_u32<S: Serializer>(id: &OriginId, s: S) -> Result<S::Ok, S::Error> {
@@ -126,8 +154,8 @@ pub fn attribute_process(pid: u32, vmas: &[Vma], ledger: &Ledger) -> Attribution
 /// open with.
 struct Unavailable(Option<io::Error>);
 
-impl PageCounter for Unavailable {
-    fn anon_resident_pages(&mut self, _: u64, _: u64) -> io::Result<u64> {
+impl Unavailable {
+    fn fail(&mut self) -> io::Result<u64> {
         // The first call hands out the real error; later ones (already
         // counted as failures) only need to fail.
         Err(self
@@ -135,6 +163,25 @@ impl PageCounter for Unavailable {
             .take()
             .unwrap_or_else(|| io::Error::other("pagemap unavailable")))
     }
+}
+
+impl PageCounter for Unavailable {
+    fn anon_resident_pages(&mut self, _: u64, _: u64) -> io::Result<u64> {
+        self.fail()
+    }
+
+    fn resident_pages(&mut self, _: u64, _: u64) -> io::Result<u64> {
+        self.fail()
+    }
+}
+
+/// Which resident memory of a VMA is being attributed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pool {
+    /// Private anonymous memory (`Anonymous`).
+    Private,
+    /// Shared anonymous memory (`Rss` of a shared anonymous VMA).
+    Shared,
 }
 
 /// Who a part of a VMA belongs to: a traced origin, or `None` (untraced).
@@ -146,7 +193,6 @@ struct Piece {
     owner: Owner,
     start: u64,
     end: u64,
-    pages: u64,
 }
 
 /// Per-origin totals while walking.
@@ -154,6 +200,7 @@ struct Piece {
 struct Acc {
     origin: OriginId,
     rss: u64,
+    shared: u64,
     virt: u64,
     mappings: usize,
 }
@@ -181,6 +228,7 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
         let acc = accs[slot].get_or_insert(Acc {
             origin: r.origin,
             rss: 0,
+            shared: 0,
             virt: 0,
             mappings: 0,
         });
@@ -196,6 +244,9 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
         anon_rss_bytes: 0,
         attributed_rss_bytes: 0,
         untraced_rss_bytes: 0,
+        shared_anon_rss_bytes: 0,
+        shared_attributed_rss_bytes: 0,
+        shared_untraced_rss_bytes: 0,
         sites: Vec::new(),
         pagemap_vmas: 0,
         pagemap_failures: 0,
@@ -203,16 +254,27 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
     };
     // Reused across VMAs so the walk allocates nothing per VMA.
     let mut pieces: Vec<Piece> = Vec::new();
+    let mut parts: Vec<(Owner, u64)> = Vec::new();
     let mut split = Split::default();
 
-    let mut credit = |out: &mut Attribution, owner: Owner, bytes: u64| match owner {
-        Some(origin) => {
-            out.attributed_rss_bytes += bytes;
-            if let Some(Some(acc)) = accs.get_mut(origin.as_u32() as usize) {
-                acc.rss += bytes;
+    let mut credit = |out: &mut Attribution, pool: Pool, owner: Owner, bytes: u64| {
+        let acc = owner.and_then(|o| accs.get_mut(o.as_u32() as usize)?.as_mut());
+        match (pool, owner) {
+            (Pool::Private, Some(_)) => {
+                out.attributed_rss_bytes += bytes;
+                if let Some(acc) = acc {
+                    acc.rss += bytes;
+                }
             }
+            (Pool::Private, None) => out.untraced_rss_bytes += bytes,
+            (Pool::Shared, Some(_)) => {
+                out.shared_attributed_rss_bytes += bytes;
+                if let Some(acc) = acc {
+                    acc.shared += bytes;
+                }
+            }
+            (Pool::Shared, None) => out.shared_untraced_rss_bytes += bytes,
         }
-        None => out.untraced_rss_bytes += bytes,
     };
 
     // Index of the first range that may overlap the current VMA: every
@@ -220,7 +282,15 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
     let mut cursor = 0;
     let mut prev_end = 0;
     for vma in vmas {
+        // `Anonymous` is 0 in a shared VMA (shmem pages are not anonymous);
+        // subtracting it anyway means no page could count in both pools.
+        let shared = if vma.is_shared_anonymous() {
+            vma.rss.saturating_sub(vma.anonymous)
+        } else {
+            0
+        };
         out.anon_rss_bytes += vma.anonymous;
+        out.shared_anon_rss_bytes += shared;
         if vma.start < prev_end {
             // Out of order (not smaps order): find the place again.
             cursor = ranges.partition_point(|r| r.end <= vma.start);
@@ -230,63 +300,50 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
             }
         }
         prev_end = vma.end;
-        if vma.anonymous == 0 {
+        if vma.anonymous == 0 && shared == 0 {
             // Nothing resident to split (also hugetlb VMAs, whose pages
-            // pagemap reports but `Anonymous` does not count).
+            // pagemap reports but neither pool counts).
             continue;
         }
 
         cut(vma, &ranges[cursor..], &mut pieces);
         let first = pieces.first().map(|p| p.owner);
         if pieces.iter().all(|p| Some(p.owner) == first) {
-            credit(&mut out, first.flatten(), vma.anonymous);
+            credit(&mut out, Pool::Private, first.flatten(), vma.anonymous);
+            credit(&mut out, Pool::Shared, first.flatten(), shared);
             continue;
         }
 
         out.pagemap_vmas += 1;
         pages.prefetch(vma.start, vma.end);
-        let mut failed = None;
-        for p in pieces.iter_mut() {
-            match pages.anon_resident_pages(p.start, p.end) {
-                Ok(n) => p.pages = n,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+        let mut failed = false;
+        for (pool, total) in [(Pool::Private, vma.anonymous), (Pool::Shared, shared)] {
+            if total == 0 {
+                continue;
             }
-        }
-        if let Some(e) = failed {
-            out.pagemap_failures += 1;
-            out.pagemap_error
-                .get_or_insert_with(|| format!("pagemap at {:#x}-{:#x}: {e}", vma.start, vma.end));
-            credit(&mut out, None, vma.anonymous);
-            continue;
-        }
-
-        // One part per owner: sum the counts of its pieces. Sorting puts
-        // untraced first, then origins by id, which is the order rounding
-        // ties are broken in: a tie never takes a page from untraced.
-        pieces.sort_unstable_by_key(|p| p.owner);
-        let mut w = 0;
-        for r in 0..pieces.len() {
-            if w > 0 && pieces[w - 1].owner == pieces[r].owner {
-                pieces[w - 1].pages += pieces[r].pages;
-            } else {
-                pieces[w] = pieces[r];
-                w += 1;
+            if failed {
+                credit(&mut out, pool, None, total);
+                continue;
             }
-        }
-        pieces.truncate(w);
-
-        if pieces.iter().all(|p| p.pages == 0) {
-            // smaps saw resident pages that pagemap no longer does: no
-            // basis for a split, so do not guess.
-            credit(&mut out, None, vma.anonymous);
-            continue;
-        }
-        split_exact(vma.anonymous, pieces.iter().map(|p| p.pages), &mut split);
-        for (p, share) in pieces.iter().zip(&split.shares) {
-            credit(&mut out, p.owner, *share);
+            if let Err(e) = count_parts(pool, &pieces, pages, &mut parts) {
+                failed = true;
+                out.pagemap_failures += 1;
+                out.pagemap_error.get_or_insert_with(|| {
+                    format!("pagemap at {:#x}-{:#x}: {e}", vma.start, vma.end)
+                });
+                credit(&mut out, pool, None, total);
+                continue;
+            }
+            if parts.iter().all(|&(_, n)| n == 0) {
+                // smaps saw resident pages that pagemap no longer does: no
+                // basis for a split, so do not guess.
+                credit(&mut out, pool, None, total);
+                continue;
+            }
+            split_exact(total, parts.iter().map(|&(_, n)| n), &mut split);
+            for (&(owner, _), share) in parts.iter().zip(&split.shares) {
+                credit(&mut out, pool, owner, *share);
+            }
         }
     }
 
@@ -306,6 +363,7 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
             Some(SiteUsage {
                 origin: acc.origin,
                 rss_bytes: acc.rss,
+                shared_rss_bytes: acc.shared,
                 virtual_bytes: acc.virt,
                 mappings: acc.mappings,
                 names,
@@ -313,12 +371,44 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
         })
         .collect();
     out.sites.sort_by(|a, b| {
-        b.rss_bytes
-            .cmp(&a.rss_bytes)
+        b.resident_bytes()
+            .cmp(&a.resident_bytes())
             .then(b.virtual_bytes.cmp(&a.virtual_bytes))
             .then(a.origin.cmp(&b.origin))
     });
     out
+}
+
+/// Count the resident pages of `pool` in each of `pieces` (one VMA) and
+/// sum them per owner into `parts`. Sorting puts untraced first, then
+/// origins by id, which is the order rounding ties are broken in: a tie
+/// never takes a page from untraced.
+fn count_parts(
+    pool: Pool,
+    pieces: &[Piece],
+    pages: &mut dyn PageCounter,
+    parts: &mut Vec<(Owner, u64)>,
+) -> io::Result<()> {
+    parts.clear();
+    for p in pieces {
+        let n = match pool {
+            Pool::Private => pages.anon_resident_pages(p.start, p.end)?,
+            Pool::Shared => pages.resident_pages(p.start, p.end)?,
+        };
+        parts.push((p.owner, n));
+    }
+    parts.sort_unstable_by_key(|&(owner, _)| owner);
+    let mut w = 0;
+    for r in 0..parts.len() {
+        if w > 0 && parts[w - 1].0 == parts[r].0 {
+            parts[w - 1].1 += parts[r].1;
+        } else {
+            parts[w] = parts[r];
+            w += 1;
+        }
+    }
+    parts.truncate(w);
+    Ok(())
 }
 
 /// Cut `vma` into pieces by owner, in address order: the parts of `ranges`
@@ -333,12 +423,7 @@ fn cut(vma: &Vma, ranges: &[&Range], pieces: &mut Vec<Piece>) {
         }
         match pieces.last_mut() {
             Some(last) if last.owner == owner && last.end == start => last.end = end,
-            _ => pieces.push(Piece {
-                owner,
-                start,
-                end,
-                pages: 0,
-            }),
+            _ => pieces.push(Piece { owner, start, end }),
         }
     };
     let mut pos = vma.start;
@@ -490,10 +575,34 @@ mod tests {
         }
     }
 
+    /// A shared anonymous VMA (`/dev/zero (deleted)`, `rw-s`) over pages
+    /// `[first, last)` with `resident` resident (shmem) pages.
+    fn shared_vma(first: u64, last: u64, resident: u64) -> Vma {
+        Vma {
+            start: a(first),
+            end: a(last),
+            size: (last - first) * P,
+            rss: resident * P,
+            shared_dirty: resident * P,
+            perms: crate::proc::smaps::Perms {
+                read: true,
+                write: true,
+                exec: false,
+                shared: true,
+            },
+            name: "/dev/zero (deleted)".into(),
+            deleted: true,
+            ..Vma::default()
+        }
+    }
+
     /// Resident pages by address; records every query.
     #[derive(Default)]
     struct FakePages {
+        /// Private anonymous pages.
         resident: BTreeSet<u64>,
+        /// Present pages that are not anonymous (pagemap bit 61).
+        shmem: BTreeSet<u64>,
         queries: Vec<(u64, u64)>,
         fail: bool,
     }
@@ -515,6 +624,11 @@ mod tests {
             }
             Ok(self.resident.range(start..end).count() as u64)
         }
+
+        fn resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64> {
+            let anon = self.anon_resident_pages(start, end)?;
+            Ok(anon + self.shmem.range(start..end).count() as u64)
+        }
     }
 
     /// Run attribution and check the invariant every result must satisfy.
@@ -533,7 +647,27 @@ mod tests {
             at.sites.iter().map(|s| s.rss_bytes).sum::<u64>(),
             at.attributed_rss_bytes
         );
+        assert_eq!(
+            at.shared_attributed_rss_bytes + at.shared_untraced_rss_bytes,
+            at.shared_anon_rss_bytes,
+            "the same for shared anonymous memory: {at:?}"
+        );
+        assert_eq!(
+            at.sites.iter().map(|s| s.shared_rss_bytes).sum::<u64>(),
+            at.shared_attributed_rss_bytes
+        );
         at
+    }
+
+    /// `(site, shared rss pages)` for every site, in report order.
+    fn shared(l: &Ledger, at: &Attribution) -> Vec<(u32, u64)> {
+        at.sites
+            .iter()
+            .map(|s| {
+                let site = l.origin(s.origin).call_stack.expect("test sites");
+                (site, s.shared_rss_bytes / P)
+            })
+            .collect()
     }
 
     /// `(site, rss pages)` for every site, in report order.
@@ -754,6 +888,114 @@ mod tests {
             Some(u64::from(origin(&l, 2).as_u32()))
         );
         assert!(json.get("pagemap_error").is_none());
+    }
+
+    /// mmap `pages` shared anonymous pages at page `page` from `site`.
+    fn mmap_shared(l: &mut Ledger, page: u64, pages: u64, site: u32) {
+        let call = Call::Mmap {
+            addr: 0,
+            len: pages * P,
+            prot: RW,
+            flags: (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u32,
+            fd: -1,
+            offset: 0,
+        };
+        l.apply(&ev(call, a(page) as i64, site));
+    }
+
+    #[test]
+    fn shared_vma_of_one_origin_gets_its_rss() {
+        let mut l = Ledger::new();
+        mmap_shared(&mut l, 0, 16, 1);
+        mmap(&mut l, 20, 4, 2);
+        let mut pages = FakePages::default();
+        let at = run(&[shared_vma(0, 16, 16), vma(20, 24, 2)], &l, &mut pages);
+        assert!(pages.queries.is_empty(), "one part: no pagemap");
+        assert_eq!(at.shared_anon_rss_bytes, 16 * P);
+        assert_eq!(at.shared_attributed_rss_bytes, 16 * P);
+        assert_eq!(shared(&l, &at), vec![(1, 16), (2, 0)]);
+        // The private totals are untouched by it.
+        assert_eq!(rss(&l, &at), vec![(1, 0), (2, 2)]);
+        assert_eq!(at.anon_rss_bytes, 2 * P);
+        assert_eq!(at.coverage(), 1.0);
+        let json = serde_json::to_value(&at).expect("serializes");
+        assert_eq!(json["sites"][0]["shared_rss_bytes"].as_u64(), Some(16 * P));
+    }
+
+    #[test]
+    fn shared_vma_of_two_parts_is_split_by_present_pages() {
+        // A traced range in the upper half of a shared VMA whose lower half
+        // was mapped before tracing (a grown or remapped mapping).
+        let mut l = Ledger::new();
+        mmap_shared(&mut l, 4, 4, 1);
+        // Shared pages carry the file bit: only resident_pages sees them.
+        let mut pages = FakePages {
+            shmem: [0, 4, 5, 6].into_iter().map(a).collect(),
+            ..FakePages::default()
+        };
+        let at = run(&[shared_vma(0, 8, 4)], &l, &mut pages);
+        assert_eq!(at.pagemap_vmas, 1);
+        assert_eq!(pages.queries, vec![(a(0), a(4)), (a(4), a(8))]);
+        assert_eq!(shared(&l, &at), vec![(1, 3)]);
+        assert_eq!(at.shared_untraced_rss_bytes, P);
+        assert_eq!(at.anon_rss_bytes, 0);
+        assert_eq!(at.untraced_rss_bytes, 0);
+
+        // Two traced origins in one shared VMA, and a page pagemap no
+        // longer sees: rounding keeps the VMA's total exact.
+        let mut l = Ledger::new();
+        mmap_shared(&mut l, 0, 4, 1);
+        mmap_shared(&mut l, 4, 4, 2);
+        let mut pages = FakePages {
+            shmem: [0, 4, 5, 6].into_iter().map(a).collect(),
+            ..FakePages::default()
+        };
+        let at = run(&[shared_vma(0, 8, 5)], &l, &mut pages);
+        assert_eq!(shared(&l, &at), vec![(2, 4), (1, 1)]);
+        assert_eq!(at.shared_untraced_rss_bytes, 0);
+    }
+
+    #[test]
+    fn shared_vma_pagemap_failure_goes_to_shared_untraced() {
+        let mut l = Ledger::new();
+        mmap_shared(&mut l, 0, 4, 1);
+        mmap_shared(&mut l, 4, 4, 2);
+        let mut pages = FakePages {
+            fail: true,
+            ..FakePages::default()
+        };
+        let at = run(&[shared_vma(0, 8, 6)], &l, &mut pages);
+        assert_eq!(at.pagemap_failures, 1);
+        assert_eq!(at.shared_untraced_rss_bytes, 6 * P);
+        assert_eq!(at.untraced_rss_bytes, 0);
+    }
+
+    #[test]
+    fn private_dev_zero_mapping_is_private_anonymous() {
+        // A private VMA with shared-looking pages is still private
+        // anonymous memory: only `Anonymous` counts.
+        let mut l = Ledger::new();
+        mmap(&mut l, 0, 4, 1);
+        let mut v = shared_vma(0, 4, 4);
+        v.perms.shared = false;
+        v.anonymous = 2 * P;
+        let at = run(&[v], &l, &mut FakePages::default());
+        assert_eq!(at.shared_anon_rss_bytes, 0);
+        assert_eq!(rss(&l, &at), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn sites_sort_by_private_and_shared_rss() {
+        let mut l = Ledger::new();
+        mmap(&mut l, 0, 8, 1);
+        mmap_shared(&mut l, 10, 8, 2);
+        let at = run(
+            &[vma(0, 8, 3), shared_vma(10, 18, 5)],
+            &l,
+            &mut FakePages::default(),
+        );
+        assert_eq!(at.sites[0].resident_bytes(), 5 * P);
+        assert_eq!(rss(&l, &at), vec![(2, 0), (1, 3)]);
     }
 
     fn split(total: u64, counts: &[u64]) -> Vec<u64> {

@@ -1,5 +1,8 @@
 //! The attributed report: resident anonymous memory by call site and by
 //! category, as text, one JSON object, folded stacks or a flame graph.
+//! Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`) has totals and
+//! per-site figures of its own (`shared_…`) beside the private ones, whose
+//! totals stay the kernel's `Anonymous`.
 //!
 //! The report holds every call site; renderings list the top N of them
 //! ([`AttributedReport::text`], [`ReportLine`]). A call site is a distinct
@@ -166,7 +169,10 @@ pub fn classify_site(
 pub struct SiteReport {
     /// The first origin (ledger id) of this call site.
     pub origin: u32,
+    /// Resident private anonymous bytes.
     pub rss_bytes: u64,
+    /// Resident shared anonymous bytes.
+    pub shared_rss_bytes: u64,
     pub virtual_bytes: u64,
     pub mappings: usize,
     pub names: Vec<String>,
@@ -177,11 +183,21 @@ pub struct SiteReport {
     pub stack: CallStack,
 }
 
+impl SiteReport {
+    /// Everything resident it holds: private and shared anonymous.
+    pub fn resident_bytes(&self) -> u64 {
+        self.rss_bytes.saturating_add(self.shared_rss_bytes)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CategoryUsage {
     pub name: SiteCategory,
     pub label: &'static str,
+    /// Resident private anonymous bytes.
     pub rss_bytes: u64,
+    /// Resident shared anonymous bytes.
+    pub shared_rss_bytes: u64,
 }
 
 /// The attributed report of one process.
@@ -191,10 +207,17 @@ pub struct AttributedReport {
     pub anon_rss_bytes: u64,
     pub attributed_rss_bytes: u64,
     pub untraced_rss_bytes: u64,
-    /// Share of anonymous RSS attributed to a call site (0..=1).
+    /// Resident shared anonymous bytes, not part of `anon_rss_bytes`.
+    pub shared_anon_rss_bytes: u64,
+    /// `shared_attributed_rss_bytes + shared_untraced_rss_bytes ==
+    /// shared_anon_rss_bytes`.
+    pub shared_attributed_rss_bytes: u64,
+    pub shared_untraced_rss_bytes: u64,
+    /// Share of (private) anonymous RSS attributed to a call site (0..=1).
     pub coverage: f64,
     pub categories: Vec<CategoryUsage>,
-    /// Every call site holding memory, largest RSS first.
+    /// Every call site holding memory, largest RSS (private + shared)
+    /// first.
     pub call_sites: Vec<SiteReport>,
     /// The ledger's anonymous ranges, adjacent ones coalesced, when asked
     /// for ([`ReportOptions::ranges`]).
@@ -252,6 +275,7 @@ pub fn build(
         if let Some(&i) = rows.get(&key) {
             let row = &mut sites[i];
             row.rss_bytes += site.rss_bytes;
+            row.shared_rss_bytes += site.shared_rss_bytes;
             row.virtual_bytes += site.virtual_bytes;
             row.mappings += site.mappings;
             for n in &site.names {
@@ -267,6 +291,7 @@ pub fn build(
         sites.push(SiteReport {
             origin: site.origin.as_u32(),
             rss_bytes: site.rss_bytes,
+            shared_rss_bytes: site.shared_rss_bytes,
             virtual_bytes: site.virtual_bytes,
             mappings: site.mappings,
             names: site.names.clone(),
@@ -275,21 +300,30 @@ pub fn build(
             stack,
         });
     }
+    // (private, shared) bytes per category.
     for site in &sites {
-        *by_cat.entry(site.category).or_insert(0u64) += site.rss_bytes;
+        let cat: &mut (u64, u64) = by_cat.entry(site.category).or_default();
+        cat.0 += site.rss_bytes;
+        cat.1 += site.shared_rss_bytes;
     }
-    *by_cat.entry(SiteCategory::Untraced).or_insert(0) += attribution.untraced_rss_bytes;
+    let untraced = by_cat.entry(SiteCategory::Untraced).or_default();
+    untraced.0 += attribution.untraced_rss_bytes;
+    untraced.1 += attribution.shared_untraced_rss_bytes;
     sites.sort_by(|a, b| {
-        b.rss_bytes
-            .cmp(&a.rss_bytes)
+        b.resident_bytes()
+            .cmp(&a.resident_bytes())
             .then(b.virtual_bytes.cmp(&a.virtual_bytes))
     });
     let categories = SiteCategory::ALL
         .iter()
-        .map(|c| CategoryUsage {
-            name: *c,
-            label: c.label(),
-            rss_bytes: by_cat.get(c).copied().unwrap_or(0),
+        .map(|c| {
+            let (rss_bytes, shared_rss_bytes) = by_cat.get(c).copied().unwrap_or_default();
+            CategoryUsage {
+                name: *c,
+                label: c.label(),
+                rss_bytes,
+                shared_rss_bytes,
+            }
         })
         .collect();
     let traced_ranges = opts.ranges.then(|| {
@@ -307,6 +341,9 @@ pub fn build(
         anon_rss_bytes: attribution.anon_rss_bytes,
         attributed_rss_bytes: attribution.attributed_rss_bytes,
         untraced_rss_bytes: attribution.untraced_rss_bytes,
+        shared_anon_rss_bytes: attribution.shared_anon_rss_bytes,
+        shared_attributed_rss_bytes: attribution.shared_attributed_rss_bytes,
+        shared_untraced_rss_bytes: attribution.shared_untraced_rss_bytes,
         coverage: attribution.coverage(),
         categories,
         call_sites: sites,
@@ -342,6 +379,16 @@ impl AttributedReport {
             units::human(self.anon_rss_bytes),
             units::human(self.untraced_rss_bytes)
         );
+        if self.shared_anon_rss_bytes > 0 {
+            let _ = writeln!(
+                s,
+                "shared anonymous: {} ({} attributed, {} untraced), counted apart from the \
+                 anonymous RSS above\n",
+                units::human(self.shared_anon_rss_bytes),
+                units::human(self.shared_attributed_rss_bytes),
+                units::human(self.shared_untraced_rss_bytes)
+            );
+        }
         if self.lost_events > 0 {
             let _ = writeln!(
                 s,
@@ -359,11 +406,17 @@ impl AttributedReport {
         }
         let _ = writeln!(s, "By category:");
         for c in &self.categories {
-            let _ = writeln!(s, "  {:<34} {:>10}", c.label, units::human(c.rss_bytes));
+            let _ = writeln!(
+                s,
+                "  {:<34} {:>10}{}",
+                c.label,
+                units::human(c.rss_bytes),
+                shared_note(c.shared_rss_bytes, "  + ", " shared")
+            );
         }
         let _ = writeln!(
             s,
-            "\nTop {} of {} call sites by RSS:",
+            "\nTop {} of {} call sites by RSS (private + shared):",
             self.top_sites(top).len(),
             self.call_sites.len()
         );
@@ -394,13 +447,14 @@ impl AttributedReport {
                 .unwrap_or_else(|| "?".into());
             let _ = writeln!(
                 s,
-                "{:>10} {:>10} {:>5}  {:<16} {}{}",
-                units::human(site.rss_bytes),
+                "{:>10} {:>10} {:>5}  {:<16} {}{}{}",
+                units::human(site.resident_bytes()),
                 units::human(site.virtual_bytes),
                 site.mappings,
                 cat,
                 truncate(&at, 90),
-                name
+                name,
+                shared_note(site.shared_rss_bytes, "  (", " shared)")
             );
             if verbose {
                 for f in &site.stack.frames {
@@ -409,6 +463,16 @@ impl AttributedReport {
             }
         }
         s
+    }
+}
+
+/// `"{before}SIZE{after}"` when `bytes` is not 0, else nothing: shared
+/// memory is rare, so it is only mentioned where there is some.
+fn shared_note(bytes: u64, before: &str, after: &str) -> String {
+    if bytes == 0 {
+        String::new()
+    } else {
+        format!("{before}{}{after}", units::human(bytes))
     }
 }
 
@@ -421,6 +485,10 @@ pub struct ReportLine<'a> {
     pub anon_rss_bytes: u64,
     pub attributed_rss_bytes: u64,
     pub untraced_rss_bytes: u64,
+    /// See [`AttributedReport::shared_anon_rss_bytes`].
+    pub shared_anon_rss_bytes: u64,
+    pub shared_attributed_rss_bytes: u64,
+    pub shared_untraced_rss_bytes: u64,
     /// Share of anonymous RSS attributed to a call site (0..=1).
     pub coverage: f64,
     pub categories: &'a [CategoryUsage],
@@ -455,6 +523,9 @@ impl<'a> ReportLine<'a> {
             anon_rss_bytes: r.anon_rss_bytes,
             attributed_rss_bytes: r.attributed_rss_bytes,
             untraced_rss_bytes: r.untraced_rss_bytes,
+            shared_anon_rss_bytes: r.shared_anon_rss_bytes,
+            shared_attributed_rss_bytes: r.shared_attributed_rss_bytes,
+            shared_untraced_rss_bytes: r.shared_untraced_rss_bytes,
             coverage: r.coverage,
             categories: &r.categories,
             call_site_count: r.call_sites.len(),
@@ -477,12 +548,14 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Folded stacks (`root;…;leaf BYTES`), one line per call site weighted by
-/// its RSS, plus one for untraced memory: the input format of flame graph
-/// tools. Inlined frames are kept as frames of their own.
+/// its RSS (private + shared anonymous), plus one for untraced memory: the
+/// input format of flame graph tools. Inlined frames are kept as frames of
+/// their own.
 pub fn folded(report: &AttributedReport) -> Vec<String> {
     let mut lines = Vec::new();
     for site in &report.call_sites {
-        if site.rss_bytes == 0 {
+        let weight = site.resident_bytes();
+        if weight == 0 {
             continue;
         }
         let mut frames: Vec<String> = site
@@ -500,10 +573,13 @@ pub fn folded(report: &AttributedReport) -> Vec<String> {
         if frames.is_empty() {
             frames.push("[unknown]".into());
         }
-        lines.push(format!("{} {}", frames.join(";"), site.rss_bytes));
+        lines.push(format!("{} {weight}", frames.join(";")));
     }
-    if report.untraced_rss_bytes > 0 {
-        lines.push(format!("[untraced] {}", report.untraced_rss_bytes));
+    let untraced = report
+        .untraced_rss_bytes
+        .saturating_add(report.shared_untraced_rss_bytes);
+    if untraced > 0 {
+        lines.push(format!("[untraced] {untraced}"));
     }
     lines
 }
@@ -553,6 +629,171 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Stacks keyed on the test events' call-stack ids.
+    struct Stacks;
+
+    impl SiteStacks for Stacks {
+        fn site_of(&self, origin: &Origin) -> Option<u32> {
+            origin.call_stack
+        }
+        fn stack_of(&mut self, origin: &Origin) -> CallStack {
+            stack(&[&format!("app::site{}", origin.call_stack.unwrap_or(0))])
+        }
+    }
+
+    /// Every page count query fails: the tests below need none.
+    struct NoPages;
+
+    impl crate::proc::pagemap::PageCounter for NoPages {
+        fn anon_resident_pages(&mut self, _: u64, _: u64) -> io::Result<u64> {
+            Err(io::Error::other("not expected"))
+        }
+        fn resident_pages(&mut self, _: u64, _: u64) -> io::Result<u64> {
+            Err(io::Error::other("not expected"))
+        }
+    }
+
+    #[test]
+    fn shared_memory_is_reported_apart() {
+        use crate::proc::smaps::{Perms, Vma};
+        use crate::trace::event::{Call, Event};
+        const P: u64 = crate::proc::PAGE_SIZE;
+        const BASE: u64 = 0x7f00_0000_0000;
+        let mmap = |l: &mut Ledger, page: u64, pages: u64, flags: i32, site: u32| {
+            let call = Call::Mmap {
+                addr: 0,
+                len: pages * P,
+                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+                flags: (flags | libc::MAP_ANONYMOUS) as u32,
+                fd: -1,
+                offset: 0,
+            };
+            l.apply(&Event {
+                time_ns: 1,
+                duration_ns: 1,
+                pid: 1,
+                tid: 1,
+                call,
+                result: (BASE + page * P) as i64,
+                stack_id: None,
+                ip: 0x1000,
+                ret_addr: None,
+                user: None,
+                call_stack: Some(site),
+            });
+        };
+        let mut l = Ledger::new();
+        mmap(&mut l, 0, 4, libc::MAP_PRIVATE, 1);
+        mmap(&mut l, 10, 16, libc::MAP_SHARED, 2);
+        let vmas = [
+            Vma {
+                start: BASE,
+                end: BASE + 4 * P,
+                rss: 3 * P,
+                anonymous: 3 * P,
+                ..Vma::default()
+            },
+            Vma {
+                start: BASE + 10 * P,
+                end: BASE + 26 * P,
+                rss: 16 * P,
+                shared_dirty: 16 * P,
+                perms: Perms {
+                    read: true,
+                    write: true,
+                    exec: false,
+                    shared: true,
+                },
+                name: "/dev/zero (deleted)".into(),
+                deleted: true,
+                ..Vma::default()
+            },
+            // Shared anonymous memory mapped before tracing.
+            Vma {
+                start: BASE + 30 * P,
+                end: BASE + 32 * P,
+                rss: 2 * P,
+                perms: Perms {
+                    read: true,
+                    write: false,
+                    exec: false,
+                    shared: true,
+                },
+                name: "/dev/zero (deleted)".into(),
+                deleted: true,
+                ..Vma::default()
+            },
+        ];
+        let at = super::super::join::attribute(&vmas, &l, &mut NoPages);
+        let r = build(&at, &l, ReportOptions { ranges: false }, &mut Stacks);
+        assert_eq!(
+            (
+                r.anon_rss_bytes,
+                r.attributed_rss_bytes,
+                r.untraced_rss_bytes
+            ),
+            (3 * P, 3 * P, 0),
+            "the private totals do not include shared memory"
+        );
+        assert_eq!(
+            (
+                r.shared_anon_rss_bytes,
+                r.shared_attributed_rss_bytes,
+                r.shared_untraced_rss_bytes
+            ),
+            (18 * P, 16 * P, 2 * P)
+        );
+        let first = &r.call_sites[0];
+        assert_eq!((first.rss_bytes, first.shared_rss_bytes), (0, 16 * P));
+        assert_eq!(
+            r.call_sites[1].rss_bytes,
+            3 * P,
+            "sorted by private + shared"
+        );
+        let cat = |c: SiteCategory| {
+            let u = r
+                .categories
+                .iter()
+                .find(|u| u.name == c)
+                .expect("every category");
+            (u.rss_bytes, u.shared_rss_bytes)
+        };
+        assert_eq!(cat(SiteCategory::OtherCallSites), (3 * P, 16 * P));
+        assert_eq!(cat(SiteCategory::Untraced), (0, 2 * P));
+
+        let text = r.text(false, 0);
+        assert!(
+            text.contains("shared anonymous: 72.0 KiB (64.0 KiB attributed, 8.0 KiB untraced)"),
+            "{text}"
+        );
+        let site_line = text
+            .lines()
+            .find(|l| l.contains("app::site2"))
+            .unwrap_or_else(|| panic!("no line for the shared site: {text}"));
+        assert!(
+            site_line.trim_start().starts_with("64.0 KiB")
+                && site_line.ends_with("(64.0 KiB shared)"),
+            "{site_line}"
+        );
+
+        let folded: u64 = folded(&r)
+            .iter()
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum();
+        assert_eq!(folded, 21 * P, "folded weights: private + shared");
+
+        let json = serde_json::to_value(ReportLine::new(&r, 0)).expect("serializes");
+        assert_eq!(json["shared_anon_rss_bytes"].as_u64(), Some(18 * P));
+        assert_eq!(
+            json["call_sites"][0]["shared_rss_bytes"].as_u64(),
+            Some(16 * P)
+        );
+        assert_eq!(
+            json["categories"][6]["shared_rss_bytes"].as_u64(),
+            Some(2 * P)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Count resident anonymous pages in an address range from
-//! `/proc/PID/pagemap`.
+//! `/proc/PID/pagemap`, or resident pages of any kind.
 //!
 //! pagemap holds one little-endian `u64` per virtual page (see the kernel's
 //! `Documentation/admin-guide/mm/pagemap.rst`):
@@ -19,6 +19,10 @@
 //! it into a page of our own) and excludes it. Without `CAP_SYS_ADMIN`
 //! frame numbers read as 0, the zero page cannot be told apart, and it is
 //! counted; [`Pagemap::detects_zero_page`] says which case applies.
+//!
+//! Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`) is shmem: its
+//! pages carry bit 61 and smaps counts them in `Rss`, not `Anonymous`.
+//! [`PageCounter::resident_pages`] counts those (every present page).
 
 use std::fs::File;
 use std::io;
@@ -53,7 +57,7 @@ pub struct Pagemap {
     window: Option<(u64, u64)>,
 }
 
-/// Counts resident anonymous pages in an address range.
+/// Counts resident pages in an address range.
 ///
 /// [`Pagemap`] is the real implementation; tests use fakes.
 pub trait PageCounter {
@@ -61,6 +65,11 @@ pub trait PageCounter {
     /// the sense of smaps' `Anonymous:` (present, not file-backed or shmem,
     /// not the shared zero page).
     fn anon_resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64>;
+
+    /// How many pages of `[start, end)` are present in RAM, of any kind:
+    /// in a shared anonymous mapping, its resident shmem pages (smaps'
+    /// `Rss`). The zero page is not excluded: shmem never maps it.
+    fn resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64>;
 
     /// A hint: the next queries all lie within `[start, end)` (one VMA).
     /// [`Pagemap`] reads the whole span with one system call and answers
@@ -96,30 +105,22 @@ impl Pagemap {
     }
 }
 
+/// Which present pages a count includes.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Private anonymous: not file/shmem, not the zero page.
+    Anonymous,
+    /// Every present page.
+    Any,
+}
+
 impl PageCounter for Pagemap {
     fn anon_resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64> {
-        let mut page = start / PAGE_SIZE;
-        let last = end.div_ceil(PAGE_SIZE);
-        if let Some((first, len)) = self.window
-            && first <= page
-            && last <= first + len
-        {
-            let from = (page - first) as usize * ENTRY;
-            let to = (last - first) as usize * ENTRY;
-            return Ok(self.count(from, to));
-        }
-        // The reads below reuse the buffer.
-        self.window = None;
-        let mut count = 0;
-        while page < last {
-            let want = usize::try_from(last - page)
-                .unwrap_or(usize::MAX)
-                .min(ENTRIES_PER_READ);
-            let got = self.read(page, want)?;
-            count += self.count(0, got * ENTRY);
-            page += got as u64;
-        }
-        Ok(count)
+        self.pages(start, end, Kind::Anonymous)
+    }
+
+    fn resident_pages(&mut self, start: u64, end: u64) -> io::Result<u64> {
+        self.pages(start, end, Kind::Any)
     }
 
     fn prefetch(&mut self, start: u64, end: u64) {
@@ -151,6 +152,33 @@ impl PageCounter for Pagemap {
 }
 
 impl Pagemap {
+    /// Pages of `kind` in `[start, end)`, from the prefetched window when
+    /// it covers the range.
+    fn pages(&mut self, start: u64, end: u64, kind: Kind) -> io::Result<u64> {
+        let mut page = start / PAGE_SIZE;
+        let last = end.div_ceil(PAGE_SIZE);
+        if let Some((first, len)) = self.window
+            && first <= page
+            && last <= first + len
+        {
+            let from = (page - first) as usize * ENTRY;
+            let to = (last - first) as usize * ENTRY;
+            return Ok(self.count(from, to, kind));
+        }
+        // The reads below reuse the buffer.
+        self.window = None;
+        let mut count = 0;
+        while page < last {
+            let want = usize::try_from(last - page)
+                .unwrap_or(usize::MAX)
+                .min(ENTRIES_PER_READ);
+            let got = self.read(page, want)?;
+            count += self.count(0, got * ENTRY, kind);
+            page += got as u64;
+        }
+        Ok(count)
+    }
+
     /// Read the entries of pages `[page, page + want)` (`want <=
     /// ENTRIES_PER_READ`) into the start of `buf`; returns how many were
     /// read, at least one.
@@ -175,8 +203,8 @@ impl Pagemap {
         Ok(got)
     }
 
-    /// Resident anonymous pages among the entries in `buf[from..to]`.
-    fn count(&self, from: usize, to: usize) -> u64 {
+    /// Pages of `kind` among the entries in `buf[from..to]`.
+    fn count(&self, from: usize, to: usize, kind: Kind) -> u64 {
         // With no zero page known the mask makes the zero-page test
         // always false.
         let (zero_mask, zero_pfn) = match self.zero_pfn {
@@ -189,7 +217,12 @@ impl Pagemap {
                 let mut word = [0; ENTRY];
                 word.copy_from_slice(e);
                 let e = u64::from_le_bytes(word);
-                e & (PM_PRESENT | PM_FILE) == PM_PRESENT && e & zero_mask != zero_pfn
+                match kind {
+                    Kind::Anonymous => {
+                        e & (PM_PRESENT | PM_FILE) == PM_PRESENT && e & zero_mask != zero_pfn
+                    }
+                    Kind::Any => e & PM_PRESENT != 0,
+                }
             })
             .count() as u64
     }
@@ -313,6 +346,40 @@ mod tests {
         pm.anon_resident_pages(start - p, start + p)
             .expect("around");
         assert!(pm.window.is_none());
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(addr, len) };
+    }
+
+    #[test]
+    fn shared_anonymous_pages_are_resident_not_anonymous() {
+        let mut pm = Pagemap::open(std::process::id()).expect("open own pagemap");
+        let len = 8 * PAGE_SIZE as usize;
+        // SAFETY: fresh shared anonymous mapping, unmapped below; no
+        // other process shares it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED, "mmap failed");
+        for i in [0, 2, 7] {
+            // SAFETY: inside the mapping.
+            unsafe { std::ptr::write_volatile(addr.cast::<u8>().add(i * PAGE_SIZE as usize), 1) };
+        }
+        let (start, end) = (addr as u64, addr as u64 + len as u64);
+        // shmem pages carry the file bit: resident, not anonymous.
+        assert_eq!(pm.resident_pages(start, end).expect("read pagemap"), 3);
+        assert_eq!(pm.anon_resident_pages(start, end).expect("read"), 0);
+        pm.prefetch(start, end);
+        let head = pm
+            .resident_pages(start, start + 3 * PAGE_SIZE)
+            .expect("head");
+        assert_eq!(head, 2, "from the prefetched window");
         // SAFETY: unmapping our own mapping.
         unsafe { libc::munmap(addr, len) };
     }

@@ -269,6 +269,15 @@ impl Vma {
     pub fn shared(&self) -> u64 {
         self.shared_clean.saturating_add(self.shared_dirty)
     }
+
+    /// Whether this is shared anonymous memory (`MAP_SHARED |
+    /// MAP_ANONYMOUS`, or a shared mapping of `/dev/zero`). The kernel backs
+    /// it with an unlinked shmem file it calls `/dev/zero`, so smaps shows
+    /// `/dev/zero (deleted)` with `s` in the permissions; its resident pages
+    /// count in `Rss` (as shmem) and never in `Anonymous`.
+    pub fn is_shared_anonymous(&self) -> bool {
+        self.perms.shared && self.path() == "/dev/zero"
+    }
 }
 
 /// Why smaps text could not be parsed: the 1-based line number and what was wrong.
@@ -1000,6 +1009,21 @@ mod tests {
             let v = parse(line.as_bytes()).expect("parses");
             assert_eq!(v[0].perms.as_str(), s);
         }
+    }
+
+    #[test]
+    fn shared_anonymous_is_shared_dev_zero() {
+        let one = |line: &str| {
+            let v = parse(format!("{line}\n").as_bytes()).expect("parses");
+            v[0].is_shared_anonymous()
+        };
+        assert!(one("7f00-7f10 rw-s 0 00:01 4244   /dev/zero (deleted)"));
+        // mprotect keeps the shared bit.
+        assert!(one("7f00-7f10 r--s 0 00:01 4244   /dev/zero (deleted)"));
+        assert!(!one("7f00-7f10 rw-p 0 00:00 0"));
+        assert!(!one("7f00-7f10 rw-p 0 00:05 4   /dev/zero"));
+        assert!(!one("7f00-7f10 rw-s 0 00:01 7   /dev/shm/x"));
+        assert!(!one("7f00-7f10 rw-s 0 00:01 7   /memfd:x (deleted)"));
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub fn is_shared_memory(vma: &Vma) -> bool {
     if let Some(key) = path.strip_prefix("/SYSV") {
         return key.len() == 8 && key.bytes().all(|b| b.is_ascii_hexdigit());
     }
-    path == "/dev/zero" && vma.perms.shared
+    vma.is_shared_anonymous()
 }
 
 /// The identity of the main executable, from `/proc/PID/exe`.
