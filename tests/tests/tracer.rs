@@ -414,3 +414,42 @@ fn names_from_the_target_cannot_drive_the_terminal() {
         "the file name is shown escaped:\n{text}"
     );
 }
+
+#[test]
+fn executable_devices_and_sparse_files_are_not_read_whole() {
+    // The target maps /dev/zero and a 1 GiB sparse file executable: memtrace
+    // must finish promptly without reading them (it read /dev/zero without
+    // end before).
+    common::require_root();
+    let hostile = env!("CARGO_BIN_EXE_hostile");
+    let started = std::time::Instant::now();
+    let mut mt = std::process::Command::new(common::memtrace_bin())
+        .args(["--quiet", "--", hostile, "--exec-maps"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run memtrace");
+    let pid = mt.id() as i32;
+    let deadline = started + std::time::Duration::from_secs(30);
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    loop {
+        // SAFETY: waiting for our own child with valid out pointers.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = mt.kill();
+            panic!("memtrace did not finish within 30 s on a target mapping /dev/zero executable");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let max_rss_mib = usage.ru_maxrss / 1024;
+    println!(
+        "memtrace: {:?}, peak RSS {max_rss_mib} MiB",
+        started.elapsed()
+    );
+    assert_eq!(libc::WEXITSTATUS(status), 0);
+    assert!(max_rss_mib < 200, "memtrace peaked at {max_rss_mib} MiB");
+}

@@ -158,12 +158,18 @@ impl Symbolizer {
     }
 
     fn resolve(&self, path: &Arc<str>, offset: u64) -> Vec<Frame> {
-        let src = Source::Elf(Elf::new(&**path));
         let module = Some(path.to_string());
-        let sym = self
-            .blaze
-            .symbolize_single(&src, Input::FileOffset(offset))
-            .ok();
+        // The path comes from the target: only regular files are handed to
+        // blazesym (a device mapped executable would be read without end).
+        let regular = std::fs::metadata(&**path).is_ok_and(|m| m.is_file());
+        let sym = regular
+            .then(|| {
+                let src = Source::Elf(Elf::new(&**path));
+                self.blaze
+                    .symbolize_single(&src, Input::FileOffset(offset))
+                    .ok()
+            })
+            .flatten();
         let Some(Symbolized::Sym(sym)) = sym else {
             return vec![Frame {
                 address: 0,

@@ -132,12 +132,30 @@ impl Unwinder {
     }
 }
 
-/// Read the unwind sections of the ELF file at `path`.
+/// Largest file read for unwind tables. The file comes from the target:
+/// it may be a device (`/dev/zero` mapped executable) or a huge sparse
+/// file, so only regular files are opened and only the sections needed
+/// are read, each at most [`MAX_SECTION_BYTES`].
+const MAX_FILE_BYTES: u64 = 8 << 30;
+/// Largest section copied out of a module (`.text` of the largest real
+/// binaries is a few hundred MiB).
+const MAX_SECTION_BYTES: u64 = 512 << 20;
+
+/// Read the unwind sections of the ELF file at `path`, reading only the
+/// headers and those sections.
 fn load_elf(path: &str) -> Option<ElfUnwindInfo> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+    let file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+        return None;
+    }
+    let cache = object::ReadCache::new(file);
+    let file = object::File::parse(&cache).ok()?;
     let section = |name: &str| {
         let s = file.section_by_name(name)?;
+        if s.size() > MAX_SECTION_BYTES {
+            return None;
+        }
         let range = s.address()..s.address().checked_add(s.size())?;
         let bytes: Data = Arc::from(s.data().ok()?);
         Some((range, bytes))
