@@ -149,6 +149,13 @@ fn a_stalled_reader_neither_grows_memtrace_nor_holds_the_target() {
         held["rss_bytes"].as_u64().is_some_and(|b| b >= 16 << 20),
         "{held}"
     );
+    // Losses before the report are in the report, not only the summary.
+    if summary["lost_events"].as_u64().is_some_and(|n| n > 0) {
+        assert!(
+            report["lost_events"].as_u64().is_some_and(|n| n > 0),
+            "{report}"
+        );
+    }
     println!(
         "lost events {}, lines dropped {}, report complete {}",
         summary["lost_events"], summary["display_dropped"], report["complete"]

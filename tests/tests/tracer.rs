@@ -457,3 +457,22 @@ fn executable_devices_and_sparse_files_are_not_read_whole() {
     assert_eq!(libc::WEXITSTATUS(status), 0);
     assert!(max_rss_mib < 200, "memtrace peaked at {max_rss_mib} MiB");
 }
+
+#[test]
+fn a_bad_output_path_is_refused_before_tracing() {
+    // Found at the start, not after the whole trace with the report lost.
+    common::require_root();
+    let output = std::process::Command::new(common::memtrace_bin())
+        .args(["--folded", "/nonexistent-dir/x.folded", "--", "/bin/true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run memtrace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent-dir/x.folded"), "{stderr}");
+    assert!(
+        !stderr.contains("tracing pid"),
+        "refused before tracing: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}

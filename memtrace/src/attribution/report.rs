@@ -656,6 +656,30 @@ mod tests {
     }
 
     #[test]
+    fn the_report_says_when_it_may_be_wrong() {
+        let l = Ledger::new();
+        let attribution = super::super::join::attribute(&[], &l, &mut NoPages);
+        let mut r = build(
+            &attribution,
+            &l,
+            ReportOptions { ranges: false },
+            &mut Stacks,
+        );
+        assert!(
+            !r.text(false, 10).contains("!!"),
+            "a clean report has no warning"
+        );
+        r.lost_events = 12;
+        r.complete = false;
+        let text = r.text(false, 10);
+        assert!(text.contains("!! 12 events were lost"), "{text}");
+        assert!(text.contains("!! possibly incomplete"), "{text}");
+        let json = serde_json::to_value(ReportLine::new(&r, 10)).expect("json");
+        assert_eq!(json["lost_events"], 12);
+        assert_eq!(json["complete"], false);
+    }
+
+    #[test]
     fn shared_memory_is_reported_apart() {
         use crate::proc::smaps::{Perms, Vma};
         use crate::trace::event::{Call, Event};
