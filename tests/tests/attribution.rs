@@ -527,3 +527,25 @@ fn report_every_prints_periodic_reports() {
         assert_eq!(a + u, t, "every report is exact");
     }
 }
+
+#[test]
+fn json_reports_carry_every_call_site() {
+    // `--top` shapes the text; scripts reading JSON lose no call site.
+    let out = common::temp_path("json-all-sites");
+    let run = common::run_launch(
+        &["--json", "--quiet", "--top", "1"],
+        env!("CARGO_BIN_EXE_mappings"),
+        &["--out", out.to_str().expect("utf8")],
+    );
+    let report = common::report_of(&run);
+    let count = report["call_site_count"].as_u64().expect("count");
+    assert!(
+        count > 1,
+        "the fixture maps from several call sites: {report}"
+    );
+    assert_eq!(
+        report["call_sites"].as_array().map(|a| a.len() as u64),
+        Some(count),
+        "every call site is listed: {report}"
+    );
+}

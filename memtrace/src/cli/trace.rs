@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(long)]
     pub kernel_stacks: bool,
 
-    /// Call sites listed in the report (0: all).
+    /// Call sites listed in the text report (0: all); `--json` always
+    /// lists every call site.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 

@@ -72,7 +72,7 @@ pub struct Output<W: Write + Send + 'static> {
     pub format: Format,
     /// Text: every frame of every stack.
     pub verbose: bool,
-    /// Call sites listed in reports (0: all).
+    /// Call sites listed in text reports (0: all); JSON lists all.
     pub top: usize,
     queue: Arc<Queue>,
     writer: Option<thread::JoinHandle<W>>,
@@ -175,7 +175,8 @@ impl<W: Write + Send + 'static> Output<W> {
     /// A report; with `wait`, it waits for room instead of being dropped.
     pub fn report(&mut self, report: &AttributedReport, wait: bool) -> io::Result<()> {
         let text = match self.format {
-            Format::Json => TraceLine::Report(ReportLine::new(report, self.top)).to_json(),
+            // Scripts get every call site: `--top` shapes the text only.
+            Format::Json => TraceLine::Report(ReportLine::new(report, 0)).to_json(),
             Format::Text => report
                 .text(self.verbose, self.top)
                 .trim_end_matches('\n')
