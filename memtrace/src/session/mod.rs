@@ -230,7 +230,9 @@ impl<S: EventSource> Session<S> {
         pid: u32,
         opts: ReportOptions,
     ) -> Result<AttributedReport, crate::proc::ProcError> {
-        let vmas = smaps::read_smaps(pid)?;
+        // After the main thread exited, a live thread shows the memory.
+        let reader = pid::mm_reader(pid);
+        let vmas = smaps::read_smaps(reader)?;
         let empty = Ledger::default();
         let Session {
             ledgers,
@@ -239,7 +241,8 @@ impl<S: EventSource> Session<S> {
             ..
         } = self;
         let ledger = ledgers.get(&pid).unwrap_or(&empty);
-        let attribution = attribution::join::attribute_process(pid, &vmas, ledger);
+        let mut attribution = attribution::join::attribute_process(reader, &vmas, ledger);
+        attribution.pid = pid;
         let mut sites = Sites { stacks, symbolizer };
         Ok(attribution::report::build(
             &attribution,
@@ -252,7 +255,7 @@ impl<S: EventSource> Session<S> {
     /// Re-read the file mappings of `pid`, keeping the old copy when the
     /// process is already gone.
     pub fn refresh_maps(&mut self, pid: u32) {
-        if let Some(maps) = maps::read(pid) {
+        if let Some(maps) = maps::read(pid::mm_reader(pid)) {
             self.maps.insert(pid, maps);
         }
     }
