@@ -5,13 +5,16 @@ use std::{ffi::OsString, io, process::ExitCode, sync::atomic::Ordering, time::Du
 use anyhow::{Context as _, bail};
 use memtrace::{
     attribution::report::{self as site_report, AttributedReport},
-    proc::pid::process_exists,
+    proc::pid::{self, process_exists},
     session::{
         Session,
         driver::{self, DriveOptions, StopFlags},
         output::{Format, Output},
     },
-    trace::{TracerOptions, launch},
+    trace::{
+        TracerOptions,
+        launch::{self, LaunchError},
+    },
 };
 use signal_hook::{
     consts::{SIGINT, SIGTERM},
@@ -174,7 +177,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(c)
         }
         None if args.no_report => None,
-        None => match launch::seize(target) {
+        None => match pid::Identity::of(target)
+            .map_err(LaunchError::from)
+            .and_then(launch::seize)
+        {
             Ok(t) => Some(t),
             Err(e) => {
                 if !process_exists(target) {
