@@ -5,10 +5,15 @@
 
 mod common;
 
-use std::{thread, time::Duration};
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
 
 use common::{
-    Background, Run, Waiting, proc_state, report_of, run_attached, run_launch, temp_path, wait_for,
+    Background, Run, Waiting, memtrace_bin, proc_state, report_of, require_root, run_attached,
+    run_launch, temp_path, wait_for, wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -48,6 +53,28 @@ fn pid_mode_reports_a_worker_that_outlives_the_main_thread() {
     let pid = w.pid;
     let run = run_attached(&["--json", "--quiet"], w, |w| w.go());
     assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_worker_memory_reported(&run, pid);
+}
+
+#[test]
+fn pid_of_a_thread_traces_its_process() {
+    let mut w = Waiting::start(THREAD_EXIT, &[]);
+    let pid = w.pid;
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&t| t != pid)
+        .expect("the fixture's worker thread");
+    // memtrace is given the worker's thread id.
+    w.pid = tid;
+    let run = run_attached(&["--json", "--quiet"], w, |w| w.go());
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{tid} is a thread of process {pid}")),
+        "memtrace says what it traces: {}",
+        run.stderr
+    );
     assert_worker_memory_reported(&run, pid);
 }
 
@@ -94,4 +121,139 @@ fn kill_stop_stops_a_launched_command_until_kill_cont() {
     let run = mt.finish(Duration::from_secs(30));
     assert_eq!(run.status, 128 + libc::SIGTERM, "{}", run.stderr);
     let _ = std::fs::remove_file(&ticks);
+}
+
+/// memtrace refuses `--pid PID` with one line saying why, and no tracing.
+fn assert_refused(pid: &str, why: &str) {
+    let out = Command::new(memtrace_bin())
+        .args(["--quiet", "--duration", "2s", "--pid", pid])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memtrace");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "--pid {pid}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(why), "--pid {pid}: {err}");
+    assert!(out.stdout.is_empty(), "nothing traced");
+}
+
+#[test]
+fn pid_1_is_refused() {
+    require_root();
+    assert_refused("1", "init");
+}
+
+#[test]
+fn kernel_threads_are_refused() {
+    require_root();
+    // kthreadd.
+    assert_refused("2", "kernel thread");
+}
+
+#[test]
+fn memtrace_refuses_its_own_pid() {
+    require_root();
+    // `exec` keeps the shell's pid: memtrace is given its own.
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {} --quiet --duration 2s --pid $$",
+            memtrace_bin().display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memtrace");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("memtrace itself"), "{err}");
+}
+
+/// Whether process `pid` holds a BPF object (memtrace is loading its
+/// programs).
+fn holds_bpf(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|dir| {
+        dir.filter_map(Result::ok).any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf"))
+        })
+    })
+}
+
+/// A `sleep` with pid `pid`, made by asking the kernel for that pid next
+/// (`ns_last_pid`); `None` if another process took it first.
+fn sleeper_with_pid(pid: u32) -> Option<std::process::Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("write ns_last_pid (needs root)");
+        let mut s = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        if s.id() == pid {
+            return Some(s);
+        }
+        let _ = s.kill();
+        let _ = s.wait();
+        if proc_state(pid).is_some() {
+            return None;
+        }
+    }
+    None
+}
+
+#[test]
+fn pid_reuse_is_detected_before_tracing() {
+    require_root();
+    for _attempt in 0..5 {
+        let mut old = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = old.id();
+        let mut mt = Command::new(memtrace_bin())
+            .args(["--quiet", "--pid", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn memtrace");
+        // Freeze memtrace while it loads its programs: it has pinned the
+        // pid and not attached yet.
+        let loading = wait_for(Duration::from_secs(20), || holds_bpf(mt.id()));
+        // SAFETY: stops our own child.
+        unsafe { libc::kill(mt.id() as i32, libc::SIGSTOP) };
+        let attached = memtrace::proc::pid::status_field(pid, "TracerPid") != Some(0);
+        let new = if loading && !attached {
+            let _ = old.kill();
+            let _ = old.wait();
+            sleeper_with_pid(pid)
+        } else {
+            None
+        };
+        // SAFETY: resumes our own child.
+        unsafe { libc::kill(mt.id() as i32, libc::SIGCONT) };
+        let Some(mut new) = new else {
+            let _ = mt.kill();
+            let _ = mt.wait();
+            let _ = old.kill();
+            let _ = old.wait();
+            continue;
+        };
+        let status = wait_with_timeout(&mut mt, Duration::from_secs(30));
+        let mut err = String::new();
+        if let Some(mut e) = mt.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let new_traced = memtrace::proc::pid::status_field(pid, "TracerPid");
+        let _ = new.kill();
+        let _ = new.wait();
+        assert_eq!(status, 1, "memtrace must refuse: {err}");
+        assert!(
+            err.contains(&format!("pid {pid} now names another process")),
+            "{err}"
+        );
+        assert!(!err.contains("tracing pid"), "nothing traced: {err}");
+        assert_eq!(new_traced, Some(0), "the new process was never attached");
+        return;
+    }
+    panic!("could not hand a pid to a new process in 5 attempts");
 }

@@ -5,7 +5,7 @@ use std::{ffi::OsString, io, process::ExitCode, sync::atomic::Ordering, time::Du
 use anyhow::{Context as _, bail};
 use memtrace::{
     attribution::report::{self as site_report, AttributedReport},
-    proc::pid::{self, process_exists},
+    proc::pid::{self, Target, process_exists},
     session::{
         Session,
         driver::{self, DriveOptions, StopFlags},
@@ -23,7 +23,8 @@ use signal_hook::{
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Trace the running process PID (all its threads).
+    /// Trace the running process PID (all its threads; a thread id stands
+    /// for its process).
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
 
@@ -144,10 +145,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              `memtrace snapshot --pid PID` needs no eBPF"
         );
     }
-    if let Some(pid) = args.pid
-        && !process_exists(pid)
+    // Pinned from the first moment: the pid may name another process by
+    // the time the tracer is loaded.
+    let pinned = args.pid.map(pid::resolve_target).transpose()?;
+    if let Some(Target {
+        identity,
+        thread: Some(tid),
+    }) = &pinned
     {
-        bail!("no process with pid {pid}");
+        eprintln!(
+            "memtrace: {tid} is a thread of process {}; tracing the process",
+            identity.pid
+        );
     }
     let opts = TracerOptions {
         follow_forks: args.follow_forks,
@@ -156,32 +165,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let stop = watch_signals()?;
     let mut session = Session::new(&opts)?;
+    if let Some(t) = &pinned {
+        t.identity.check()?;
+    }
 
     let child = if args.command.is_empty() {
         None
     } else {
         Some(launch::launch(&args.command)?)
     };
-    let target = match (&child, args.pid) {
+    let target = match (&child, &pinned) {
         (Some(c), _) => c.pid,
-        (None, Some(pid)) => pid,
+        (None, Some(t)) => t.identity.pid,
         (None, None) => bail!("nothing to trace"),
     };
     session
         .add_pid(target)
         .with_context(|| format!("tracing pid {target}"))?;
     // Hold the target at its exit, so the final report sees its memory.
-    let tracee = match child {
-        Some(c) => {
+    let tracee = match (child, &pinned) {
+        (Some(c), _) => {
             c.start();
             Some(c)
         }
-        None if args.no_report => None,
-        None => match pid::Identity::of(target)
-            .map_err(LaunchError::from)
-            .and_then(launch::seize)
-        {
+        (None, Some(t)) if args.no_report => {
+            t.identity.check()?;
+            None
+        }
+        (None, Some(t)) => match launch::seize(t.identity) {
             Ok(t) => Some(t),
+            Err(LaunchError::Target(e)) => return Err(e.into()),
             Err(e) => {
                 if !process_exists(target) {
                     bail!("process {target} exited before tracing started");
@@ -192,6 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None
             }
         },
+        (None, None) => None,
     };
     let launched = !args.command.is_empty();
     // Always said (on stderr): scripts wait for it before driving the target.
