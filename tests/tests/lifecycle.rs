@@ -6,9 +6,10 @@
 mod common;
 
 use std::{
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{
@@ -121,6 +122,89 @@ fn kill_stop_stops_a_launched_command_until_kill_cont() {
     let run = mt.finish(Duration::from_secs(30));
     assert_eq!(run.status, 128 + libc::SIGTERM, "{}", run.stderr);
     let _ = std::fs::remove_file(&ticks);
+}
+
+/// memtrace alone gets a signal; the launched command must get it too and
+/// memtrace must report at its exit and pass its status on.
+fn signal_memtrace_alone(sig: i32, within: Duration) -> Run {
+    let mt = Background::launch(&["--json", "--quiet"], "/bin/sleep", &["30"]);
+    let pid = mt.target;
+    let sent = Instant::now();
+    mt.signal(sig);
+    let run = mt.finish(Duration::from_secs(20));
+    assert!(
+        sent.elapsed() < within,
+        "memtrace took {:?} to end after its signal",
+        sent.elapsed()
+    );
+    assert_eq!(
+        run.status,
+        128 + sig,
+        "the command died of the signal passed on, and memtrace passes that on; stderr:\n{}",
+        run.stderr
+    );
+    assert_eq!(report_of(&run)["pid"], pid);
+    assert!(run.summary.is_object(), "the summary is printed");
+    assert_eq!(proc_state(pid), None, "the command is gone");
+    run
+}
+
+#[test]
+fn sigint_to_memtrace_alone_reaches_the_launched_command() {
+    let run = signal_memtrace_alone(libc::SIGINT, Duration::from_secs(8));
+    assert!(run.stderr.contains("passed SIGINT on"), "{}", run.stderr);
+}
+
+#[test]
+fn sigterm_to_memtrace_terminates_the_launched_command() {
+    let run = signal_memtrace_alone(libc::SIGTERM, Duration::from_secs(8));
+    assert!(run.stderr.contains("passed SIGTERM on"), "{}", run.stderr);
+}
+
+#[test]
+fn sighup_to_memtrace_reaches_the_launched_command() {
+    signal_memtrace_alone(libc::SIGHUP, Duration::from_secs(8));
+}
+
+#[test]
+fn ctrl_c_from_the_terminal_is_not_passed_on_twice() {
+    // A terminal's Ctrl-C reaches memtrace and the command alike (one
+    // process group); a program that shuts down slowly must not get a
+    // second SIGINT from memtrace.
+    require_root();
+    let log = temp_path("sigints");
+    let script = format!(
+        "trap 'echo int >> \"{}\"' INT; i=0; while [ $i -lt 25 ]; do i=$((i+1)); sleep 0.1; done",
+        log.display()
+    );
+    let mut mt = Command::new(memtrace_bin())
+        .args(["--quiet", "--", "/bin/sh", "-c", &script])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memtrace");
+    let group = mt.id() as i32;
+    let mut err = std::io::BufReader::new(mt.stderr.take().expect("stderr"));
+    let mut stderr = String::new();
+    while !stderr.contains("tracing pid") {
+        let n = std::io::BufRead::read_line(&mut err, &mut stderr).expect("stderr");
+        assert!(n > 0, "memtrace ended before tracing: {stderr}");
+    }
+    thread::sleep(Duration::from_millis(300));
+    // SAFETY: signals the process group of our own child.
+    unsafe { libc::kill(-group, libc::SIGINT) };
+    let status = wait_with_timeout(&mut mt, Duration::from_secs(30));
+    std::io::Read::read_to_string(&mut err, &mut stderr).expect("stderr");
+    assert_eq!(status, 0, "the script ran to its end: {stderr}");
+    let got = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        got.lines().count(),
+        1,
+        "one SIGINT, from the terminal; memtrace's stderr:\n{stderr}"
+    );
+    let _ = std::fs::remove_file(&log);
 }
 
 /// memtrace refuses `--pid PID` with one line saying why, and no tracing.

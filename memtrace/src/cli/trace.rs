@@ -1,6 +1,6 @@
 //! `memtrace --pid N` / `memtrace -- CMD ARGS…`: stream mapping events.
 
-use std::{ffi::OsString, io, process::ExitCode, sync::atomic::Ordering, time::Duration};
+use std::{ffi::OsString, io, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use memtrace::{
@@ -17,7 +17,7 @@ use memtrace::{
     },
 };
 use signal_hook::{
-    consts::{SIGINT, SIGTERM},
+    consts::{SIGHUP, SIGINT, SIGTERM},
     iterator::Signals,
 };
 
@@ -85,6 +85,12 @@ pub struct Args {
     pub no_report: bool,
 
     /// Command to launch and trace from its first instruction (after `--`).
+    ///
+    /// memtrace exits with its status. Signals sent to memtrace are passed
+    /// on to it, as strace and timeout do: SIGTERM at once, SIGINT and
+    /// SIGHUP after 1 s unless it got them already (a terminal sends them
+    /// to both); memtrace reports when it exits. A second signal stops
+    /// memtrace at once and leaves the command running.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
@@ -116,22 +122,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Count Ctrl-C and note SIGTERM from now on (a thread of signal-hook's
-/// collects them), so a signal ends the session cleanly instead of killing
-/// memtrace mid-setup with programs loaded.
+/// Note SIGINT, SIGTERM and SIGHUP from now on (a thread of signal-hook's
+/// collects them), so a signal ends the session cleanly, or is passed on
+/// to a launched command, instead of killing memtrace mid-setup with
+/// programs loaded.
 fn watch_signals() -> anyhow::Result<StopFlags> {
     let stop = StopFlags::default();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let flags = stop.clone();
     std::thread::Builder::new()
         .name("memtrace-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if sig == SIGTERM {
-                    flags.terminated.store(true, Ordering::SeqCst);
-                } else {
-                    flags.interrupts.fetch_add(1, Ordering::SeqCst);
-                }
+                flags.record(sig);
             }
         })
         .context("starting the signal thread")?;

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Session, output::Output};
+use super::{Session, output::Output, relay::Relay};
 use crate::{
     attribution::report::{AttributedReport, ReportOptions},
     proc::pid::process_exists,
@@ -39,18 +39,45 @@ pub struct DriveOptions {
     pub no_report: bool,
     /// Reports include the traced ranges.
     pub ranges: bool,
-    /// The target was launched by memtrace (its exit status is passed on,
-    /// and a single Ctrl-C waits for it to exit).
+    /// The target was launched by memtrace: its exit status is passed on,
+    /// and a first SIGINT, SIGTERM or SIGHUP is passed on to it
+    /// ([`super::relay`]) rather than ending the trace.
     pub launched: bool,
 }
 
 /// Requests to stop, set from signal handlers.
 #[derive(Clone, Debug, Default)]
 pub struct StopFlags {
-    /// Ctrl-C count.
+    /// Ctrl-C (SIGINT) count.
     pub interrupts: Arc<AtomicU32>,
-    /// SIGTERM: stop at once.
+    /// SIGTERM received.
     pub terminated: Arc<AtomicBool>,
+    /// SIGHUP received.
+    pub hung_up: Arc<AtomicBool>,
+    /// SIGINT, SIGTERM and SIGHUP received, all together.
+    pub received: Arc<AtomicU32>,
+}
+
+impl StopFlags {
+    /// Note that signal `sig` (SIGINT, SIGTERM or SIGHUP) arrived.
+    pub fn record(&self, sig: i32) {
+        match sig {
+            libc::SIGINT => drop(self.interrupts.fetch_add(1, Ordering::SeqCst)),
+            libc::SIGTERM => self.terminated.store(true, Ordering::SeqCst),
+            libc::SIGHUP => self.hung_up.store(true, Ordering::SeqCst),
+            _ => return,
+        }
+        self.received.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many stop signals arrived (also when the flags were set
+    /// directly rather than through [`StopFlags::record`]).
+    pub fn received_count(&self) -> u32 {
+        let flagged = self.interrupts.load(Ordering::SeqCst)
+            + u32::from(self.terminated.load(Ordering::SeqCst))
+            + u32::from(self.hung_up.load(Ordering::SeqCst));
+        self.received.load(Ordering::SeqCst).max(flagged)
+    }
 }
 
 /// How a trace ended.
@@ -134,6 +161,7 @@ impl<S: EventSource> Run<'_, S> {
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut reported_lost = 0;
+        let mut relay = Relay::default();
         loop {
             let events = self.session.poll(POLL);
             self.emit(&events, out)?;
@@ -151,14 +179,9 @@ impl<S: EventSource> Run<'_, S> {
             }
             out.flush()?;
 
-            let interrupts = stop.interrupts.load(Ordering::SeqCst);
-            // In launch mode the child gets the same Ctrl-C from the
-            // terminal and usually exits; wait for that, unless Ctrl-C comes
-            // twice. SIGTERM is meant for memtrace alone: stop at once.
-            if interrupts >= 2
-                || (interrupts == 1 && !self.opts.launched)
-                || stop.terminated.load(Ordering::SeqCst)
-            {
+            // A launched target gets the signal and ends; then the report.
+            let child = tracee.as_ref().filter(|_| self.opts.launched);
+            if relay.stop_now(stop, child, self.notes) {
                 break;
             }
             if self.opts.duration.is_some_and(|d| started.elapsed() >= d) {

@@ -6,6 +6,7 @@
 //!   interned, ledgers kept per process, attributed reports out.
 //! - [`driver`]: the tracing loop of `memtrace --pid`/`-- CMD`.
 //! - [`output`]: where the loop writes (text or typed JSON lines).
+//! - [`relay`]: signals sent to memtrace, passed on to a launched target.
 //! - [`stream`]: one event as a line; the summary.
 //!
 //! Contact points: below it [`crate::trace`], [`crate::stack`],
@@ -16,6 +17,7 @@ use std::{collections::HashMap, collections::HashSet, time::Duration};
 
 pub mod driver;
 pub mod output;
+pub mod relay;
 pub mod stream;
 
 use crate::{
