@@ -341,3 +341,71 @@ fn pid_reuse_is_detected_before_tracing() {
     }
     panic!("could not hand a pid to a new process in 5 attempts");
 }
+
+#[test]
+fn follow_forks_traces_children_that_outlive_the_command() {
+    // The shell starts two background jobs and exits at once: one execs
+    // /bin/true after 0.4 s, one lives on (sleep 4) past the trace.
+    let run = run_launch(
+        &["--json", "--follow-forks", "--duration", "2s"],
+        "/bin/sh",
+        &[
+            "-c",
+            "(sleep 0.4; exec /bin/true) & (exec sleep 4 >/dev/null 2>&1) & exit 0",
+        ],
+    );
+    assert_eq!(run.status, 0, "the command's status: {}", run.stderr);
+    let shell = run
+        .events
+        .iter()
+        .find(|e| e["kind"] == "fork")
+        .expect("the shell forks")["pid"]
+        .clone();
+    let shell_exit = run
+        .events
+        .iter()
+        .position(|e| e["kind"] == "exit" && e["pid"] == shell)
+        .unwrap_or_else(|| panic!("the shell's exit is traced; stderr:\n{}", run.stderr));
+    let late = &run.events[shell_exit..];
+    let exec_true = late
+        .iter()
+        .find(|e| {
+            e["kind"] == "exec" && e["filename"].as_str().is_some_and(|f| f.ends_with("/true"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the child's exec of /bin/true, after the shell exited, is traced; stderr:\n{}",
+                run.stderr
+            )
+        });
+    assert!(
+        late.iter()
+            .any(|e| e["pid"] == exec_true["pid"] && e["kind"] == "mmap"),
+        "and its mappings"
+    );
+    // The long-lived child gets a report when tracing ends.
+    let sleeper = run
+        .events
+        .iter()
+        .find(|e| {
+            e["kind"] == "exec"
+                && e["filename"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("/sleep"))
+                && !run
+                    .events
+                    .iter()
+                    .any(|x| x["kind"] == "exit" && x["pid"] == e["pid"])
+        })
+        .expect("the sleep 4 child")["pid"]
+        .clone();
+    assert!(
+        run.others
+            .iter()
+            .any(|o| o["type"] == "report" && o["pid"] == sleeper),
+        "a report for the child still alive at the end: {:?}",
+        run.others
+    );
+    let forks = run.summary["events"]["fork"].as_u64().unwrap_or(0);
+    assert!(forks >= 3, "the summary counts the children's forks too");
+}

@@ -28,7 +28,8 @@ pub struct Args {
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
 
-    /// Also trace processes forked by the traced ones.
+    /// Also trace processes forked by the traced ones, until the last of
+    /// them exits; those still alive when tracing ends get a report too.
     #[arg(long)]
     pub follow_forks: bool,
 

@@ -204,7 +204,10 @@ impl<S: EventSource> Run<'_, S> {
                     if self.opts.launched {
                         self.exit_code = code;
                     }
-                    break;
+                    if !self.others_live(out)? {
+                        break;
+                    }
+                    *tracee = None;
                 }
                 Some(ChildEvent::Lost) => {
                     self.notes.note(&format!(
@@ -232,23 +235,65 @@ impl<S: EventSource> Run<'_, S> {
                 .note("no report: the target exited before memtrace could stop it at exit"),
             None => {}
         }
+        if !self.opts.no_report {
+            self.report_live_children(out)?;
+        }
         out.summary(&self.session.summary)?;
         out.flush()
     }
 
     /// The full report (all call sites), or `None` with a note.
     fn take_report(&mut self) -> Option<AttributedReport> {
+        self.report_of(self.target)
+    }
+
+    /// The full report of a traced process, or `None` with a note.
+    fn report_of(&mut self, pid: u32) -> Option<AttributedReport> {
         let opts = ReportOptions {
             ranges: self.opts.ranges,
         };
-        match self.session.attributed_report(self.target, opts) {
+        match self.session.attributed_report(pid, opts) {
             Ok(r) => Some(r),
             Err(e) => {
-                self.notes
-                    .note(&format!("no report for pid {}: {e}", self.target));
+                self.notes.note(&format!("no report for pid {pid}: {e}"));
                 None
             }
         }
+    }
+
+    /// After the target exited: whether processes it forked (traced with
+    /// `--follow-forks`) live on, to be traced until they end too.
+    fn others_live<W: Write>(&mut self, out: &mut Output<W>) -> io::Result<bool> {
+        // Forks the target made before exiting are in the buffer by now.
+        let events = self.session.drain();
+        self.emit(&events, out)?;
+        if !self.session.reap_dead() {
+            return Ok(false);
+        }
+        let mut pids: Vec<u32> = self.session.live_pids().iter().copied().collect();
+        pids.sort_unstable();
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        self.notes.note(&format!(
+            "pid {} exited; still tracing the processes it forked: {}",
+            self.target,
+            pids.join(", ")
+        ));
+        Ok(true)
+    }
+
+    /// When tracing ends: a report for each forked process still alive.
+    fn report_live_children<W: Write>(&mut self, out: &mut Output<W>) -> io::Result<()> {
+        let mut pids: Vec<u32> = self.session.live_pids().iter().copied().collect();
+        pids.sort_unstable();
+        for pid in pids {
+            if pid != self.target
+                && process_exists(pid)
+                && let Some(report) = self.report_of(pid)
+            {
+                out.report(&report)?;
+            }
+        }
+        Ok(())
     }
 
     fn emit<W: Write>(
