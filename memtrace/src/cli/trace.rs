@@ -5,33 +5,37 @@ use std::{
     fs::File,
     io::{self, Write as _},
     process::ExitCode,
-    sync::atomic::Ordering,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use memtrace::{
     attribution::report::{self as site_report, AttributedReport},
-    proc::pid::process_exists,
+    proc::pid::{self, Target, process_exists},
     session::{
         Session,
         driver::{self, DriveOptions, StopFlags},
         output::{Format, Output},
     },
-    trace::{TracerOptions, launch},
+    trace::{
+        TracerOptions,
+        launch::{self, LaunchError},
+    },
 };
 use signal_hook::{
-    consts::{SIGINT, SIGTERM},
+    consts::{SIGHUP, SIGINT, SIGTERM},
     iterator::Signals,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Trace the running process PID (all its threads).
+    /// Trace the running process PID (all its threads; a thread id stands
+    /// for its process).
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
 
-    /// Also trace processes forked by the traced ones.
+    /// Also trace processes forked by the traced ones, until the last of
+    /// them exits; those still alive when tracing ends get a report too.
     #[arg(long)]
     pub follow_forks: bool,
 
@@ -109,6 +113,12 @@ pub struct Args {
     pub event_buffer: usize,
 
     /// Command to launch and trace from its first instruction (after `--`).
+    ///
+    /// memtrace exits with its status. Signals sent to memtrace are passed
+    /// on to it, as strace and timeout do: SIGTERM at once, SIGINT and
+    /// SIGHUP after 1 s unless it got them already (a terminal sends them
+    /// to both); memtrace reports when it exits. A second signal stops
+    /// memtrace at once and leaves the command running.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
@@ -180,22 +190,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Count Ctrl-C and note SIGTERM from now on (a thread of signal-hook's
-/// collects them), so a signal ends the session cleanly instead of killing
-/// memtrace mid-setup with programs loaded.
+/// Note SIGINT, SIGTERM and SIGHUP from now on (a thread of signal-hook's
+/// collects them), so a signal ends the session cleanly, or is passed on
+/// to a launched command, instead of killing memtrace mid-setup with
+/// programs loaded.
 fn watch_signals() -> anyhow::Result<StopFlags> {
     let stop = StopFlags::default();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let flags = stop.clone();
     std::thread::Builder::new()
         .name("memtrace-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                if sig == SIGTERM {
-                    flags.terminated.store(true, Ordering::SeqCst);
-                } else {
-                    flags.interrupts.fetch_add(1, Ordering::SeqCst);
-                }
+                flags.record(sig);
             }
         })
         .context("starting the signal thread")?;
@@ -209,10 +217,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              `memtrace snapshot --pid PID` needs no eBPF"
         );
     }
-    if let Some(pid) = args.pid
-        && !process_exists(pid)
+    // Pinned from the first moment: the pid may name another process by
+    // the time the tracer is loaded.
+    let pinned = args.pid.map(pid::resolve_target).transpose()?;
+    if let Some(Target {
+        identity,
+        thread: Some(tid),
+    }) = &pinned
     {
-        bail!("no process with pid {pid}");
+        eprintln!(
+            "memtrace: {tid} is a thread of process {}; tracing the process",
+            identity.pid
+        );
     }
     let opts = TracerOptions {
         follow_forks: args.follow_forks,
@@ -223,29 +239,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut files = ReportFiles::create(&args)?;
     let stop = watch_signals()?;
     let mut session = Session::new(&opts)?;
+    if let Some(t) = &pinned {
+        t.identity.check()?;
+    }
 
     let child = if args.command.is_empty() {
         None
     } else {
         Some(launch::launch(&args.command)?)
     };
-    let target = match (&child, args.pid) {
+    let target = match (&child, &pinned) {
         (Some(c), _) => c.pid,
-        (None, Some(pid)) => pid,
+        (None, Some(t)) => t.identity.pid,
         (None, None) => bail!("nothing to trace"),
     };
     session
         .add_pid(target)
         .with_context(|| format!("tracing pid {target}"))?;
     // Hold the target at its exit, so the final report sees its memory.
-    let tracee = match child {
-        Some(c) => {
+    let tracee = match (child, &pinned) {
+        (Some(c), _) => {
             c.start();
             Some(c)
         }
-        None if args.no_report => None,
-        None => match launch::seize(target) {
+        (None, Some(t)) if args.no_report => {
+            t.identity.check()?;
+            None
+        }
+        (None, Some(t)) => match launch::seize(t.identity) {
             Ok(t) => Some(t),
+            Err(LaunchError::Target(e)) => return Err(e.into()),
             Err(e) => {
                 if !process_exists(target) {
                     bail!("process {target} exited before tracing started");
@@ -256,6 +279,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None
             }
         },
+        (None, None) => None,
     };
     let launched = !args.command.is_empty();
     // Always said (on stderr): scripts wait for it before driving the target.

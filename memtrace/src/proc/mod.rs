@@ -6,7 +6,8 @@
 //!   symbolizing its stacks.
 //! - [`pagemap`]: resident anonymous pages of an address range.
 //! - [`pid`]: facts about one process id (alive, kernel thread, thread of
-//!   which process, capabilities).
+//!   which process, capabilities), and the process a user-given pid
+//!   stands for, pinned by its start time.
 //!
 //! Contact points: [`ProcError`] is what every reader here returns when
 //! the kernel says no; callers above (snapshot, attribution, serve) decide

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Session, output::Output};
+use super::{Session, output::Output, relay::Relay};
 use crate::{
     attribution::report::{AttributedReport, ReportOptions},
     proc::pid::process_exists,
@@ -39,8 +39,9 @@ pub struct DriveOptions {
     pub no_report: bool,
     /// Reports include the traced ranges.
     pub ranges: bool,
-    /// The target was launched by memtrace (its exit status is passed on,
-    /// and a single Ctrl-C waits for it to exit).
+    /// The target was launched by memtrace: its exit status is passed on,
+    /// and a first SIGINT, SIGTERM or SIGHUP is passed on to it
+    /// ([`super::relay`]) rather than ending the trace.
     pub launched: bool,
     /// Longest time the target is held at its exit stop for the final
     /// report; `None` (or zero) lets it go at once, without a report.
@@ -53,10 +54,36 @@ pub const DEFAULT_EXIT_HOLD: Duration = Duration::from_secs(2);
 /// Requests to stop, set from signal handlers.
 #[derive(Clone, Debug, Default)]
 pub struct StopFlags {
-    /// Ctrl-C count.
+    /// Ctrl-C (SIGINT) count.
     pub interrupts: Arc<AtomicU32>,
-    /// SIGTERM: stop at once.
+    /// SIGTERM received.
     pub terminated: Arc<AtomicBool>,
+    /// SIGHUP received.
+    pub hung_up: Arc<AtomicBool>,
+    /// SIGINT, SIGTERM and SIGHUP received, all together.
+    pub received: Arc<AtomicU32>,
+}
+
+impl StopFlags {
+    /// Note that signal `sig` (SIGINT, SIGTERM or SIGHUP) arrived.
+    pub fn record(&self, sig: i32) {
+        match sig {
+            libc::SIGINT => drop(self.interrupts.fetch_add(1, Ordering::SeqCst)),
+            libc::SIGTERM => self.terminated.store(true, Ordering::SeqCst),
+            libc::SIGHUP => self.hung_up.store(true, Ordering::SeqCst),
+            _ => return,
+        }
+        self.received.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many stop signals arrived (also when the flags were set
+    /// directly rather than through [`StopFlags::record`]).
+    pub fn received_count(&self) -> u32 {
+        let flagged = self.interrupts.load(Ordering::SeqCst)
+            + u32::from(self.terminated.load(Ordering::SeqCst))
+            + u32::from(self.hung_up.load(Ordering::SeqCst));
+        self.received.load(Ordering::SeqCst).max(flagged)
+    }
 }
 
 /// How a trace ended.
@@ -140,6 +167,7 @@ impl<S: EventSource> Run<'_, S> {
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut reported_lost = 0;
+        let mut relay = Relay::default();
         loop {
             let events = self.session.poll(POLL);
             self.emit(&events, out)?;
@@ -160,14 +188,9 @@ impl<S: EventSource> Run<'_, S> {
                 return Err(kind.into());
             }
 
-            let interrupts = stop.interrupts.load(Ordering::SeqCst);
-            // In launch mode the child gets the same Ctrl-C from the
-            // terminal and usually exits; wait for that, unless Ctrl-C comes
-            // twice. SIGTERM is meant for memtrace alone: stop at once.
-            if interrupts >= 2
-                || (interrupts == 1 && !self.opts.launched)
-                || stop.terminated.load(Ordering::SeqCst)
-            {
+            // A launched target gets the signal and ends; then the report.
+            let child = tracee.as_ref().filter(|_| self.opts.launched);
+            if relay.stop_now(stop, child, self.notes) {
                 break;
             }
             if self.opts.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -183,7 +206,10 @@ impl<S: EventSource> Run<'_, S> {
                     if self.opts.launched {
                         self.exit_code = code;
                     }
-                    break;
+                    if !self.others_live(out)? {
+                        break;
+                    }
+                    *tracee = None;
                 }
                 Some(ChildEvent::Lost) => {
                     self.notes.note(&format!(
@@ -212,6 +238,9 @@ impl<S: EventSource> Run<'_, S> {
                 "no report: the target exited before memtrace could stop it at exit"
             }),
             None => {}
+        }
+        if !self.opts.no_report {
+            self.report_live_children(out)?;
         }
         self.session.summary.display_dropped = out.dropped();
         out.summary(&self.session.summary)
@@ -266,17 +295,59 @@ impl<S: EventSource> Run<'_, S> {
 
     /// The full report (all call sites), or `None` with a note.
     fn take_report(&mut self) -> Option<AttributedReport> {
+        self.report_of(self.target)
+    }
+
+    /// The full report of a traced process, or `None` with a note.
+    fn report_of(&mut self, pid: u32) -> Option<AttributedReport> {
         let opts = ReportOptions {
             ranges: self.opts.ranges,
         };
-        match self.session.attributed_report(self.target, opts) {
+        match self.session.attributed_report(pid, opts) {
             Ok(r) => Some(r),
             Err(e) => {
-                self.notes
-                    .note(&format!("no report for pid {}: {e}", self.target));
+                self.notes.note(&format!("no report for pid {pid}: {e}"));
                 None
             }
         }
+    }
+
+    /// After the target exited: whether processes it forked (traced with
+    /// `--follow-forks`) live on, to be traced until they end too.
+    fn others_live<W: Write + Send + 'static>(&mut self, out: &mut Output<W>) -> io::Result<bool> {
+        // Forks the target made before exiting are in the buffer by now.
+        let events = self.session.drain();
+        self.emit(&events, out)?;
+        if !self.session.reap_dead() {
+            return Ok(false);
+        }
+        let mut pids: Vec<u32> = self.session.live_pids().iter().copied().collect();
+        pids.sort_unstable();
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        self.notes.note(&format!(
+            "pid {} exited; still tracing the processes it forked: {}",
+            self.target,
+            pids.join(", ")
+        ));
+        Ok(true)
+    }
+
+    /// When tracing ends: a report for each forked process still alive.
+    fn report_live_children<W: Write + Send + 'static>(
+        &mut self,
+        out: &mut Output<W>,
+    ) -> io::Result<()> {
+        let mut pids: Vec<u32> = self.session.live_pids().iter().copied().collect();
+        pids.sort_unstable();
+        for pid in pids {
+            if pid != self.target
+                && process_exists(pid)
+                && let Some(report) = self.report_of(pid)
+            {
+                out.report(&report, true)?;
+            }
+        }
+        Ok(())
     }
 
     fn emit<W: Write + Send + 'static>(

@@ -6,6 +6,7 @@
 //!   interned, ledgers kept per process, attributed reports out.
 //! - [`driver`]: the tracing loop of `memtrace --pid`/`-- CMD`.
 //! - [`output`]: where the loop writes (text or typed JSON lines).
+//! - [`relay`]: signals sent to memtrace, passed on to a launched target.
 //! - [`stream`]: one event as a line; the summary.
 //!
 //! Contact points: below it [`crate::trace`], [`crate::stack`],
@@ -19,6 +20,7 @@ use std::{
 
 pub mod driver;
 pub mod output;
+pub mod relay;
 pub mod stream;
 
 use crate::{
@@ -274,7 +276,9 @@ impl<S: EventSource> Session<S> {
         pid: u32,
         opts: ReportOptions,
     ) -> Result<AttributedReport, crate::proc::ProcError> {
-        let vmas = smaps::read_smaps(pid)?;
+        // After the main thread exited, a live thread shows the memory.
+        let reader = pid::mm_reader(pid);
+        let vmas = smaps::read_smaps(reader)?;
         let empty = Ledger::default();
         let Session {
             ledgers,
@@ -284,7 +288,8 @@ impl<S: EventSource> Session<S> {
             ..
         } = self;
         let ledger = ledgers.get(&pid).unwrap_or(&empty);
-        let attribution = attribution::join::attribute_process(pid, &vmas, ledger);
+        let mut attribution = attribution::join::attribute_process(reader, &vmas, ledger);
+        attribution.pid = pid;
         let mut sites = Sites { stacks, symbolizer };
         let mut report = attribution::report::build(&attribution, ledger, opts, &mut sites);
         report.lost_events = summary.lost_events;
@@ -292,12 +297,15 @@ impl<S: EventSource> Session<S> {
     }
 
     /// What the report of `pid` needs from the kernel and the ledger, taken
-    /// now ([`ReportInput::build`] symbolizes later, e.g. once a process
+    /// now ([`Session::build_report_from`] symbolizes later, e.g. once a process
     /// held at its exit stop has been let go).
     pub fn capture_report(&mut self, pid: u32) -> Result<ReportInput, crate::proc::ProcError> {
-        let vmas = smaps::read_smaps(pid)?;
+        // After the main thread exited, a live thread shows the memory.
+        let reader = pid::mm_reader(pid);
+        let vmas = smaps::read_smaps(reader)?;
         let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
-        let attribution = attribution::join::attribute_process(pid, &vmas, &ledger);
+        let mut attribution = attribution::join::attribute_process(reader, &vmas, &ledger);
+        attribution.pid = pid;
         Ok(ReportInput {
             attribution,
             ledger,
@@ -323,7 +331,7 @@ impl<S: EventSource> Session<S> {
     /// Re-read the file mappings of `pid`, keeping the old copy when the
     /// process is already gone.
     pub fn refresh_maps(&mut self, pid: u32) {
-        if let Some(maps) = maps::read(pid) {
+        if let Some(maps) = maps::read(pid::mm_reader(pid)) {
             self.maps.insert(pid, maps);
         }
     }

@@ -1,35 +1,45 @@
 //! Launch a command under memtrace so that nothing it maps escapes, or
-//! hold a running process at its exit for the final report.
+//! seize a running process; either way, hold the process at its exit for
+//! the final report.
 //!
-//! The child asks to be ptraced before exec, so it stops right after exec,
-//! before its first instruction (the dynamic loader has not mapped anything
-//! yet). The caller adds its pid to the traced set, then lets it run. The
-//! child stops once more at exit (`PTRACE_O_TRACEEXIT`) while its address
-//! space is intact, so a final report describes its memory before exit.
-//! Signals sent to the child are passed on unchanged.
+//! A launched child is seized before exec (see [`spawn`]), so it stops at
+//! the exec, before its first instruction (the dynamic loader has not
+//! mapped anything yet). The caller adds its pid to the traced set, then
+//! lets it run. A running process is seized thread by thread, without
+//! stopping it.
+//!
+//! Every thread is traced (new ones from their first instruction), so the
+//! process stops once at its *last* moment (`PTRACE_O_TRACEEXIT` on the
+//! last thread to exit, or on the one that ends them all) while its
+//! address space is intact: a final report then describes its memory
+//! before exit, even when the main thread exited first. Signals are passed
+//! on unchanged, and group-stops (`kill -STOP`) are honoured: the process
+//! stays stopped until `SIGCONT`, as strace does.
 //!
 //! ptrace requests must come from the thread that is the tracer, so one
-//! thread spawns the child and drives it; it talks to the caller over
-//! channels.
+//! thread starts (or seizes) the process and drives it; it talks to the
+//! caller over channels. It waits with `waitpid(-1, __WALL)`, so it also
+//! reaps any other child of this process: memtrace starts no other.
+
+mod spawn;
+mod threads;
 
 use std::{
     ffi::OsString,
     io,
-    os::unix::process::CommandExt as _,
-    process::Command,
     sync::mpsc::{Receiver, Sender, TryRecvError, channel},
     thread,
+    time::Instant,
 };
 
 use nix::{
     errno::Errno,
-    sys::{
-        ptrace::{self, Options},
-        signal::Signal,
-        wait::{WaitPidFlag, WaitStatus, waitpid},
-    },
+    sys::{ptrace, signal::Signal},
     unistd::Pid,
 };
+
+use crate::proc::pid::{Identity, TargetError};
+use threads::{Deliveries, Process, Stop};
 
 /// Why a process could not be launched or attached to.
 #[derive(Debug, thiserror::Error)]
@@ -56,17 +66,20 @@ pub enum LaunchError {
         #[source]
         source: Errno,
     },
+    /// The pinned process is not the one the pid names any more.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error("starting the ptrace thread failed: {0}")]
     Thread(#[source] io::Error),
     #[error("the ptrace thread ended unexpectedly")]
     ThreadGone,
 }
 
-/// What the launched child did.
+/// What the traced process did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChildEvent {
-    /// Stopped at exit with its address space intact; call
-    /// [`Launched::resume_exit`] to let it finish.
+    /// Its last thread stopped at exit with the address space intact;
+    /// call [`Launched::resume_exit`] to let it finish.
     AtExit,
     /// Gone, with the exit code memtrace should pass on (128+N for signal N).
     Exited(i32),
@@ -74,45 +87,46 @@ pub enum ChildEvent {
     Lost,
 }
 
-/// A process memtrace drives with ptrace: launched (stopped after exec
-/// until [`Launched::start`]) or seized while running ([`seize`]).
+/// A process memtrace drives with ptrace: launched (stopped before its
+/// first instruction until [`Launched::start`]) or seized while running
+/// ([`seize`]).
 pub struct Launched {
     pub pid: u32,
     go: Sender<()>,
     events: Receiver<ChildEvent>,
+    deliveries: Deliveries,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// ptrace options of every tracee: stop at exit (address space intact)
-/// and report exec as an event, not a SIGTRAP.
-fn options() -> Options {
-    Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_TRACEEXEC
-}
-
-/// Spawn `argv` stopped right after exec. The child keeps memtrace's stdin,
-/// stdout and stderr.
+/// Start `argv` stopped before its first instruction. The child keeps
+/// memtrace's stdin, stdout, stderr and environment.
 pub fn launch(argv: &[OsString]) -> Result<Launched, LaunchError> {
     let (program, args) = argv.split_first().ok_or(LaunchError::NoCommand)?;
     let program = program.clone();
     let args = args.to_vec();
-    spawn_driver("memtrace-launch", move |pid_tx, go_rx, ev_tx| {
-        tracer_thread(program, args, pid_tx, go_rx, ev_tx)
-    })
+    spawn_driver(
+        "memtrace-launch",
+        move |pid_tx, go_rx, ev_tx, deliveries| {
+            tracer_thread(program, args, pid_tx, go_rx, ev_tx, deliveries)
+        },
+    )
 }
 
-/// Attach to running process `pid` with `PTRACE_SEIZE` (which does not stop
-/// it) so that it stops at exit with its address space intact. Only the
-/// main thread is attached; the process exits when its last thread does,
-/// and the main thread's exit stop holds the memory until then.
-pub fn seize(pid: u32) -> Result<Launched, LaunchError> {
-    spawn_driver("memtrace-seize", move |pid_tx, go_rx, ev_tx| {
-        let target = Pid::from_raw(pid as i32);
-        if let Err(source) = ptrace::seize(target, options()) {
-            let _ = pid_tx.send(Err(LaunchError::Attach { pid, source }));
-            return;
-        }
-        let _ = pid_tx.send(Ok(pid));
-        drive(target, &go_rx, &ev_tx, true);
+/// Attach to the running process `target` with `PTRACE_SEIZE` (which does
+/// not stop it), every thread of it, so that it stops at its exit with its
+/// address space intact. Fails with [`TargetError::Reused`] when the pid
+/// names another process by then.
+pub fn seize(target: Identity) -> Result<Launched, LaunchError> {
+    spawn_driver("memtrace-seize", move |pid_tx, go_rx, ev_tx, deliveries| {
+        let mut process = match Process::seize(&target) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = pid_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = pid_tx.send(Ok(target.pid));
+        process.drive(&go_rx, &ev_tx, &deliveries);
     })
 }
 
@@ -122,20 +136,23 @@ type PidReply = Sender<Result<u32, LaunchError>>;
 /// come from it) and wait for the pid it reports.
 fn spawn_driver(
     name: &str,
-    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>) + Send + 'static,
+    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>, Deliveries) + Send + 'static,
 ) -> Result<Launched, LaunchError> {
     let (pid_tx, pid_rx) = channel();
     let (go_tx, go_rx) = channel::<()>();
     let (ev_tx, ev_rx) = channel::<ChildEvent>();
+    let deliveries = Deliveries::default();
+    let shared = deliveries.clone();
     let thread = thread::Builder::new()
         .name(name.into())
-        .spawn(move || body(pid_tx, go_rx, ev_tx))
+        .spawn(move || body(pid_tx, go_rx, ev_tx, shared))
         .map_err(LaunchError::Thread)?;
     let pid = pid_rx.recv().map_err(|_| LaunchError::ThreadGone)??;
     Ok(Launched {
         pid,
         go: go_tx,
         events: ev_rx,
+        deliveries,
         thread: Some(thread),
     })
 }
@@ -161,6 +178,14 @@ impl Launched {
     pub fn resume_exit(&self) {
         let _ = self.go.send(());
     }
+
+    /// Whether signal `sig` was delivered to the process (to any thread)
+    /// at or after `since`.
+    pub fn delivered_since(&self, sig: i32, since: Instant) -> bool {
+        self.deliveries
+            .lock()
+            .is_ok_and(|d| d.get(&sig).is_some_and(|&at| at >= since))
+    }
 }
 
 impl Drop for Launched {
@@ -182,131 +207,67 @@ fn tracer_thread(
     pid_tx: PidReply,
     go: Receiver<()>,
     events: Sender<ChildEvent>,
+    deliveries: Deliveries,
 ) {
-    let name = program.to_string_lossy().into_owned();
-    let mut cmd = Command::new(&program);
-    cmd.args(&args);
-    // SAFETY: the hook runs in the forked child before exec and only makes
-    // the ptrace(PTRACE_TRACEME) system call, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| ptrace::traceme().map_err(io::Error::from));
-    }
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(source) => {
-            let _ = pid_tx.send(Err(LaunchError::Spawn {
-                program: name,
-                source,
-            }));
+    let pid = match start_child(&program, &args) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = pid_tx.send(Err(e));
             return;
         }
     };
-    let pid = Pid::from_raw(child.id() as i32);
-    // The exec stop (SIGTRAP) comes first.
-    match wait(pid) {
-        Ok(Wait::Exited(status)) => {
-            let _ = pid_tx.send(Err(LaunchError::ExitedEarly {
-                program: name,
-                status,
-            }));
-            return;
-        }
-        Ok(_) => {}
-        Err(source) => {
-            let _ = pid_tx.send(Err(LaunchError::Wait {
-                program: name,
-                source,
-            }));
-            return;
-        }
-    }
-    let _ = ptrace::setoptions(pid, options());
-    let _ = pid_tx.send(Ok(pid.as_raw() as u32));
+    let _ = pid_tx.send(Ok(pid as u32));
     if go.recv().is_err() {
-        let _ = ptrace::detach(pid, None);
+        let _ = threads::detach(pid);
         return;
     }
-    let _ = ptrace::cont(pid, None);
-    drive(pid, &go, &events, false);
+    let _ = threads::resume(pid, 0);
+    Process::launched(pid).drive(&go, &events, &deliveries);
 }
 
-/// Pass signals on, report the exit stop and wait for the caller before
-/// letting the tracee finish. `seized` tracees get group-stops, which must
-/// be left with PTRACE_LISTEN, not resumed.
-fn drive(pid: Pid, go: &Receiver<()>, events: &Sender<ChildEvent>, seized: bool) {
-    loop {
-        match wait(pid) {
-            Ok(Wait::Exited(code)) => {
-                let _ = events.send(ChildEvent::Exited(code));
-                return;
-            }
-            Ok(Wait::AtExit) => {
-                if events.send(ChildEvent::AtExit).is_err() {
-                    let _ = ptrace::detach(pid, None);
-                    return;
-                }
-                // Wait for the caller's report (or its disappearance).
-                let _ = go.recv();
-                let _ = ptrace::cont(pid, None);
-            }
-            Ok(Wait::GroupStop(_)) if seized => {
-                let _ = listen(pid);
-            }
-            Ok(Wait::GroupStop(sig)) | Ok(Wait::Signal(sig)) => {
-                let _ = ptrace::cont(pid, sig);
-            }
-            // exec and other ptrace event stops: not signals.
-            Ok(Wait::Event) => {
-                let _ = ptrace::cont(pid, None);
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// A state change of the tracee.
-enum Wait {
-    /// Gone, with the status to pass on.
-    Exited(i32),
-    /// The exit stop (`PTRACE_EVENT_EXIT`).
-    AtExit,
-    /// A group-stop of a seized tracee (`PTRACE_EVENT_STOP`).
-    GroupStop(Signal),
-    /// Another ptrace event stop (exec…).
-    Event,
-    /// A signal about to be delivered.
-    Signal(Signal),
-}
-
-fn wait(pid: Pid) -> Result<Wait, Errno> {
-    loop {
-        let status = match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-            Ok(s) => s,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        };
-        return Ok(match status {
-            WaitStatus::Exited(_, code) => Wait::Exited(code),
-            WaitStatus::Signaled(_, sig, _) => Wait::Exited(128 + sig as i32),
-            WaitStatus::PtraceEvent(_, _, event) if event == libc::PTRACE_EVENT_EXIT => {
-                Wait::AtExit
-            }
-            WaitStatus::PtraceEvent(_, sig, event) if event == libc::PTRACE_EVENT_STOP => {
-                Wait::GroupStop(sig)
-            }
-            WaitStatus::PtraceEvent(..) | WaitStatus::PtraceSyscall(_) => Wait::Event,
-            WaitStatus::Stopped(_, sig) => Wait::Signal(sig),
-            WaitStatus::Continued(_) | WaitStatus::StillAlive => continue,
+/// Fork the child, seize it, let it exec, and wait for the exec stop.
+fn start_child(program: &OsString, args: &[OsString]) -> Result<i32, LaunchError> {
+    let name = || program.to_string_lossy().into_owned();
+    let mut child = spawn::fork_waiting(program, args).map_err(|source| LaunchError::Spawn {
+        program: name(),
+        source,
+    })?;
+    let pid = Pid::from_raw(child.pid);
+    if let Err(source) = ptrace::seize(pid, threads::options()) {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = threads::wait(child.pid);
+        return Err(LaunchError::Attach {
+            pid: child.pid as u32,
+            source,
         });
     }
-}
-
-/// Leave a group-stop as ptrace wants it for seized tracees: stopped for
-/// the rest of the system, while we keep waiting for events. nix has no
-/// wrapper for `PTRACE_LISTEN`.
-fn listen(pid: Pid) -> Result<(), Errno> {
-    // SAFETY: a ptrace request without memory arguments on our tracee,
-    // which is in a ptrace stop.
-    let rc = unsafe { libc::ptrace(libc::PTRACE_LISTEN, pid.as_raw(), 0, 0) };
-    Errno::result(rc).map(drop)
+    child.release();
+    loop {
+        let stop = threads::wait(child.pid).map_err(|source| LaunchError::Wait {
+            program: name(),
+            source,
+        })?;
+        let _ = match stop {
+            Stop::Event { event, .. } if event == libc::PTRACE_EVENT_EXEC => return Ok(child.pid),
+            Stop::Exited { code, .. } => {
+                return Err(match child.exec_error() {
+                    Some(source) => LaunchError::Spawn {
+                        program: name(),
+                        source,
+                    },
+                    None => LaunchError::ExitedEarly {
+                        program: name(),
+                        status: code,
+                    },
+                });
+            }
+            Stop::Event { tid, event, sig }
+                if event == libc::PTRACE_EVENT_STOP && threads::is_group_stop(sig) =>
+            {
+                threads::listen(tid)
+            }
+            Stop::Event { tid, .. } => threads::resume(tid, 0),
+            Stop::Signal { tid, sig } => threads::resume(tid, sig),
+        };
+    }
 }

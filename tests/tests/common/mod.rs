@@ -159,6 +159,112 @@ pub fn run_launch(memtrace_args: &[&str], fixture: &str, fixture_args: &[&str]) 
     split_output(&stdout, stderr, status)
 }
 
+/// Read `stderr` until memtrace says which pid it traces; that pid and
+/// the lines read.
+fn read_until_tracing(err: &mut BufReader<std::process::ChildStderr>) -> (Option<u32>, String) {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        match err.read_line(&mut line) {
+            Ok(0) | Err(_) => return (None, seen),
+            Ok(_) => {}
+        }
+        seen.push_str(&line);
+        if let Some(rest) = line.split("tracing pid ").nth(1) {
+            let pid = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
+            return (pid, seen);
+        }
+    }
+}
+
+/// memtrace running in the background, past its `tracing pid` line.
+pub struct Background {
+    pub child: Child,
+    /// The pid memtrace said it traces.
+    pub target: u32,
+    stderr_head: String,
+    out: thread::JoinHandle<String>,
+    err: thread::JoinHandle<String>,
+}
+
+impl Background {
+    /// `memtrace ARGS -- CMD CMD_ARGS`, once CMD is traced.
+    pub fn launch(memtrace_args: &[&str], cmd: &str, cmd_args: &[&str]) -> Background {
+        require_root();
+        let mut child = Command::new(memtrace_bin())
+            .args(memtrace_args)
+            .arg("--")
+            .arg(cmd)
+            .args(cmd_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn memtrace");
+        let mut err = BufReader::new(child.stderr.take().expect("stderr piped"));
+        let (target, stderr_head) = read_until_tracing(&mut err);
+        let Some(target) = target else {
+            let _ = child.kill();
+            panic!("memtrace ended before tracing: {stderr_head}");
+        };
+        let err = thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            rest
+        });
+        let mut out = child.stdout.take().expect("stdout piped");
+        let out = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Background {
+            child,
+            target,
+            stderr_head,
+            out,
+            err,
+        }
+    }
+
+    /// Send `sig` to memtrace itself.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait at most `limit` for memtrace to end (a panic after killing it
+    /// otherwise); what it printed.
+    pub fn finish(mut self, limit: Duration) -> Run {
+        let status = wait_with_timeout(&mut self.child, limit);
+        let mut stderr = self.stderr_head;
+        stderr.push_str(&self.err.join().unwrap_or_default());
+        split_output(&self.out.join().unwrap_or_default(), stderr, status)
+    }
+}
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `t`, `Z`…), if
+/// the process exists.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Poll `cond` every few milliseconds for at most `limit`.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
 /// A fixture started with `--wait`, blocked until [`Waiting::go`].
 pub struct Waiting {
     pub child: Child,

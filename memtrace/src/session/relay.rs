@@ -1,0 +1,115 @@
+//! Signals sent to memtrace, passed on to a launched target the way strace
+//! and timeout do, so `kill memtrace` ends the traced command and memtrace
+//! still writes its report at the command's exit.
+//!
+//! - SIGTERM goes on at once.
+//! - SIGINT and SIGHUP usually reach the command already (a terminal sends
+//!   them to the whole foreground process group): after [`GRACE`], they go
+//!   on only if the command has not received one since. A second one
+//!   could force a program that is shutting down cleanly to quit.
+//! - Each is followed by SIGCONT, so a stopped command can act on it.
+//! - A second signal, or any signal in `--pid` mode, stops tracing at once.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use super::driver::{Notes, StopFlags};
+use crate::trace::launch::Launched;
+
+/// How long SIGINT and SIGHUP wait before being passed on.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// What was received and passed on so far.
+#[derive(Debug, Default)]
+pub struct Relay {
+    /// When memtrace first saw each signal (SIGINT, SIGTERM, SIGHUP).
+    seen: Vec<(i32, Instant)>,
+    /// Signals passed on (or found delivered already).
+    done: Vec<i32>,
+}
+
+impl Relay {
+    /// Pass on what needs passing; `true` when tracing must stop now.
+    /// `child`: the launched command, while memtrace still drives it.
+    pub fn stop_now(
+        &mut self,
+        stop: &StopFlags,
+        child: Option<&Launched>,
+        notes: &mut dyn Notes,
+    ) -> bool {
+        let received = stop.received_count();
+        if received == 0 {
+            return false;
+        }
+        let Some(child) = child else {
+            return true;
+        };
+        if received >= 2 {
+            return true;
+        }
+        let flags = [
+            (libc::SIGTERM, stop.terminated.load(Ordering::SeqCst)),
+            (libc::SIGINT, stop.interrupts.load(Ordering::SeqCst) > 0),
+            (libc::SIGHUP, stop.hung_up.load(Ordering::SeqCst)),
+        ];
+        for (sig, got) in flags {
+            if got {
+                self.pass_on(sig, child, notes);
+            }
+        }
+        false
+    }
+
+    fn pass_on(&mut self, sig: i32, child: &Launched, notes: &mut dyn Notes) {
+        if self.done.contains(&sig) {
+            return;
+        }
+        let seen = match self.seen.iter().find(|(s, _)| *s == sig) {
+            Some(&(_, at)) => at,
+            None => {
+                let now = Instant::now();
+                self.seen.push((sig, now));
+                now
+            }
+        };
+        if sig == libc::SIGTERM {
+            self.done.push(sig);
+            send(child.pid, sig);
+        } else if seen.elapsed() >= GRACE {
+            self.done.push(sig);
+            // The terminal's copy may have been delivered just before
+            // memtrace's own: look back one grace period too.
+            if child.delivered_since(sig, seen.checked_sub(GRACE).unwrap_or(seen)) {
+                return;
+            }
+            send(child.pid, sig);
+        } else {
+            return;
+        }
+        notes.note(&format!(
+            "passed {} on to pid {}; the report follows when it exits (signal memtrace again to stop at once)",
+            name(sig),
+            child.pid
+        ));
+    }
+}
+
+fn send(pid: u32, sig: i32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    // SAFETY: plain kill(2) calls on the launched child.
+    unsafe {
+        libc::kill(pid, sig);
+        libc::kill(pid, libc::SIGCONT);
+    }
+}
+
+fn name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "the signal",
+    }
+}
