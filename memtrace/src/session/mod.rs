@@ -206,7 +206,7 @@ impl Session {
         &mut self,
         pid: u32,
         opts: ReportOptions,
-    ) -> anyhow::Result<AttributedReport> {
+    ) -> Result<AttributedReport, crate::proc::ProcError> {
         let vmas = smaps::read_smaps(pid)?;
         let empty = Ledger::default();
         let Session {
