@@ -30,8 +30,12 @@ use memtrace_common::{RawEvent, counter};
 
 use event::Event;
 
-/// The compiled eBPF object, built by `build.rs`.
+/// The compiled eBPF object, built by `build.rs` (cargo feature `ebpf`).
+#[cfg(feature = "ebpf")]
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+/// Built without the `ebpf` feature: no programs ([`check_prerequisites`] says so).
+#[cfg(not(feature = "ebpf"))]
+static EBPF_OBJECT: &[u8] = &[];
 
 /// Syscalls traced, with their argument names as tracefs spells them (the
 /// order is the order of the arguments in the record).
@@ -131,6 +135,13 @@ pub struct Tracer {
 /// Check what tracing needs before touching the kernel, so failures read as
 /// one clear line.
 pub fn check_prerequisites() -> Result<(), TraceError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(TraceError::Kernel(
+            "this memtrace was built without its eBPF programs (cargo feature `ebpf` is \
+             off): rebuild it with default features to trace"
+                .into(),
+        ));
+    }
     if !cfg!(target_os = "linux") {
         return Err(TraceError::Kernel("eBPF tracing needs Linux".into()));
     }
