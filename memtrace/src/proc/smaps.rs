@@ -315,21 +315,14 @@ impl Vma {
 }
 
 /// Why smaps text could not be parsed: the 1-based line number and what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed smaps at line {line}: {reason}")]
 pub struct ParseError {
     /// 1-based line number.
     pub line: usize,
     /// What was wrong with the line.
     pub reason: &'static str,
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed smaps at line {}: {}", self.line, self.reason)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// Parse smaps text (or `smaps_rollup` text, which is one region) into VMAs.
 ///
@@ -370,24 +363,15 @@ pub fn parse_reader<R: Read>(mut reader: R) -> Result<Vec<Vma>, ReadError> {
 }
 
 /// An error from [`parse_reader`]: reading failed, or the text was malformed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The read itself failed.
+    #[error(transparent)]
     Io(io::Error),
     /// The text was malformed.
+    #[error(transparent)]
     Parse(ParseError),
 }
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::Io(e) => e.fmt(f),
-            ReadError::Parse(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ReadError {}
 
 /// Read and parse `/proc/PID/smaps`.
 ///
