@@ -1,9 +1,12 @@
 //! Builds the eBPF programs in `memtrace-ebpf` (with the nightly toolchain
 //! and bpf-linker, which `cargo xtask` installs) so the binary embeds them.
+//! Only with the `ebpf` feature (on by default): without it there is
+//! nothing to build, and neither nightly nor bpf-linker is needed.
 
-use anyhow::{Context as _, anyhow};
-
+#[cfg(feature = "ebpf")]
 fn main() -> anyhow::Result<()> {
+    use anyhow::{Context as _, anyhow};
+
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -29,4 +32,10 @@ fn main() -> anyhow::Result<()> {
         "building the eBPF programs failed; run `cargo xtask setup` to install \
          the nightly rust-src component and bpf-linker 0.10.4",
     )
+}
+
+#[cfg(not(feature = "ebpf"))]
+fn main() {
+    // Nothing to build; don't rerun on every change to the package.
+    println!("cargo::rerun-if-changed=build.rs");
 }

@@ -18,6 +18,11 @@
 //! - [`schema`]: the JSON output contract (version, address convention).
 //! - [`text`]: names from the target made safe for a terminal.
 //! - [`units`]: byte counts for humans.
+//!
+//! Cargo feature `ebpf` (default): build the eBPF programs (nightly and
+//! bpf-linker) and embed them for [`trace`]. Without it everything still
+//! builds with stable Rust, [`snapshot`] and [`serve`] work as usual, and
+//! loading the tracer fails with an error that says the programs are missing.
 
 pub mod attribution;
 pub mod proc;

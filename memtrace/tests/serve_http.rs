@@ -110,6 +110,6 @@ fn listen_address_policy() {
     let any: SocketAddr = "0.0.0.0:6060".parse().expect("addr");
     assert!(check_listen_addrs(&[lo, lo6], false).is_ok());
     let err = check_listen_addrs(&[any], false).expect_err("refused");
-    assert!(err.contains("--allow-remote"));
+    assert!(err.to_string().contains("--allow-remote"));
     assert!(check_listen_addrs(&[any], true).is_ok());
 }

@@ -41,7 +41,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Run every test: unit, fixture and eBPF integration tests (needs root).
+    /// Run every test: unit, fixture and eBPF integration tests (needs root),
+    /// after checking that the library builds without the `ebpf` feature.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(last = true)]
@@ -154,6 +155,16 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the test suite loads eBPF programs and traces processes: run it as root");
     }
+    // Without the `ebpf` feature the library (proc, snapshot, serve) must
+    // still build, with neither nightly nor bpf-linker.
+    run_checked(cargo().args([
+        "check",
+        "--quiet",
+        "-p",
+        "memtrace",
+        "--no-default-features",
+        "--lib",
+    ]))?;
     run_checked(
         cargo()
             .args(["test", "--workspace", "--no-fail-fast"])

@@ -39,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?
         .collect();
-    serve::check_listen_addrs(&addrs, args.allow_remote).map_err(anyhow::Error::msg)?;
+    serve::check_listen_addrs(&addrs, args.allow_remote)?;
     // Fail now, not on the first request, if the process cannot be read.
     snapshot::capture(args.pid)?;
     let tracing = if args.trace {

@@ -111,140 +111,183 @@ impl VmFlags {
     }
 }
 
-/// Bit index of a known two-letter mnemonic (a `match` compiles to jump
-/// tables; a linear search of [`KNOWN_VM_FLAGS`] per word was measurable).
+/// Bit index (plus one; 0 for none) of each two-lowercase-letter word,
+/// at `(first - b'a') * 26 + (second - b'a')`, built from
+/// [`KNOWN_VM_FLAGS`]. A table lookup per word: a linear search of
+/// [`KNOWN_VM_FLAGS`] per word was measurable.
+const FLAG_TABLE: [u8; 26 * 26] = {
+    assert!(KNOWN_VM_FLAGS.len() <= 64, "VmFlags::bits has 64 bits");
+    let mut table = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < KNOWN_VM_FLAGS.len() {
+        let f = KNOWN_VM_FLAGS[i].as_bytes();
+        assert!(
+            f.len() == 2 && f[0].is_ascii_lowercase() && f[1].is_ascii_lowercase(),
+            "a known VmFlags mnemonic is two lowercase letters"
+        );
+        let at = (f[0] - b'a') as usize * 26 + (f[1] - b'a') as usize;
+        assert!(table[at] == 0, "KNOWN_VM_FLAGS lists a mnemonic twice");
+        table[at] = i as u8 + 1;
+        i += 1;
+    }
+    table
+};
+
+/// Bit index of a known two-letter mnemonic.
 fn flag_index(word: &[u8]) -> Option<u32> {
     let [a, b] = *word else {
         return None;
     };
-    match (a, b) {
-        (b'r', b'd') => Some(0),
-        (b'w', b'r') => Some(1),
-        (b'e', b'x') => Some(2),
-        (b's', b'h') => Some(3),
-        (b'm', b'r') => Some(4),
-        (b'm', b'w') => Some(5),
-        (b'm', b'e') => Some(6),
-        (b'm', b's') => Some(7),
-        (b'g', b'd') => Some(8),
-        (b'p', b'f') => Some(9),
-        (b'd', b'w') => Some(10),
-        (b'l', b'o') => Some(11),
-        (b'i', b'o') => Some(12),
-        (b's', b'r') => Some(13),
-        (b'r', b'r') => Some(14),
-        (b'd', b'c') => Some(15),
-        (b'd', b'e') => Some(16),
-        (b'a', b'c') => Some(17),
-        (b'n', b'r') => Some(18),
-        (b'h', b't') => Some(19),
-        (b's', b'f') => Some(20),
-        (b'n', b'l') => Some(21),
-        (b'a', b'r') => Some(22),
-        (b'w', b'f') => Some(23),
-        (b'd', b'd') => Some(24),
-        (b's', b'd') => Some(25),
-        (b'm', b'm') => Some(26),
-        (b'h', b'g') => Some(27),
-        (b'n', b'h') => Some(28),
-        (b'm', b'g') => Some(29),
-        (b'u', b'm') => Some(30),
-        (b'u', b'w') => Some(31),
-        (b's', b's') => Some(32),
-        (b's', b'l') => Some(33),
-        (b'l', b'f') => Some(34),
-        (b'b', b't') => Some(35),
-        (b'm', b't') => Some(36),
-        (b'u', b'i') => Some(37),
-        (b'd', b'p') => Some(38),
-        (b'g', b'u') => Some(39),
-        (b'm', b'p') => Some(40),
-        _ => None,
+    if !a.is_ascii_lowercase() || !b.is_ascii_lowercase() {
+        return None;
     }
+    let entry = FLAG_TABLE[usize::from(a - b'a') * 26 + usize::from(b - b'a')];
+    entry.checked_sub(1).map(u32::from)
 }
 
-/// One mapping (VMA) from `/proc/PID/smaps`. All sizes are in bytes.
-///
-/// Size fields that a kernel does not print (older kernels lack e.g.
-/// `Pss_Dirty` or `SwapPss`) are 0. `Pss_Anon`, `Pss_File` and `Pss_Shmem`
-/// only appear in `smaps_rollup`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Vma {
-    /// First address of the mapping.
-    pub start: u64,
-    /// One past the last address of the mapping.
-    pub end: u64,
-    /// Access permissions.
-    pub perms: Perms,
-    /// Offset into the mapped file (or the page offset for anonymous memory).
-    pub offset: u64,
-    /// Major number of the device holding the mapped file (0 if none).
-    pub dev_major: u32,
-    /// Minor number of the device holding the mapped file.
-    pub dev_minor: u32,
-    /// Inode of the mapped file (0 for anonymous memory).
-    pub inode: u64,
-    /// The raw pathname field, including a trailing `" (deleted)"`;
-    /// `""` for unnamed anonymous memory. May contain spaces.
-    pub name: String,
-    /// Whether the name ends in `" (deleted)"` (file unlinked, memfd, SysV shm).
-    pub deleted: bool,
-    /// `Size`: virtual size.
-    pub size: u64,
-    /// `KernelPageSize`.
-    pub kernel_page_size: u64,
-    /// `MMUPageSize`.
-    pub mmu_page_size: u64,
-    /// `Rss`: resident set size.
-    pub rss: u64,
-    /// `Pss`: proportional set size (shared pages divided among sharers).
-    pub pss: u64,
-    /// `Pss_Dirty`.
-    pub pss_dirty: u64,
-    /// `Pss_Anon` (rollup only).
-    pub pss_anon: u64,
-    /// `Pss_File` (rollup only).
-    pub pss_file: u64,
-    /// `Pss_Shmem` (rollup only).
-    pub pss_shmem: u64,
-    /// `Shared_Clean`.
-    pub shared_clean: u64,
-    /// `Shared_Dirty`.
-    pub shared_dirty: u64,
-    /// `Private_Clean`.
-    pub private_clean: u64,
-    /// `Private_Dirty`.
-    pub private_dirty: u64,
-    /// `Referenced`.
-    pub referenced: u64,
-    /// `Anonymous`: resident anonymous pages (including copy-on-write copies of file pages).
-    pub anonymous: u64,
-    /// `KSM`: pages merged by kernel same-page merging.
-    pub ksm: u64,
-    /// `LazyFree`: pages freed with `MADV_FREE` but not yet reclaimed.
-    pub lazy_free: u64,
-    /// `AnonHugePages`: anonymous transparent huge pages.
-    pub anon_huge_pages: u64,
-    /// `ShmemPmdMapped`: shmem huge pages.
-    pub shmem_pmd_mapped: u64,
-    /// `FilePmdMapped`: file huge pages.
-    pub file_pmd_mapped: u64,
-    /// `Shared_Hugetlb`: hugetlbfs pages shared with other processes (not in `Rss`).
-    pub shared_hugetlb: u64,
-    /// `Private_Hugetlb`: private hugetlbfs pages (not in `Rss`).
-    pub private_hugetlb: u64,
-    /// `Swap`: swapped-out anonymous memory.
-    pub swap: u64,
-    /// `SwapPss`: proportional share of `Swap`.
-    pub swap_pss: u64,
-    /// `Locked`: `mlock`ed memory.
-    pub locked: u64,
-    /// `THPeligible`: whether transparent huge pages may back this mapping.
-    pub thp_eligible: bool,
-    /// `ProtectionKey` (x86 memory protection keys).
-    pub protection_key: u32,
-    /// `VmFlags`.
-    pub vm_flags: VmFlags,
+/// Defines [`Vma`] and, from the same list of size fields, everything the
+/// parser needs to know about them ([`SizeField`]): each size field is
+/// written once, as `field: "Key"` with its doc, in the order the kernel
+/// prints them (the parser predicts each line's key from the previous one).
+macro_rules! vma_and_size_fields {
+    (
+        $(#[$meta:meta])*
+        pub struct Vma {
+            $( $(#[$head_meta:meta])* pub $head:ident: $head_ty:ty, )*
+            size_fields {
+                $( $(#[$size_meta:meta])* $size:ident: $key:literal, )*
+            }
+            $( $(#[$tail_meta:meta])* pub $tail:ident: $tail_ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct Vma {
+            $( $(#[$head_meta])* pub $head: $head_ty, )*
+            $( $(#[$size_meta])* pub $size: u64, )*
+            $( $(#[$tail_meta])* pub $tail: $tail_ty, )*
+        }
+
+        /// A size field of [`Vma`] (a `Key:   N kB` line).
+        #[expect(non_camel_case_types, reason = "named after the Vma field")]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        enum SizeField {
+            $( $size, )*
+        }
+
+        impl SizeField {
+            /// Number of size fields.
+            const COUNT: usize = [$($key),*].len();
+            /// Every size field, in kernel order.
+            const ALL: [SizeField; SizeField::COUNT] = [$(SizeField::$size),*];
+            /// The keys as smaps prints them, in kernel order.
+            const KEYS: [&'static str; SizeField::COUNT] = [$($key),*];
+
+            /// The field in `vma`.
+            #[inline]
+            fn slot(self, vma: &mut Vma) -> &mut u64 {
+                match self {
+                    $( SizeField::$size => &mut vma.$size, )*
+                }
+            }
+
+            /// The size field of a key packed with [`pack`].
+            #[inline]
+            fn from_packed(key: u128) -> Option<SizeField> {
+                match key {
+                    $( k if k == const { pack($key.as_bytes()) } => Some(SizeField::$size), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+vma_and_size_fields! {
+    /// One mapping (VMA) from `/proc/PID/smaps`. All sizes are in bytes.
+    ///
+    /// Size fields that a kernel does not print (older kernels lack e.g.
+    /// `Pss_Dirty` or `SwapPss`) are 0. `Pss_Anon`, `Pss_File` and `Pss_Shmem`
+    /// only appear in `smaps_rollup`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct Vma {
+        /// First address of the mapping.
+        pub start: u64,
+        /// One past the last address of the mapping.
+        pub end: u64,
+        /// Access permissions.
+        pub perms: Perms,
+        /// Offset into the mapped file (or the page offset for anonymous memory).
+        pub offset: u64,
+        /// Major number of the device holding the mapped file (0 if none).
+        pub dev_major: u32,
+        /// Minor number of the device holding the mapped file.
+        pub dev_minor: u32,
+        /// Inode of the mapped file (0 for anonymous memory).
+        pub inode: u64,
+        /// The raw pathname field, including a trailing `" (deleted)"`;
+        /// `""` for unnamed anonymous memory. May contain spaces.
+        pub name: String,
+        /// Whether the name ends in `" (deleted)"` (file unlinked, memfd, SysV shm).
+        pub deleted: bool,
+        size_fields {
+            /// `Size`: virtual size.
+            size: "Size",
+            /// `KernelPageSize`.
+            kernel_page_size: "KernelPageSize",
+            /// `MMUPageSize`.
+            mmu_page_size: "MMUPageSize",
+            /// `Rss`: resident set size.
+            rss: "Rss",
+            /// `Pss`: proportional set size (shared pages divided among sharers).
+            pss: "Pss",
+            /// `Pss_Dirty`.
+            pss_dirty: "Pss_Dirty",
+            /// `Pss_Anon` (rollup only).
+            pss_anon: "Pss_Anon",
+            /// `Pss_File` (rollup only).
+            pss_file: "Pss_File",
+            /// `Pss_Shmem` (rollup only).
+            pss_shmem: "Pss_Shmem",
+            /// `Shared_Clean`.
+            shared_clean: "Shared_Clean",
+            /// `Shared_Dirty`.
+            shared_dirty: "Shared_Dirty",
+            /// `Private_Clean`.
+            private_clean: "Private_Clean",
+            /// `Private_Dirty`.
+            private_dirty: "Private_Dirty",
+            /// `Referenced`.
+            referenced: "Referenced",
+            /// `Anonymous`: resident anonymous pages (including copy-on-write copies of file pages).
+            anonymous: "Anonymous",
+            /// `KSM`: pages merged by kernel same-page merging.
+            ksm: "KSM",
+            /// `LazyFree`: pages freed with `MADV_FREE` but not yet reclaimed.
+            lazy_free: "LazyFree",
+            /// `AnonHugePages`: anonymous transparent huge pages.
+            anon_huge_pages: "AnonHugePages",
+            /// `ShmemPmdMapped`: shmem huge pages.
+            shmem_pmd_mapped: "ShmemPmdMapped",
+            /// `FilePmdMapped`: file huge pages.
+            file_pmd_mapped: "FilePmdMapped",
+            /// `Shared_Hugetlb`: hugetlbfs pages shared with other processes (not in `Rss`).
+            shared_hugetlb: "Shared_Hugetlb",
+            /// `Private_Hugetlb`: private hugetlbfs pages (not in `Rss`).
+            private_hugetlb: "Private_Hugetlb",
+            /// `Swap`: swapped-out anonymous memory.
+            swap: "Swap",
+            /// `SwapPss`: proportional share of `Swap`.
+            swap_pss: "SwapPss",
+            /// `Locked`: `mlock`ed memory.
+            locked: "Locked",
+        }
+        /// `THPeligible`: whether transparent huge pages may back this mapping.
+        pub thp_eligible: bool,
+        /// `ProtectionKey` (x86 memory protection keys).
+        pub protection_key: u32,
+        /// `VmFlags`.
+        pub vm_flags: VmFlags,
+    }
 }
 
 /// The suffix the kernel appends to the name of an unlinked file.
@@ -281,21 +324,14 @@ impl Vma {
 }
 
 /// Why smaps text could not be parsed: the 1-based line number and what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed smaps at line {line}: {reason}")]
 pub struct ParseError {
     /// 1-based line number.
     pub line: usize,
     /// What was wrong with the line.
     pub reason: &'static str,
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed smaps at line {}: {}", self.line, self.reason)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 /// Parse smaps text (or `smaps_rollup` text, which is one region) into VMAs.
 ///
@@ -336,24 +372,15 @@ pub fn parse_reader<R: Read>(mut reader: R) -> Result<Vec<Vma>, ReadError> {
 }
 
 /// An error from [`parse_reader`]: reading failed, or the text was malformed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The read itself failed.
+    #[error(transparent)]
     Io(io::Error),
     /// The text was malformed.
+    #[error(transparent)]
     Parse(ParseError),
 }
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::Io(e) => e.fmt(f),
-            ReadError::Parse(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ReadError {}
 
 /// Read and parse `/proc/PID/smaps`.
 ///
@@ -550,7 +577,7 @@ impl Parser {
             return None;
         }
         let vma = self.vmas.last_mut()?;
-        *label_slot(vma, index)? = n * 1024;
+        *SizeField::ALL.get(index)?.slot(vma) = n * 1024;
         self.next_label = index + 1;
         Some(start + 28)
     }
@@ -577,7 +604,7 @@ impl Parser {
             key |= u128::from(b) << (8 * (i - start));
             i += 1;
         }
-        let slot = size_slot(vma, key)?;
+        let slot = SizeField::from_packed(key)?.slot(vma);
         i += 1;
         // The kernel pads values to a column with spaces: skip 8 at a time.
         while let Some(chunk) = s.get(i..i + 8) {
@@ -743,165 +770,59 @@ const fn pack(key: &[u8]) -> u128 {
     k
 }
 
-/// The `u64` a packed size-field key (`Rss`, `Swap`, …) is stored in.
-fn size_slot(vma: &mut Vma, key: u128) -> Option<&mut u64> {
-    Some(match key {
-        k if k == pack(b"Size") => &mut vma.size,
-        k if k == pack(b"KernelPageSize") => &mut vma.kernel_page_size,
-        k if k == pack(b"MMUPageSize") => &mut vma.mmu_page_size,
-        k if k == pack(b"Rss") => &mut vma.rss,
-        k if k == pack(b"Pss") => &mut vma.pss,
-        k if k == pack(b"Pss_Dirty") => &mut vma.pss_dirty,
-        k if k == pack(b"Pss_Anon") => &mut vma.pss_anon,
-        k if k == pack(b"Pss_File") => &mut vma.pss_file,
-        k if k == pack(b"Pss_Shmem") => &mut vma.pss_shmem,
-        k if k == pack(b"Shared_Clean") => &mut vma.shared_clean,
-        k if k == pack(b"Shared_Dirty") => &mut vma.shared_dirty,
-        k if k == pack(b"Private_Clean") => &mut vma.private_clean,
-        k if k == pack(b"Private_Dirty") => &mut vma.private_dirty,
-        k if k == pack(b"Referenced") => &mut vma.referenced,
-        k if k == pack(b"Anonymous") => &mut vma.anonymous,
-        k if k == pack(b"KSM") => &mut vma.ksm,
-        k if k == pack(b"LazyFree") => &mut vma.lazy_free,
-        k if k == pack(b"AnonHugePages") => &mut vma.anon_huge_pages,
-        k if k == pack(b"ShmemPmdMapped") => &mut vma.shmem_pmd_mapped,
-        k if k == pack(b"FilePmdMapped") => &mut vma.file_pmd_mapped,
-        k if k == pack(b"Shared_Hugetlb") => &mut vma.shared_hugetlb,
-        k if k == pack(b"Private_Hugetlb") => &mut vma.private_hugetlb,
-        k if k == pack(b"Swap") => &mut vma.swap,
-        k if k == pack(b"SwapPss") => &mut vma.swap_pss,
-        k if k == pack(b"Locked") => &mut vma.locked,
-        _ => return None,
-    })
-}
-
-/// Number of size fields with a fixed-layout fast path.
-const LABELS_LEN: usize = 25;
-
 /// `Key:` padded with spaces to 16 bytes, as the kernel prints size fields
-/// (`SEQ_PUT_DEC("Rss:            ", …)`), packed into integers. Kernel
-/// order, so the next line's label can be predicted.
-const LABELS: [u128; LABELS_LEN] = [
-    label(b"Size:"),
-    label(b"KernelPageSize:"),
-    label(b"MMUPageSize:"),
-    label(b"Rss:"),
-    label(b"Pss:"),
-    label(b"Pss_Dirty:"),
-    label(b"Pss_Anon:"),
-    label(b"Pss_File:"),
-    label(b"Pss_Shmem:"),
-    label(b"Shared_Clean:"),
-    label(b"Shared_Dirty:"),
-    label(b"Private_Clean:"),
-    label(b"Private_Dirty:"),
-    label(b"Referenced:"),
-    label(b"Anonymous:"),
-    label(b"KSM:"),
-    label(b"LazyFree:"),
-    label(b"AnonHugePages:"),
-    label(b"ShmemPmdMapped:"),
-    label(b"FilePmdMapped:"),
-    label(b"Shared_Hugetlb:"),
-    label(b"Private_Hugetlb:"),
-    label(b"Swap:"),
-    label(b"SwapPss:"),
-    label(b"Locked:"),
-];
+/// (`SEQ_PUT_DEC("Rss:            ", …)`), packed into integers, in
+/// [`SizeField::ALL`] (kernel) order, so the next line's label can be
+/// predicted.
+const LABELS: [u128; SizeField::COUNT] = {
+    let mut labels = [0; SizeField::COUNT];
+    let mut i = 0;
+    while i < SizeField::COUNT {
+        labels[i] = label(SizeField::KEYS[i].as_bytes());
+        i += 1;
+    }
+    labels
+};
 
+/// `key` and a colon, padded with spaces to 16 bytes, packed.
 const fn label(key: &[u8]) -> u128 {
+    assert!(key.len() < 16, "a size field's key fits its 16-byte label");
     let mut padded = [b' '; 16];
     let mut i = 0;
-    while i < key.len() && i < 16 {
+    while i < key.len() {
         padded[i] = key[i];
         i += 1;
     }
+    padded[key.len()] = b':';
     u128::from_le_bytes(padded)
-}
-
-/// The field for `LABELS[index]`.
-fn label_slot(vma: &mut Vma, index: usize) -> Option<&mut u64> {
-    Some(match index {
-        0 => &mut vma.size,
-        1 => &mut vma.kernel_page_size,
-        2 => &mut vma.mmu_page_size,
-        3 => &mut vma.rss,
-        4 => &mut vma.pss,
-        5 => &mut vma.pss_dirty,
-        6 => &mut vma.pss_anon,
-        7 => &mut vma.pss_file,
-        8 => &mut vma.pss_shmem,
-        9 => &mut vma.shared_clean,
-        10 => &mut vma.shared_dirty,
-        11 => &mut vma.private_clean,
-        12 => &mut vma.private_dirty,
-        13 => &mut vma.referenced,
-        14 => &mut vma.anonymous,
-        15 => &mut vma.ksm,
-        16 => &mut vma.lazy_free,
-        17 => &mut vma.anon_huge_pages,
-        18 => &mut vma.shmem_pmd_mapped,
-        19 => &mut vma.file_pmd_mapped,
-        20 => &mut vma.shared_hugetlb,
-        21 => &mut vma.private_hugetlb,
-        22 => &mut vma.swap,
-        23 => &mut vma.swap_pss,
-        24 => &mut vma.locked,
-        _ => return None,
-    })
 }
 
 /// Apply one `Key: value` field line to `vma`.
 fn field(vma: &mut Vma, key: &[u8], value: &[u8]) -> Result<(), &'static str> {
-    let slot = match key {
-        b"Size" => &mut vma.size,
-        b"KernelPageSize" => &mut vma.kernel_page_size,
-        b"MMUPageSize" => &mut vma.mmu_page_size,
-        b"Rss" => &mut vma.rss,
-        b"Pss" => &mut vma.pss,
-        b"Pss_Dirty" => &mut vma.pss_dirty,
-        b"Pss_Anon" => &mut vma.pss_anon,
-        b"Pss_File" => &mut vma.pss_file,
-        b"Pss_Shmem" => &mut vma.pss_shmem,
-        b"Shared_Clean" => &mut vma.shared_clean,
-        b"Shared_Dirty" => &mut vma.shared_dirty,
-        b"Private_Clean" => &mut vma.private_clean,
-        b"Private_Dirty" => &mut vma.private_dirty,
-        b"Referenced" => &mut vma.referenced,
-        b"Anonymous" => &mut vma.anonymous,
-        b"KSM" => &mut vma.ksm,
-        b"LazyFree" => &mut vma.lazy_free,
-        b"AnonHugePages" => &mut vma.anon_huge_pages,
-        b"ShmemPmdMapped" => &mut vma.shmem_pmd_mapped,
-        b"FilePmdMapped" => &mut vma.file_pmd_mapped,
-        b"Shared_Hugetlb" => &mut vma.shared_hugetlb,
-        b"Private_Hugetlb" => &mut vma.private_hugetlb,
-        b"Swap" => &mut vma.swap,
-        b"SwapPss" => &mut vma.swap_pss,
-        b"Locked" => &mut vma.locked,
+    match key {
         b"THPeligible" => {
             vma.thp_eligible = number(value).ok_or("bad THPeligible value")?.0 != 0;
-            return Ok(());
         }
         b"ProtectionKey" => {
             let n = number(value).ok_or("bad ProtectionKey value")?.0;
             vma.protection_key = u32::try_from(n).map_err(|_| "bad ProtectionKey value")?;
-            return Ok(());
         }
-        b"VmFlags" => {
-            vma.vm_flags = VmFlags::parse(value);
-            return Ok(());
+        b"VmFlags" => vma.vm_flags = VmFlags::parse(value),
+        // Longer keys would not pack into a u128; no size field is that long.
+        _ if key.len() <= 16 => {
+            // A field from a newer kernel: skip it rather than fail.
+            let Some(f) = SizeField::from_packed(pack(key)) else {
+                return Ok(());
+            };
+            let (n, rest) = number(value).ok_or("bad size value")?;
+            *f.slot(vma) = match trim_ascii(rest) {
+                b"kB" => n.saturating_mul(1024),
+                b"" | b"B" => n,
+                _ => return Err("unknown size unit"),
+            };
         }
-        // A field from a newer kernel: skip it rather than fail.
-        _ => return Ok(()),
-    };
-    let (n, rest) = number(value).ok_or("bad size value")?;
-    let rest = trim_ascii(rest);
-    *slot = match rest {
-        b"kB" => n.saturating_mul(1024),
-        b"" | b"B" => n,
-        _ => return Err("unknown size unit"),
-    };
+        _ => {}
+    }
     Ok(())
 }
 
@@ -1008,6 +929,41 @@ mod tests {
             let line = format!("1000-2000 {s} 0 00:00 0\n");
             let v = parse(line.as_bytes()).expect("parses");
             assert_eq!(v[0].perms.as_str(), s);
+        }
+    }
+
+    /// Every size field reaches its `Vma` field on each of the three
+    /// paths: the fixed 28-byte layout, the fast scanner, and the general
+    /// `Key: value` parser.
+    #[test]
+    fn every_size_field_on_every_path() {
+        let mut fixed = String::from("1000-2000 rw-p 0 00:00 0\n");
+        let mut fast = fixed.clone();
+        let mut general = fixed.clone();
+        for (i, key) in SizeField::KEYS.iter().enumerate() {
+            let n = i + 1;
+            fixed.push_str(&format!("{:<16}{n:>8} kB\n", format!("{key}:")));
+            fast.push_str(&format!("{key}: {n} kB\n"));
+            general.push_str(&format!("{key}:\t{n} B\n"));
+        }
+        for (text, unit) in [(fixed, 1024), (fast, 1024), (general, 1)] {
+            let mut v = parse(text.as_bytes()).expect("parses");
+            for (i, f) in SizeField::ALL.into_iter().enumerate() {
+                let key = SizeField::KEYS[i];
+                assert_eq!(*f.slot(&mut v[0]), (i as u64 + 1) * unit, "{key} in {text}");
+                assert_eq!(SizeField::from_packed(pack(key.as_bytes())), Some(f));
+            }
+        }
+        assert_eq!(SizeField::from_packed(pack(b"THPeligible")), None);
+    }
+
+    #[test]
+    fn flag_table_matches_the_list() {
+        for (i, f) in KNOWN_VM_FLAGS.iter().enumerate() {
+            assert_eq!(flag_index(f.as_bytes()), Some(i as u32), "{f}");
+        }
+        for word in ["zz", "r", "rdx", "R1", "{}", "", "`a"] {
+            assert_eq!(flag_index(word.as_bytes()), None, "{word}");
         }
     }
 

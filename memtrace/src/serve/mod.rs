@@ -11,8 +11,14 @@
 //! To serve the report about the current process from inside a tokio
 //! service, merge [`router`]`(std::process::id())` into your own router.
 //! To add routes that need the same state, start from [`routes`].
+//!
+//! Errors: a request that fails is a [`ServeError`], whose variant picks
+//! the HTTP status ([`ServeError::status`]) and whose `Display` is the
+//! one-line response body. Setting up (listen address, tracing) fails with
+//! a [`StartError`].
 
 use std::net::SocketAddr;
+use std::{io, sync::mpsc, time::Duration};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -20,19 +26,148 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use std::{sync::mpsc, time::Duration};
-
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
 use crate::proc::ProcError;
 use crate::session::{Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
 use crate::snapshot::{self, Snapshot};
-use crate::trace::TracerOptions;
+use crate::trace::{TraceError, TracerOptions};
 
 /// Largest `top` served; larger values (up to [`MAX_TOP_ACCEPTED`]) are capped to this.
 pub const MAX_TOP: usize = 10_000;
 /// `top` values above this are rejected with 400 as nonsense.
 pub const MAX_TOP_ACCEPTED: u64 = 1_000_000;
+
+/// Why a request failed. The variant picks the HTTP status
+/// ([`ServeError::status`]); `Display` is the one-line response body.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A query parameter has a value the endpoint cannot use (400).
+    #[error("invalid {key}={value:?}: expected {expected}")]
+    BadQuery {
+        /// The parameter.
+        key: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+    /// `top` on the snapshot endpoints is not a whole number from 0 to
+    /// [`MAX_TOP_ACCEPTED`] (400).
+    #[error(
+        "invalid top={value:?}: expected a whole number from 0 to {max} (values above {cap} \
+         are capped)",
+        max = MAX_TOP_ACCEPTED,
+        cap = MAX_TOP
+    )]
+    BadTop {
+        /// Its value, as given.
+        value: String,
+    },
+    /// A numeric query parameter is above its limit (400).
+    #[error("{key}={value} is too large (at most {max})")]
+    TooLarge {
+        /// The parameter.
+        key: &'static str,
+        /// Its value.
+        value: u64,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// A query parameter the endpoint does not take (400).
+    #[error("unknown parameter {key:?}: expected {expected}")]
+    UnknownParameter {
+        /// The parameter.
+        key: String,
+        /// The parameters the endpoint takes.
+        expected: &'static str,
+    },
+    /// No such endpoint (404).
+    #[error("not found: try /debug/memory, /debug/memory.json or /debug/memory/attributed")]
+    NotFound,
+    /// An attributed report was asked for, but the server is not tracing (404).
+    #[error("attribution needs tracing: start with `memtrace serve --pid N --trace` (as root)")]
+    TracingOff,
+    /// The process could not be read: 410 if it is gone, 403 if not
+    /// allowed, 422 for a kernel thread, 501 without procfs, else 500.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// The tracing session is gone (500).
+    #[error("the tracing session has ended")]
+    TracingEnded,
+    /// The tracing session did not answer in time (500).
+    #[error("the tracing session did not answer")]
+    TracingTimeout,
+    /// The blocking task building the answer failed (500).
+    #[error("{what} failed: {source}")]
+    Task {
+        /// What the task was doing (`capture`, `report`).
+        what: &'static str,
+        /// Why it failed (it panicked or was cancelled).
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl ServeError {
+    /// The HTTP status of the response for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServeError::BadQuery { .. }
+            | ServeError::BadTop { .. }
+            | ServeError::TooLarge { .. }
+            | ServeError::UnknownParameter { .. } => StatusCode::BAD_REQUEST,
+            ServeError::NotFound | ServeError::TracingOff => StatusCode::NOT_FOUND,
+            ServeError::Proc(e) => status_for(e),
+            ServeError::TracingEnded | ServeError::TracingTimeout | ServeError::Task { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for ServeError {
+    fn into_response(self) -> Response {
+        plain(self.status(), self.to_string())
+    }
+}
+
+/// HTTP status for a failure to read the process.
+pub fn status_for(e: &ProcError) -> StatusCode {
+    match e {
+        ProcError::NoSuchProcess { .. } => StatusCode::GONE,
+        ProcError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+        ProcError::KernelThread { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ProcError::NoProcfs => StatusCode::NOT_IMPLEMENTED,
+        ProcError::Io { .. } | ProcError::Parse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Why the server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address resolved to no socket address.
+    #[error("the listen address resolved to nothing")]
+    NoListenAddress,
+    /// A non-loopback listen address without `allow_remote`.
+    #[error(
+        "refusing to listen on non-loopback address {addr}: the report reveals the process's \
+         address-space layout; pass --allow-remote if you really want that"
+    )]
+    RemoteRefused {
+        /// The first non-loopback address.
+        addr: SocketAddr,
+    },
+    /// Tracing could not start.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    /// The thread that owns the tracing session could not be started.
+    #[error("starting the tracing thread: {0}")]
+    Thread(#[source] io::Error),
+    /// The thread that owns the tracing session ended before it was ready.
+    #[error("the tracing thread ended before it started")]
+    ThreadEnded,
+}
 
 /// Shared state of the HTTP handlers. Extend it (and [`routes`]) for new endpoints.
 #[derive(Debug, Clone)]
@@ -44,30 +179,33 @@ pub struct ServeState {
     pub tracing: Option<TracingHandle>,
 }
 
+/// Where the tracing thread sends one attributed report.
+type ReportReply = mpsc::Sender<Result<AttributedReport, ProcError>>;
+
 /// Asks the thread that owns a tracing [`Session`] for attributed reports.
 #[derive(Debug, Clone)]
 pub struct TracingHandle {
-    requests: mpsc::Sender<mpsc::Sender<Result<AttributedReport, String>>>,
+    requests: mpsc::Sender<ReportReply>,
 }
 
 impl TracingHandle {
     /// Load the tracer, trace `pid` and keep its ledger current on a
     /// thread of its own until the handle (and every clone) is dropped.
-    pub fn start(pid: u32) -> anyhow::Result<TracingHandle> {
-        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
-        let (req_tx, req_rx) = mpsc::channel::<mpsc::Sender<Result<AttributedReport, String>>>();
+    pub fn start(pid: u32) -> Result<TracingHandle, StartError> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TraceError>>();
+        let (req_tx, req_rx) = mpsc::channel::<ReportReply>();
         std::thread::Builder::new()
             .name("memtrace-session".into())
             .spawn(move || {
                 let mut session = match Session::new(&TracerOptions::default()) {
                     Ok(s) => s,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.into()));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
                 if let Err(e) = session.add_pid(pid) {
-                    let _ = ready_tx.send(Err(e.into()));
+                    let _ = ready_tx.send(Err(e));
                     return;
                 }
                 let _ = ready_tx.send(Ok(()));
@@ -78,10 +216,7 @@ impl TracingHandle {
                             Ok(reply) => {
                                 session.drain();
                                 let opts = ReportOptions { ranges: false };
-                                let report = session
-                                    .attributed_report(pid, opts)
-                                    .map_err(|e| format!("{e:#}"));
-                                let _ = reply.send(report);
+                                let _ = reply.send(session.attributed_report(pid, opts));
                             }
                             Err(mpsc::TryRecvError::Empty) => break,
                             // Every handle is gone: stop tracing.
@@ -89,21 +224,21 @@ impl TracingHandle {
                         }
                     }
                 }
-            })?;
-        ready_rx
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the tracing thread ended before it started"))??;
+            })
+            .map_err(StartError::Thread)?;
+        ready_rx.recv().map_err(|_| StartError::ThreadEnded)??;
         Ok(TracingHandle { requests: req_tx })
     }
 
     /// The attributed report now (blocking).
-    pub fn report(&self) -> Result<AttributedReport, String> {
+    pub fn report(&self) -> Result<AttributedReport, ServeError> {
         let (tx, rx) = mpsc::channel();
         self.requests
             .send(tx)
-            .map_err(|_| "the tracing session has ended".to_owned())?;
-        rx.recv_timeout(Duration::from_secs(60))
-            .map_err(|_| "the tracing session did not answer".to_owned())?
+            .map_err(|_| ServeError::TracingEnded)?;
+        Ok(rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| ServeError::TracingTimeout)??)
     }
 }
 
@@ -131,25 +266,22 @@ pub async fn serve(listener: tokio::net::TcpListener, pid: u32) -> std::io::Resu
 
 /// Refuse to listen on anything but loopback unless `allow_remote`: the
 /// report reveals the address-space layout (which defeats ASLR).
-pub fn check_listen_addrs(addrs: &[SocketAddr], allow_remote: bool) -> Result<(), String> {
+pub fn check_listen_addrs(addrs: &[SocketAddr], allow_remote: bool) -> Result<(), StartError> {
     if addrs.is_empty() {
-        return Err("the listen address resolved to nothing".to_owned());
+        return Err(StartError::NoListenAddress);
     }
     if allow_remote {
         return Ok(());
     }
     match addrs.iter().find(|a| !a.ip().is_loopback()) {
-        Some(a) => Err(format!(
-            "refusing to listen on non-loopback address {a}: the report reveals the process's \
-             address-space layout; pass --allow-remote if you really want that"
-        )),
+        Some(&addr) => Err(StartError::RemoteRefused { addr }),
         None => Ok(()),
     }
 }
 
 /// Parse the query parameters (`top`, `all`, `bytes`) into report options.
-/// The error is a one-line reason for a 400 response.
-pub fn parse_query(params: &[(String, String)]) -> Result<Options, String> {
+/// The error is a [`ServeError::BadQuery`] (a 400 response).
+pub fn parse_query(params: &[(String, String)]) -> Result<Options, ServeError> {
     let mut opts = Options::default();
     for (key, value) in params {
         match key.as_str() {
@@ -158,11 +290,8 @@ pub fn parse_query(params: &[(String, String)]) -> Result<Options, String> {
                     .parse()
                     .ok()
                     .filter(|n| *n <= MAX_TOP_ACCEPTED)
-                    .ok_or_else(|| {
-                        format!(
-                            "invalid top={value:?}: expected a whole number from 0 to \
-                             {MAX_TOP_ACCEPTED} (values above {MAX_TOP} are capped)"
-                        )
+                    .ok_or_else(|| ServeError::BadTop {
+                        value: value.clone(),
                     })?;
                 opts.top = usize::try_from(n).unwrap_or(MAX_TOP).min(MAX_TOP);
             }
@@ -175,76 +304,75 @@ pub fn parse_query(params: &[(String, String)]) -> Result<Options, String> {
     Ok(opts)
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
+fn parse_bool(key: &'static str, value: &str) -> Result<bool, ServeError> {
     match value {
         "" | "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" => Ok(false),
-        _ => Err(format!("invalid {key}={value:?}: expected 1 or 0")),
+        _ => Err(ServeError::BadQuery {
+            key,
+            value: value.to_owned(),
+            expected: "1 or 0",
+        }),
     }
 }
 
 async fn capture_for(
     state: &ServeState,
     params: &[(String, String)],
-) -> Result<(Snapshot, Options), Response> {
-    let opts = parse_query(params).map_err(|reason| plain(StatusCode::BAD_REQUEST, reason))?;
+) -> Result<(Snapshot, Options), ServeError> {
+    let opts = parse_query(params)?;
     let pid = state.pid;
     let snapshot = tokio::task::spawn_blocking(move || snapshot::capture(pid))
         .await
-        .map_err(|e| {
-            plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("capture failed: {e}"),
-            )
-        })?
-        .map_err(|e| plain(status_for(&e), e.to_string()))?;
+        .map_err(|source| ServeError::Task {
+            what: "capture",
+            source,
+        })??;
     Ok((snapshot, opts))
 }
 
 async fn memory_text(
     State(state): State<ServeState>,
     Query(params): Query<Vec<(String, String)>>,
-) -> Response {
-    match capture_for(&state, &params).await {
-        Ok((snapshot, opts)) => plain(StatusCode::OK, report::render_text(&snapshot, &opts)),
-        Err(resp) => resp,
-    }
+) -> Result<Response, ServeError> {
+    let (snapshot, opts) = capture_for(&state, &params).await?;
+    Ok(plain(StatusCode::OK, report::render_text(&snapshot, &opts)))
 }
 
 async fn memory_json(
     State(state): State<ServeState>,
     Query(params): Query<Vec<(String, String)>>,
-) -> Response {
-    match capture_for(&state, &params).await {
-        Ok((snapshot, opts)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            report::render_json(&snapshot, &opts),
-        )
-            .into_response(),
-        Err(resp) => resp,
-    }
+) -> Result<Response, ServeError> {
+    let (snapshot, opts) = capture_for(&state, &params).await?;
+    Ok(json(report::render_json(&snapshot, &opts)))
 }
 
 /// `?top=N` for the attributed report (default 20; 0 = all).
-fn attributed_top(params: &[(String, String)]) -> Result<usize, String> {
+fn attributed_top(params: &[(String, String)]) -> Result<usize, ServeError> {
     let mut top = 20;
     for (k, v) in params {
         match k.as_str() {
             "top" => {
-                let n: u64 = v
-                    .parse()
-                    .map_err(|_| format!("invalid top={v:?}: expected a whole number"))?;
+                let n: u64 = v.parse().map_err(|_| ServeError::BadQuery {
+                    key: "top",
+                    value: v.clone(),
+                    expected: "a whole number",
+                })?;
                 if n > MAX_TOP_ACCEPTED {
-                    return Err(format!("top={n} is too large (at most {MAX_TOP_ACCEPTED})"));
+                    return Err(ServeError::TooLarge {
+                        key: "top",
+                        value: n,
+                        max: MAX_TOP_ACCEPTED,
+                    });
                 }
                 top = (n as usize).min(MAX_TOP);
             }
             "verbose" => {}
             other => {
-                return Err(format!(
-                    "unknown parameter {other:?}: expected top or verbose"
-                ));
+                return Err(ServeError::UnknownParameter {
+                    key: other.to_owned(),
+                    expected: "top or verbose",
+                });
             }
         }
     }
@@ -254,76 +382,39 @@ fn attributed_top(params: &[(String, String)]) -> Result<usize, String> {
 async fn attributed_for(
     state: &ServeState,
     params: &[(String, String)],
-) -> Result<(AttributedReport, usize, bool), Response> {
-    let top = attributed_top(params).map_err(|reason| plain(StatusCode::BAD_REQUEST, reason))?;
+) -> Result<(AttributedReport, usize, bool), ServeError> {
+    let top = attributed_top(params)?;
     let verbose = params.iter().any(|(k, v)| k == "verbose" && v != "0");
-    let Some(tracing) = state.tracing.clone() else {
-        return Err(plain(
-            StatusCode::NOT_FOUND,
-            "attribution needs tracing: start with `memtrace serve --pid N --trace` (as root)"
-                .to_owned(),
-        ));
-    };
+    let tracing = state.tracing.clone().ok_or(ServeError::TracingOff)?;
     let report = tokio::task::spawn_blocking(move || tracing.report())
         .await
-        .map_err(|e| {
-            plain(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("report failed: {e}"),
-            )
-        })?
-        .map_err(|e| {
-            let status = if e.contains("no process") || e.contains("exited") {
-                StatusCode::GONE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            plain(status, e)
-        })?;
+        .map_err(|source| ServeError::Task {
+            what: "report",
+            source,
+        })??;
     Ok((report, top, verbose))
 }
 
 async fn attributed_text(
     State(state): State<ServeState>,
     Query(params): Query<Vec<(String, String)>>,
-) -> Response {
-    match attributed_for(&state, &params).await {
-        Ok((report, top, verbose)) => plain(StatusCode::OK, report.text(verbose, top)),
-        Err(resp) => resp,
-    }
+) -> Result<Response, ServeError> {
+    let (report, top, verbose) = attributed_for(&state, &params).await?;
+    Ok(plain(StatusCode::OK, report.text(verbose, top)))
 }
 
 async fn attributed_json(
     State(state): State<ServeState>,
     Query(params): Query<Vec<(String, String)>>,
-) -> Response {
-    match attributed_for(&state, &params).await {
-        Ok((report, top, _)) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            TraceLine::Report(ReportLine::new(&report, top)).to_json(),
-        )
-            .into_response(),
-        Err(resp) => resp,
-    }
+) -> Result<Response, ServeError> {
+    let (report, top, _) = attributed_for(&state, &params).await?;
+    Ok(json(
+        TraceLine::Report(ReportLine::new(&report, top)).to_json(),
+    ))
 }
 
-async fn not_found() -> Response {
-    plain(
-        StatusCode::NOT_FOUND,
-        "not found: try /debug/memory, /debug/memory.json or /debug/memory/attributed".to_owned(),
-    )
-}
-
-/// HTTP status for a capture failure.
-pub fn status_for(e: &ProcError) -> StatusCode {
-    match e {
-        ProcError::NoSuchProcess { .. } => StatusCode::GONE,
-        ProcError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-        ProcError::KernelThread { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        ProcError::NoProcfs => StatusCode::NOT_IMPLEMENTED,
-        ProcError::Io { .. } | ProcError::Parse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+async fn not_found() -> ServeError {
+    ServeError::NotFound
 }
 
 fn plain(status: StatusCode, mut body: String) -> Response {
@@ -336,4 +427,108 @@ fn plain(status: StatusCode, mut body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+fn json(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(q: &[(&str, &str)]) -> Vec<(String, String)> {
+        q.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn bad_queries_are_400_with_a_one_line_reason() {
+        let cases: [(Result<(), ServeError>, &str); 6] = [
+            (
+                parse_query(&params(&[("top", "abc")])).map(drop),
+                "invalid top=\"abc\": expected a whole number from 0 to 1000000 (values above \
+                 10000 are capped)",
+            ),
+            (
+                parse_query(&params(&[("all", "maybe")])).map(drop),
+                "invalid all=\"maybe\": expected 1 or 0",
+            ),
+            (
+                attributed_top(&params(&[("top", "-1")])).map(drop),
+                "invalid top=\"-1\": expected a whole number",
+            ),
+            (
+                attributed_top(&params(&[("top", "99999999999")])).map(drop),
+                "top=99999999999 is too large (at most 1000000)",
+            ),
+            (
+                attributed_top(&params(&[("color", "blue")])).map(drop),
+                "unknown parameter \"color\": expected top or verbose",
+            ),
+            (
+                parse_query(&params(&[("bytes", "2")])).map(drop),
+                "invalid bytes=\"2\": expected 1 or 0",
+            ),
+        ];
+        for (result, message) in cases {
+            let e = result.expect_err(message);
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
+            assert_eq!(e.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn status_comes_from_the_variant() {
+        let proc = |e: ProcError| ServeError::from(e).status();
+        assert_eq!(proc(ProcError::NoSuchProcess { pid: 1 }), StatusCode::GONE);
+        assert_eq!(
+            proc(ProcError::PermissionDenied {
+                pid: 1,
+                path: "/proc/1/smaps".into()
+            }),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            proc(ProcError::KernelThread { pid: 2 }),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            proc(ProcError::Io {
+                path: "/proc/1/smaps".into(),
+                source: io::Error::other("no process exited"),
+            }),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the message text does not matter"
+        );
+        assert_eq!(ServeError::NotFound.status(), StatusCode::NOT_FOUND);
+        assert_eq!(ServeError::TracingOff.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ServeError::TracingEnded.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            ServeError::TracingTimeout.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn listen_policy_errors_are_typed() {
+        let any: SocketAddr = "0.0.0.0:6060".parse().expect("addr");
+        assert!(matches!(
+            check_listen_addrs(&[any], false),
+            Err(StartError::RemoteRefused { addr }) if addr == any
+        ));
+        assert!(matches!(
+            check_listen_addrs(&[], true),
+            Err(StartError::NoListenAddress)
+        ));
+    }
 }

@@ -37,143 +37,106 @@ pub mod report;
 
 use classify::{Category, Classifier, anon_name};
 
-/// Sums of the memory fields over a set of VMAs (a category, a named
-/// region, or the whole process). All sizes in bytes.
-///
-/// Serialized as-is in the JSON report (`totals`, and flattened into each
-/// `categories` / `named_regions` entry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
-    /// Number of VMAs summed (0 for a rollup).
-    pub vma_count: u64,
-    /// Virtual size (`Size`). 0 for a rollup, which does not report it.
-    pub virtual_bytes: u64,
-    /// Resident set size (`Rss`).
-    pub rss_bytes: u64,
-    /// Proportional set size (`Pss`).
-    pub pss_bytes: u64,
-    /// Dirty part of PSS (`Pss_Dirty`, kernel 6.0+).
-    pub pss_dirty_bytes: u64,
-    /// Unique set size: `Private_Clean + Private_Dirty`.
-    pub private_bytes: u64,
-    /// `Private_Clean`.
-    pub private_clean_bytes: u64,
-    /// `Private_Dirty`.
-    pub private_dirty_bytes: u64,
-    /// Resident pages also mapped by other processes: `Shared_Clean + Shared_Dirty`.
-    pub shared_bytes: u64,
-    /// `Shared_Clean`.
-    pub shared_clean_bytes: u64,
-    /// `Shared_Dirty`.
-    pub shared_dirty_bytes: u64,
-    /// `Referenced`: pages recently accessed.
-    pub referenced_bytes: u64,
-    /// Resident anonymous pages (`Anonymous`).
-    pub anonymous_bytes: u64,
-    /// Resident pages that are not anonymous: page cache and shmem
-    /// (`Rss - Anonymous`).
-    pub file_backed_bytes: u64,
-    /// `KSM`.
-    pub ksm_bytes: u64,
-    /// `LazyFree`.
-    pub lazy_free_bytes: u64,
-    /// All huge pages: `AnonHugePages + ShmemPmdMapped + FilePmdMapped +
-    /// Shared_Hugetlb + Private_Hugetlb`.
-    pub huge_pages_bytes: u64,
-    /// `AnonHugePages`: anonymous transparent huge pages (included in RSS).
-    pub anon_huge_pages_bytes: u64,
-    /// `ShmemPmdMapped`.
-    pub shmem_pmd_mapped_bytes: u64,
-    /// `FilePmdMapped`.
-    pub file_pmd_mapped_bytes: u64,
-    /// `Shared_Hugetlb` (hugetlbfs; not included in RSS).
-    pub shared_hugetlb_bytes: u64,
-    /// `Private_Hugetlb` (hugetlbfs; not included in RSS).
-    pub private_hugetlb_bytes: u64,
-    /// Swapped-out memory (`Swap`).
-    pub swap_bytes: u64,
-    /// Proportional swap (`SwapPss`).
-    pub swap_pss_bytes: u64,
-    /// `mlock`ed memory (`Locked`).
-    pub locked_bytes: u64,
+/// Defines [`Totals`] with [`Totals::add`] and [`Totals::merge`] from one
+/// list: each field once, with its doc and what one VMA adds to it.
+macro_rules! totals {
+    (
+        $(#[$meta:meta])*
+        pub struct Totals {
+            $( $(#[$field_meta:meta])* pub $field:ident: u64 = |$v:pat_param| $per_vma:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct Totals {
+            $( $(#[$field_meta])* pub $field: u64, )*
+        }
+
+        impl Totals {
+            /// Add one VMA. Saturating, so absurd input cannot overflow.
+            pub fn add(&mut self, vma: &Vma) {
+                $(
+                    let $v: &Vma = vma;
+                    self.$field = self.$field.saturating_add($per_vma);
+                )*
+            }
+
+            /// Add another total (for summing categories).
+            pub fn merge(&mut self, o: &Totals) {
+                $( self.$field = self.$field.saturating_add(o.$field); )*
+            }
+        }
+    };
 }
 
-impl Totals {
-    /// Add one VMA. Saturating, so absurd input cannot overflow.
-    pub fn add(&mut self, v: &Vma) {
-        fn acc(a: &mut u64, b: u64) {
-            *a = a.saturating_add(b);
-        }
-        acc(&mut self.vma_count, 1);
-        acc(&mut self.virtual_bytes, v.size);
-        acc(&mut self.rss_bytes, v.rss);
-        acc(&mut self.pss_bytes, v.pss);
-        acc(&mut self.pss_dirty_bytes, v.pss_dirty);
-        acc(&mut self.private_bytes, v.private());
-        acc(&mut self.private_clean_bytes, v.private_clean);
-        acc(&mut self.private_dirty_bytes, v.private_dirty);
-        acc(&mut self.shared_bytes, v.shared());
-        acc(&mut self.shared_clean_bytes, v.shared_clean);
-        acc(&mut self.shared_dirty_bytes, v.shared_dirty);
-        acc(&mut self.referenced_bytes, v.referenced);
-        acc(&mut self.anonymous_bytes, v.anonymous);
-        acc(
-            &mut self.file_backed_bytes,
-            v.rss.saturating_sub(v.anonymous),
-        );
-        acc(&mut self.ksm_bytes, v.ksm);
-        acc(&mut self.lazy_free_bytes, v.lazy_free);
-        let huge = v
+totals! {
+    /// Sums of the memory fields over a set of VMAs (a category, a named
+    /// region, or the whole process). All sizes in bytes.
+    ///
+    /// Serialized as-is in the JSON report (`totals`, and flattened into each
+    /// `categories` / `named_regions` entry).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+    pub struct Totals {
+        /// Number of VMAs summed (0 for a rollup).
+        pub vma_count: u64 = |_| 1,
+        /// Virtual size (`Size`). 0 for a rollup, which does not report it.
+        pub virtual_bytes: u64 = |v| v.size,
+        /// Resident set size (`Rss`).
+        pub rss_bytes: u64 = |v| v.rss,
+        /// Proportional set size (`Pss`).
+        pub pss_bytes: u64 = |v| v.pss,
+        /// Dirty part of PSS (`Pss_Dirty`, kernel 6.0+).
+        pub pss_dirty_bytes: u64 = |v| v.pss_dirty,
+        /// Unique set size: `Private_Clean + Private_Dirty`.
+        pub private_bytes: u64 = |v| v.private(),
+        /// `Private_Clean`.
+        pub private_clean_bytes: u64 = |v| v.private_clean,
+        /// `Private_Dirty`.
+        pub private_dirty_bytes: u64 = |v| v.private_dirty,
+        /// Resident pages also mapped by other processes: `Shared_Clean + Shared_Dirty`.
+        pub shared_bytes: u64 = |v| v.shared(),
+        /// `Shared_Clean`.
+        pub shared_clean_bytes: u64 = |v| v.shared_clean,
+        /// `Shared_Dirty`.
+        pub shared_dirty_bytes: u64 = |v| v.shared_dirty,
+        /// `Referenced`: pages recently accessed.
+        pub referenced_bytes: u64 = |v| v.referenced,
+        /// Resident anonymous pages (`Anonymous`).
+        pub anonymous_bytes: u64 = |v| v.anonymous,
+        /// Resident pages that are not anonymous: page cache and shmem
+        /// (`Rss - Anonymous`).
+        pub file_backed_bytes: u64 = |v| v.rss.saturating_sub(v.anonymous),
+        /// `KSM`.
+        pub ksm_bytes: u64 = |v| v.ksm,
+        /// `LazyFree`.
+        pub lazy_free_bytes: u64 = |v| v.lazy_free,
+        /// All huge pages: `AnonHugePages + ShmemPmdMapped + FilePmdMapped +
+        /// Shared_Hugetlb + Private_Hugetlb`.
+        pub huge_pages_bytes: u64 = |v| v
             .anon_huge_pages
             .saturating_add(v.shmem_pmd_mapped)
             .saturating_add(v.file_pmd_mapped)
             .saturating_add(v.shared_hugetlb)
-            .saturating_add(v.private_hugetlb);
-        acc(&mut self.huge_pages_bytes, huge);
-        acc(&mut self.anon_huge_pages_bytes, v.anon_huge_pages);
-        acc(&mut self.shmem_pmd_mapped_bytes, v.shmem_pmd_mapped);
-        acc(&mut self.file_pmd_mapped_bytes, v.file_pmd_mapped);
-        acc(&mut self.shared_hugetlb_bytes, v.shared_hugetlb);
-        acc(&mut self.private_hugetlb_bytes, v.private_hugetlb);
-        acc(&mut self.swap_bytes, v.swap);
-        acc(&mut self.swap_pss_bytes, v.swap_pss);
-        acc(&mut self.locked_bytes, v.locked);
+            .saturating_add(v.private_hugetlb),
+        /// `AnonHugePages`: anonymous transparent huge pages (included in RSS).
+        pub anon_huge_pages_bytes: u64 = |v| v.anon_huge_pages,
+        /// `ShmemPmdMapped`.
+        pub shmem_pmd_mapped_bytes: u64 = |v| v.shmem_pmd_mapped,
+        /// `FilePmdMapped`.
+        pub file_pmd_mapped_bytes: u64 = |v| v.file_pmd_mapped,
+        /// `Shared_Hugetlb` (hugetlbfs; not included in RSS).
+        pub shared_hugetlb_bytes: u64 = |v| v.shared_hugetlb,
+        /// `Private_Hugetlb` (hugetlbfs; not included in RSS).
+        pub private_hugetlb_bytes: u64 = |v| v.private_hugetlb,
+        /// Swapped-out memory (`Swap`).
+        pub swap_bytes: u64 = |v| v.swap,
+        /// Proportional swap (`SwapPss`).
+        pub swap_pss_bytes: u64 = |v| v.swap_pss,
+        /// `mlock`ed memory (`Locked`).
+        pub locked_bytes: u64 = |v| v.locked,
     }
+}
 
-    /// Add another total (for summing categories).
-    pub fn merge(&mut self, o: &Totals) {
-        let mut pairs = [
-            (&mut self.vma_count, o.vma_count),
-            (&mut self.virtual_bytes, o.virtual_bytes),
-            (&mut self.rss_bytes, o.rss_bytes),
-            (&mut self.pss_bytes, o.pss_bytes),
-            (&mut self.pss_dirty_bytes, o.pss_dirty_bytes),
-            (&mut self.private_bytes, o.private_bytes),
-            (&mut self.private_clean_bytes, o.private_clean_bytes),
-            (&mut self.private_dirty_bytes, o.private_dirty_bytes),
-            (&mut self.shared_bytes, o.shared_bytes),
-            (&mut self.shared_clean_bytes, o.shared_clean_bytes),
-            (&mut self.shared_dirty_bytes, o.shared_dirty_bytes),
-            (&mut self.referenced_bytes, o.referenced_bytes),
-            (&mut self.anonymous_bytes, o.anonymous_bytes),
-            (&mut self.file_backed_bytes, o.file_backed_bytes),
-            (&mut self.ksm_bytes, o.ksm_bytes),
-            (&mut self.lazy_free_bytes, o.lazy_free_bytes),
-            (&mut self.huge_pages_bytes, o.huge_pages_bytes),
-            (&mut self.anon_huge_pages_bytes, o.anon_huge_pages_bytes),
-            (&mut self.shmem_pmd_mapped_bytes, o.shmem_pmd_mapped_bytes),
-            (&mut self.file_pmd_mapped_bytes, o.file_pmd_mapped_bytes),
-            (&mut self.shared_hugetlb_bytes, o.shared_hugetlb_bytes),
-            (&mut self.private_hugetlb_bytes, o.private_hugetlb_bytes),
-            (&mut self.swap_bytes, o.swap_bytes),
-            (&mut self.swap_pss_bytes, o.swap_pss_bytes),
-            (&mut self.locked_bytes, o.locked_bytes),
-        ];
-        for (a, b) in pairs.iter_mut() {
-            **a = a.saturating_add(*b);
-        }
-    }
-
+impl Totals {
     /// Sum of `vmas`.
     pub fn of<'a>(vmas: impl IntoIterator<Item = &'a Vma>) -> Totals {
         let mut t = Totals::default();

@@ -37,8 +37,12 @@ use memtrace_common::{
 
 use event::Event;
 
-/// The compiled eBPF object, built by `build.rs`.
+/// The compiled eBPF object, built by `build.rs` (cargo feature `ebpf`).
+#[cfg(feature = "ebpf")]
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memtrace"));
+/// Built without the `ebpf` feature: no programs ([`check_prerequisites`] says so).
+#[cfg(not(feature = "ebpf"))]
+static EBPF_OBJECT: &[u8] = &[];
 
 /// Appended to every [`TraceError`] message: the rest of memtrace works
 /// without eBPF.
@@ -50,6 +54,12 @@ const SNAPSHOT_HINT: &str = "(`memtrace snapshot` still works without eBPF)";
 /// `{:#}` of `anyhow` prints after the line.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    /// This build has no eBPF object (cargo feature `ebpf` off).
+    #[error(
+        "this memtrace was built without its eBPF programs (cargo feature `ebpf` is off): \
+         rebuild it with default features to trace {SNAPSHOT_HINT}"
+    )]
+    NoEbpfObject,
     /// Not Linux: there is no eBPF to load.
     #[error("eBPF tracing needs Linux {SNAPSHOT_HINT}")]
     NotLinux,
@@ -227,6 +237,9 @@ pub struct Tracer {
 /// Check what tracing needs before touching the kernel, so failures read as
 /// one clear line.
 pub fn check_prerequisites() -> Result<(), TraceError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(TraceError::NoEbpfObject);
+    }
     if !cfg!(target_os = "linux") {
         return Err(TraceError::NotLinux);
     }
