@@ -113,3 +113,64 @@ fn listen_address_policy() {
     assert!(err.to_string().contains("--allow-remote"));
     assert!(check_listen_addrs(&[any], true).is_ok());
 }
+
+#[test]
+fn idle_and_half_open_connections_cannot_starve_the_server() {
+    use std::time::{Duration, Instant};
+    let limits = memtrace::serve::Limits {
+        max_connections: 64,
+        header_timeout: Duration::from_millis(500),
+        max_connection_time: Duration::from_secs(5),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr"))
+                .expect("send addr");
+            let app = memtrace::serve::router(std::process::id());
+            memtrace::serve::serve_with(listener, app, limits, std::future::pending())
+                .await
+                .expect("serve");
+        });
+    });
+    let addr = rx.recv().expect("server address");
+    // 300 clients that connect and never finish a request: half of them
+    // silent, half stuck in the middle of their headers.
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        if i % 2 == 0 {
+            s.write_all(b"GET /debug/memory HTTP/1.1\r\nHost: x\r\n")
+                .expect("partial header");
+        }
+        idle.push(s);
+    }
+    let t = Instant::now();
+    let (status, _) = get(addr, "/debug/memory?top=1");
+    let waited = t.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        waited < Duration::from_secs(4),
+        "a real request waited {waited:?} behind 300 stalled connections"
+    );
+    // The stalled connections are closed by the server.
+    let s = &mut idle[0];
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 256];
+    let n = s
+        .read(&mut buf)
+        .unwrap_or_else(|e| panic!("a stalled connection was still open after 5 s ({e})"));
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || reply.starts_with("HTTP/1.1 408"),
+        "a stalled connection is closed, got {reply:?}"
+    );
+}

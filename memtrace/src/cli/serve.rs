@@ -66,12 +66,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             pid: args.pid,
             tracing,
         };
-        axum::serve(listener, serve::routes().with_state(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("HTTP server failed")?;
+        let app = serve::routes().with_state(state);
+        serve::serve_with(listener, app, serve::Limits::default(), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("HTTP server failed")?;
         Ok(ExitCode::SUCCESS)
     })
 }

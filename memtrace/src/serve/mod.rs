@@ -258,10 +258,86 @@ pub fn router(pid: u32) -> Router {
     routes().with_state(ServeState { pid, tracing: None })
 }
 
-/// Serve [`router`]`(pid)` on `listener` until the future is dropped or
-/// the listener fails.
+/// Serve [`router`]`(pid)` on `listener` with the default [`Limits`] until
+/// the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, pid: u32) -> std::io::Result<()> {
-    axum::serve(listener, router(pid)).await
+    serve_with(
+        listener,
+        router(pid),
+        Limits::default(),
+        std::future::pending(),
+    )
+    .await
+}
+
+/// What one client may hold of the server: a few hundred idle or
+/// half-open connections (a slowloris) must not starve it.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this (idle and half-open
+    /// connections are closed after it).
+    pub header_timeout: Duration,
+    /// No connection lives longer than this, keep-alive or not.
+    pub max_connection_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            max_connection_time: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Serve `app` on `listener` within `limits` until `shutdown` completes.
+/// Accept errors (e.g. out of file descriptors) pause accepting briefly
+/// instead of ending the server.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                // The semaphore is never closed.
+                Err(_) => return Ok(()),
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.max_connection_time, conn).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Refuse to listen on anything but loopback unless `allow_remote`: the
