@@ -6,6 +6,11 @@ use std::process::Command;
 
 /// Start the server for `pid` on an ephemeral loopback port.
 fn start(pid: u32) -> SocketAddr {
+    start_with(pid, memtrace::serve::Limits::default())
+}
+
+/// The same with connection limits of the test's choosing.
+fn start_with(pid: u32, limits: memtrace::serve::Limits) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -18,7 +23,10 @@ fn start(pid: u32) -> SocketAddr {
                 .expect("bind");
             tx.send(listener.local_addr().expect("addr"))
                 .expect("send addr");
-            memtrace::serve::serve(listener, pid).await.expect("serve");
+            let app = memtrace::serve::router(pid);
+            memtrace::serve::serve_with(listener, app, limits, std::future::pending())
+                .await
+                .expect("serve");
         });
     });
     rx.recv().expect("server address")
@@ -122,25 +130,7 @@ fn idle_and_half_open_connections_cannot_starve_the_server() {
         header_timeout: Duration::from_millis(500),
         max_connection_time: Duration::from_secs(5),
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(listener.local_addr().expect("addr"))
-                .expect("send addr");
-            let app = memtrace::serve::router(std::process::id());
-            memtrace::serve::serve_with(listener, app, limits, std::future::pending())
-                .await
-                .expect("serve");
-        });
-    });
-    let addr = rx.recv().expect("server address");
+    let addr = start_with(std::process::id(), limits);
     // 300 clients that connect and never finish a request: half of them
     // silent, half stuck in the middle of their headers.
     let mut idle = Vec::new();
