@@ -6,13 +6,11 @@
 
 use std::{
     io::{self, Write},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
     time::{Duration, Instant},
 };
 
+pub use super::output::Notes;
+pub use super::relay::StopFlags;
 use super::{Session, output::Output, relay::Relay};
 use crate::{
     attribution::report::{AttributedReport, ReportOptions},
@@ -51,41 +49,6 @@ pub struct DriveOptions {
 /// Default of [`DriveOptions::exit_hold`].
 pub const DEFAULT_EXIT_HOLD: Duration = Duration::from_secs(2);
 
-/// Requests to stop, set from signal handlers.
-#[derive(Clone, Debug, Default)]
-pub struct StopFlags {
-    /// Ctrl-C (SIGINT) count.
-    pub interrupts: Arc<AtomicU32>,
-    /// SIGTERM received.
-    pub terminated: Arc<AtomicBool>,
-    /// SIGHUP received.
-    pub hung_up: Arc<AtomicBool>,
-    /// SIGINT, SIGTERM and SIGHUP received, all together.
-    pub received: Arc<AtomicU32>,
-}
-
-impl StopFlags {
-    /// Note that signal `sig` (SIGINT, SIGTERM or SIGHUP) arrived.
-    pub fn record(&self, sig: i32) {
-        match sig {
-            libc::SIGINT => drop(self.interrupts.fetch_add(1, Ordering::SeqCst)),
-            libc::SIGTERM => self.terminated.store(true, Ordering::SeqCst),
-            libc::SIGHUP => self.hung_up.store(true, Ordering::SeqCst),
-            _ => return,
-        }
-        self.received.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// How many stop signals arrived (also when the flags were set
-    /// directly rather than through [`StopFlags::record`]).
-    pub fn received_count(&self) -> u32 {
-        let flagged = self.interrupts.load(Ordering::SeqCst)
-            + u32::from(self.terminated.load(Ordering::SeqCst))
-            + u32::from(self.hung_up.load(Ordering::SeqCst));
-        self.received.load(Ordering::SeqCst).max(flagged)
-    }
-}
-
 /// How a trace ended.
 #[derive(Debug)]
 pub struct Outcome {
@@ -96,17 +59,6 @@ pub struct Outcome {
     /// The output was closed (`memtrace … | head`): tracing ended there,
     /// without a report or summary.
     pub output_closed: bool,
-}
-
-/// Warnings for the user (stderr in the CLI).
-pub trait Notes {
-    fn note(&mut self, message: &str);
-}
-
-impl<F: FnMut(&str)> Notes for F {
-    fn note(&mut self, message: &str) {
-        self(message)
-    }
 }
 
 /// Trace `target` until it exits, a stop is requested, or the duration

@@ -57,6 +57,17 @@ impl TraceLine<'_> {
     }
 }
 
+/// Warnings for the user (stderr in the CLI).
+pub trait Notes {
+    fn note(&mut self, message: &str);
+}
+
+impl<F: FnMut(&str)> Notes for F {
+    fn note(&mut self, message: &str) {
+        self(message)
+    }
+}
+
 /// Text for a terminal, or JSON lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

@@ -11,12 +11,50 @@
 //! - A second signal, or any signal in `--pid` mode, stops tracing at once.
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use super::driver::{Notes, StopFlags};
+use super::output::Notes;
 use crate::trace::launch::Launched;
+
+/// Requests to stop, set from signal handlers.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlags {
+    /// Ctrl-C (SIGINT) count.
+    pub interrupts: Arc<AtomicU32>,
+    /// SIGTERM received.
+    pub terminated: Arc<AtomicBool>,
+    /// SIGHUP received.
+    pub hung_up: Arc<AtomicBool>,
+    /// SIGINT, SIGTERM and SIGHUP received, all together.
+    pub received: Arc<AtomicU32>,
+}
+
+impl StopFlags {
+    /// Note that signal `sig` (SIGINT, SIGTERM or SIGHUP) arrived.
+    pub fn record(&self, sig: i32) {
+        match sig {
+            libc::SIGINT => drop(self.interrupts.fetch_add(1, Ordering::SeqCst)),
+            libc::SIGTERM => self.terminated.store(true, Ordering::SeqCst),
+            libc::SIGHUP => self.hung_up.store(true, Ordering::SeqCst),
+            _ => return,
+        }
+        self.received.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many stop signals arrived (also when the flags were set
+    /// directly rather than through [`StopFlags::record`]).
+    pub fn received_count(&self) -> u32 {
+        let flagged = self.interrupts.load(Ordering::SeqCst)
+            + u32::from(self.terminated.load(Ordering::SeqCst))
+            + u32::from(self.hung_up.load(Ordering::SeqCst));
+        self.received.load(Ordering::SeqCst).max(flagged)
+    }
+}
 
 /// How long SIGINT and SIGHUP wait before being passed on.
 pub const GRACE: Duration = Duration::from_secs(1);
