@@ -352,7 +352,7 @@ pub struct MemoryClass {
     /// The top-level category it adds up into.
     pub category: SiteCategory,
     pub runtime: Option<Runtime>,
-    /// For the breakdown.
+    /// For the breakdown (at most 48 characters).
     pub label: &'static str,
     /// For the call-site table (at most 16 characters).
     pub short: &'static str,
@@ -545,7 +545,7 @@ pub const RULES: &[Rule] = &[
             "go_metadata",
             C::RuntimeHeaps,
             Some(R::Go),
-            "Go runtime metadata (spans, GC bits, page tables)",
+            "Go runtime metadata (spans, GC bits, pages)",
             "Go metadata",
         ),
     },
@@ -606,7 +606,7 @@ pub const RULES: &[Rule] = &[
             "jvm_gc",
             C::RuntimeHeaps,
             Some(R::Jvm),
-            "JVM GC data (card table, bitmaps, remembered sets)",
+            "JVM GC data (card table, bitmaps, remsets)",
             "JVM GC data",
         ),
     },
@@ -720,7 +720,7 @@ pub const RULES: &[Rule] = &[
             "jvm_direct_memory",
             C::AllocatorArenas,
             Some(R::Jvm),
-            "JVM direct memory: DirectByteBuffer, Unsafe (malloc)",
+            "JVM direct memory (DirectByteBuffer, Unsafe)",
             "JVM direct mem",
         ),
     },

@@ -512,6 +512,7 @@ fn the_table_is_consistent_and_documented() {
             c.name
         );
         assert!(c.short.chars().count() <= 16, "{} too long", c.short);
+        assert!(c.label.chars().count() <= 48, "{} too long", c.label);
     }
     assert!(
         RULES.last().is_some_and(|r| r.when.is_empty()),
