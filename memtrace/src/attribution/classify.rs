@@ -308,6 +308,10 @@ pub const PLUMBING: &[&str] = &[
     "__rdl_",
     "__rg_",
     "hashbrown::raw::",
+    // Freeing can map too (glibc makes a thread's arena on its first
+    // free): the code that dropped the value is the caller.
+    "core::ptr::drop_in_place",
+    "core::ops::drop::Drop>::drop",
     "operator new",
     "__gnu_cxx::",
     // C++ containers (Rust's `std::` is the program's runtime, not plumbing).
