@@ -153,7 +153,30 @@ fn launch(what: &str, cmd: &Path, args: &[&str]) -> Value {
         "{what}: memtrace's status (the workload's); stderr:\n{}",
         run.stderr
     );
-    report_of(&run).clone()
+    let report = report_of(&run).clone();
+    check_schema(what, &report);
+    report
+}
+
+/// Real runtimes' reports carry every runtime field: they validate
+/// against the documented schema too.
+fn check_schema(what: &str, report: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/memtrace.schema.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let schema: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let validator = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()));
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what}: the report does not match docs/memtrace.schema.json:\n  {}",
+        errors.join("\n  ")
+    );
 }
 
 #[test]
@@ -359,6 +382,7 @@ fn redis_memory_is_jemalloc_arenas() {
     let run = mt.finish(Duration::from_secs(60));
     assert_eq!(run.status, 0, "memtrace: {}", run.stderr);
     let report = report_of(&run);
+    check_schema("redis-server", report);
     print_top("redis-server", report, 6);
     println!("redis took {:?}", started.elapsed());
     assert_top(
