@@ -125,7 +125,8 @@ pub const MODULES: &[ModuleRule] = &[
 /// Runtimes by function name (prefixes of the qualified name), for frames
 /// not already decided by a whole module.
 pub const FUNCTIONS: &[(Runtime, &[&str])] = &[
-    (Runtime::Go, &["runtime."]),
+    // With cgo the runtime maps through libc, from its C shim.
+    (Runtime::Go, &["runtime.", "x_cgo_mmap", "_cgo_mmap"]),
     (Runtime::V8, &["v8::", "cppgc::", "node::"]),
     (
         Runtime::Cpython,
@@ -174,7 +175,7 @@ pub const GLIBC_MALLOC: &[&str] = &[
 /// call site looks past. Allocators' frames are all machinery, and so are
 /// a runtime's unnamed frames (stripped internals).
 pub const MACHINERY: &[(Runtime, &[&str])] = &[
-    (Runtime::Go, &["runtime."]),
+    (Runtime::Go, &["runtime.", "x_cgo_mmap", "_cgo_mmap"]),
     (
         Runtime::Jvm,
         &[

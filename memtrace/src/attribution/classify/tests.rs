@@ -140,6 +140,13 @@ fn go_heap_stacks_and_metadata() {
         ],
     ));
     assert_eq!(class_of(&s), "go_metadata");
+    // cgo: the runtime maps through libc's mmap, from its C shim.
+    let mut cgo = mmap_in_libc();
+    cgo.extend(named(
+        GO,
+        &["x_cgo_mmap", "runtime.mmap.func1", "runtime.systemstack"],
+    ));
+    assert_eq!(class_of(&stack(&cgo)), "go_heap");
     let s = stack(&named(
         GO,
         &[
