@@ -7,7 +7,9 @@
 //! The report holds every call site; renderings list the top N of them
 //! ([`AttributedReport::text`], [`ReportLine`]). A call site is a distinct
 //! stack as [`crate::stack::callsite::StackTable::site`] decides it: origins
-//! (threads, processes, times) that mapped from the same code are one row.
+//! (threads, processes, times) that mapped from the same code are one part.
+//! Each part is classified and labelled by [`super::classify`]; parts that
+//! read the same (sub-category, call site, `via`) are one row.
 //! The JSON form is a [`ReportLine`] (schema: `docs/json-schema.md`).
 
 use std::{collections::HashMap, fmt::Write as _, io};
