@@ -2,7 +2,9 @@
 //!
 //! Every command first installs what is missing (the nightly `rust-src`
 //! component and bpf-linker, which the eBPF build needs; tracefs), quietly
-//! when everything is already there.
+//! when everything is already there; `setup` and `test` also install the
+//! runtimes the real-program tests launch (python3, golang-go, nodejs,
+//! redis-server, a JDK) from the distribution when they are missing.
 
 mod bench;
 mod bench_attribution;
@@ -31,7 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install prerequisites (nightly rust-src, bpf-linker 0.10.4, tracefs).
+    /// Install prerequisites (nightly rust-src, bpf-linker 0.10.4, tracefs)
+    /// and the runtimes the real-program tests launch (python3, Go, node,
+    /// redis, a JDK).
     Setup,
     /// Build memtrace (release).
     Build,
@@ -70,7 +74,7 @@ enum Bench {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = setup::ensure().and_then(|()| match cli.command {
-        Cmd::Setup => Ok(ExitCode::SUCCESS),
+        Cmd::Setup => setup::ensure_runtimes().map(|()| ExitCode::SUCCESS),
         Cmd::Build => build_release().map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run(args),
         Cmd::Test { args } => test(args).map(|()| ExitCode::SUCCESS),
@@ -155,6 +159,7 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the test suite loads eBPF programs and traces processes: run it as root");
     }
+    setup::ensure_runtimes()?;
     // Without the `ebpf` feature the library (proc, snapshot, serve) must
     // still build, with neither nightly nor bpf-linker.
     run_checked(cargo().args([

@@ -1,7 +1,9 @@
-//! Prerequisites of the eBPF build and of tracing, installed when missing.
+//! Prerequisites of the eBPF build and of tracing, and the runtimes the
+//! real-program tests launch, installed when missing.
 
 use std::{
-    path::Path,
+    io::Read as _,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -127,4 +129,94 @@ fn ensure_tracefs() {
     let _ = Command::new("mount")
         .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
         .status();
+}
+
+/// Programs the real-runtime tests (`tests/tests/runtimes.rs`) launch, and
+/// the Debian package of each (Debian 12's; `javac` compiles the JVM
+/// workload).
+pub const RUNTIMES: &[(&str, &str)] = &[
+    ("python3", "python3"),
+    ("go", "golang-go"),
+    ("node", "nodejs"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("java", "openjdk-17-jre-headless"),
+    ("javac", "openjdk-17-jdk-headless"),
+];
+
+/// Install the runtimes the tests launch that are missing, with apt-get
+/// when there is one and we are root; otherwise say what to install (the
+/// tests then fail with the same command).
+pub fn ensure_runtimes() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = RUNTIMES
+        .iter()
+        .filter(|(cmd, _)| find_program(cmd).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!(
+        "apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    // SAFETY: no arguments.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || find_program("apt-get").is_none() {
+        eprintln!(
+            "xtask: the runtime tests need {}: install them (Debian: `{command}`)",
+            missing.join(", ")
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {} for the runtime tests ({command})",
+        missing.join(" ")
+    );
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh machine may have no package lists yet.
+    let ok = install()
+        || (Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .is_ok_and(|s| s.success())
+            && install());
+    if !ok {
+        bail!("installing the runtimes the tests launch failed: run `{command}`");
+    }
+    Ok(())
+}
+
+/// The first `name` on `PATH` that is an ELF executable: version-manager
+/// shims (pyenv's `python3` is a shell script) would put a shell between
+/// memtrace and the runtime.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_elf_executable(p))
+}
+
+fn is_elf_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"\x7fELF"
 }

@@ -7,13 +7,16 @@
 //! The report holds every call site; renderings list the top N of them
 //! ([`AttributedReport::text`], [`ReportLine`]). A call site is a distinct
 //! stack as [`crate::stack::callsite::StackTable::site`] decides it: origins
-//! (threads, processes, times) that mapped from the same code are one row.
+//! (threads, processes, times) that mapped from the same code are one part.
+//! Each part is classified and labelled by [`super::classify`]; parts that
+//! read the same (sub-category, call site, `via`) are one row.
 //! The JSON form is a [`ReportLine`] (schema: `docs/json-schema.md`).
 
 use std::{collections::HashMap, fmt::Write as _, io};
 
 use serde::Serialize;
 
+use super::classify::{self, MemoryClass, Runtime, Shape};
 use super::join::Attribution;
 use super::ledger::{Ledger, Origin, OriginId};
 use crate::{
@@ -23,19 +26,21 @@ use crate::{
 };
 use memtrace_common::EventKind;
 
-/// What kind of memory a call site makes. One per site; the order of the
-/// checks in [`classify_site`] decides overlaps.
+/// What kind of memory a call site makes: the top-level categories, each
+/// split into the sub-categories of [`super::classify::RULES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SiteCategory {
     /// Ranges named with `prctl(PR_SET_VMA_ANON_NAME)`.
     NamedRegions,
+    /// pthread stacks, goroutine stacks.
     ThreadStacks,
-    /// Executable anonymous memory: JIT compilers, trampolines.
+    /// Executable anonymous memory: JIT compilers, code caches, trampolines.
     JitCode,
-    /// Language runtimes' own heaps (Go, JVM, V8).
+    /// Language runtimes' own heaps (Go, JVM, V8, CPython's pymalloc).
     RuntimeHeaps,
-    /// malloc implementations: glibc arenas and brk heap, jemalloc, tcmalloc, mimalloc.
+    /// malloc implementations: glibc arenas and brk heap, jemalloc,
+    /// tcmalloc, mimalloc (with the runtime that asked, when one did).
     AllocatorArenas,
     /// Everything else mapped by a known call site.
     OtherCallSites,
@@ -59,55 +64,13 @@ impl SiteCategory {
             SiteCategory::NamedRegions => "named regions",
             SiteCategory::ThreadStacks => "thread stacks",
             SiteCategory::JitCode => "JIT / executable anonymous",
-            SiteCategory::RuntimeHeaps => "runtime heaps (Go, JVM, V8)",
+            SiteCategory::RuntimeHeaps => "runtime heaps (Go, JVM, V8, CPython)",
             SiteCategory::AllocatorArenas => "allocator arenas (malloc)",
             SiteCategory::OtherCallSites => "other call sites",
             SiteCategory::Untraced => "untraced (mapped before tracing)",
         }
     }
 }
-
-/// Functions that show a mapping belongs to a malloc implementation.
-const ALLOCATOR_FUNCS: &[&str] = &[
-    "sysmalloc",
-    "_int_malloc",
-    "__libc_malloc",
-    "malloc",
-    "calloc",
-    "realloc",
-    "__libc_calloc",
-    "__libc_realloc",
-    "_int_realloc",
-    "alloc_new_heap",
-    "new_heap",
-    "grow_heap",
-    "_int_memalign",
-    "__libc_memalign",
-    "posix_memalign",
-    "aligned_alloc",
-    "arena_get2",
-    "tcache_init",
-];
-const ALLOCATOR_PREFIXES: &[&str] = &[
-    "je_",
-    "jemalloc",
-    "tcmalloc::",
-    "mi_",
-    "_mi_",
-    "__GI___libc_malloc",
-];
-const RUNTIME_MARKERS: &[&str] = &[
-    "runtime.sysAlloc",
-    "runtime.sysReserve",
-    "runtime.sysMap",
-    "runtime.(*mheap)",
-    "runtime.persistentalloc",
-    "os::reserve_memory",
-    "os::commit_memory",
-    "v8::internal::",
-    "v8::base::",
-];
-const THREAD_STACK_MARKERS: &[&str] = &["allocate_stack", "pthread_create", "__pthread_create"];
 
 /// What the ranges of one call site look like, gathered in one pass over
 /// the ledger.
@@ -130,44 +93,31 @@ pub fn site_shapes(ledger: &Ledger) -> HashMap<OriginId, SiteShape> {
     out
 }
 
-/// Category of a call site, from its stack and the ranges it made.
+/// Class of a call site, from its stack and the ranges it made (the rules:
+/// [`super::classify::RULES`]).
 pub fn classify_site(
     origin: &Origin,
     shape: SiteShape,
     stack: &CallStack,
     named: bool,
-) -> SiteCategory {
-    let funcs = || stack.frames.iter().filter_map(|f| f.function.as_deref());
-    if named {
-        return SiteCategory::NamedRegions;
-    }
-    let SiteShape { exec, map_stack } = shape;
-    if map_stack || funcs().any(|f| THREAD_STACK_MARKERS.iter().any(|m| f.contains(m))) {
-        return SiteCategory::ThreadStacks;
-    }
-    if exec {
-        return SiteCategory::JitCode;
-    }
-    if funcs().any(|f| RUNTIME_MARKERS.iter().any(|m| f.contains(m))) {
-        return SiteCategory::RuntimeHeaps;
-    }
-    let allocator = |f: &str| {
-        let bare = f.trim_start_matches('_');
-        ALLOCATOR_FUNCS
-            .iter()
-            .any(|a| bare == a.trim_start_matches('_'))
-            || ALLOCATOR_PREFIXES.iter().any(|p| f.starts_with(p))
-    };
-    if origin.kind == EventKind::Brk || funcs().any(allocator) {
-        return SiteCategory::AllocatorArenas;
-    }
-    SiteCategory::OtherCallSites
+) -> &'static MemoryClass {
+    classify::classify(
+        stack,
+        Shape {
+            kind: Some(origin.kind),
+            named,
+            exec: shape.exec,
+            map_stack: shape.map_stack,
+        },
+    )
 }
 
-/// One call site in the report.
+/// One row of the report: a call site, or several whose rows read the
+/// same (same class, call site and `via`: stacks that differ only inside
+/// the machinery, or beyond where unwinding stopped).
 #[derive(Clone, Debug, Serialize)]
 pub struct SiteReport {
-    /// The first origin (ledger id) of this call site.
+    /// An origin (ledger id) of this row: the first of its largest stack.
     pub origin: u32,
     /// Resident private anonymous bytes.
     pub rss_bytes: u64,
@@ -177,10 +127,29 @@ pub struct SiteReport {
     pub mappings: usize,
     pub names: Vec<String>,
     pub category: SiteCategory,
-    /// The first frame outside libc, the loader and allocator internals.
+    /// The sub-category ([`MemoryClass::name`]).
+    pub subcategory: &'static str,
+    /// The runtime or allocator the memory belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// The first frame outside libc, the loader and the allocation
+    /// machinery ([`classify::Caller`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_site: Option<Frame>,
+    /// The machinery frame the call site called (`runtime.mallocgc`,
+    /// `PyObject_Malloc`…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<Frame>,
+    /// The row's largest stack.
     pub stack: CallStack,
+    /// How many distinct stacks the row holds.
+    pub stack_count: usize,
+    #[serde(skip)]
+    pub class: &'static MemoryClass,
+    /// The row's other stacks with their resident bytes (private + shared),
+    /// for folded output; `stack` holds the rest.
+    #[serde(skip)]
+    pub other_stacks: Vec<(CallStack, u64)>,
 }
 
 impl SiteReport {
@@ -188,6 +157,57 @@ impl SiteReport {
     pub fn resident_bytes(&self) -> u64 {
         self.rss_bytes.saturating_add(self.shared_rss_bytes)
     }
+
+    /// Each stack of the row with its resident bytes, largest first.
+    pub fn stacks(&self) -> impl Iterator<Item = (&CallStack, u64)> {
+        let others: u64 = self.other_stacks.iter().map(|(_, b)| b).sum();
+        std::iter::once((&self.stack, self.resident_bytes().saturating_sub(others)))
+            .chain(self.other_stacks.iter().map(|(s, b)| (s, *b)))
+    }
+
+    /// `call site via machinery` for a terminal, with C++ parameter lists
+    /// left out.
+    pub fn label(&self) -> String {
+        let at = self
+            .call_site
+            .as_ref()
+            .map(short_display)
+            .unwrap_or_else(|| "?".into());
+        match &self.via {
+            Some(via) => {
+                let name = match &via.function {
+                    Some(f) => crate::text::printable(classify::short_name(f)).into_owned(),
+                    None => via.display(),
+                };
+                format!("{at} via {name}")
+            }
+            None => at,
+        }
+    }
+
+    /// What makes two parts one row: they read the same, in full.
+    fn row_key(&self) -> (&'static str, String, String) {
+        let full = |f: &Option<Frame>| f.as_ref().map(Frame::display).unwrap_or_default();
+        (self.class.name, full(&self.call_site), full(&self.via))
+    }
+}
+
+/// A frame as [`Frame::display`] shows it, without a C++ parameter list.
+fn short_display(f: &Frame) -> String {
+    let Some(func) = &f.function else {
+        return f.display();
+    };
+    let name = classify::short_name(func);
+    let text = match (&f.file, f.line) {
+        (Some(file), Some(line)) => {
+            format!(
+                "{name} ({}:{line})",
+                file.rsplit('/').next().unwrap_or(file)
+            )
+        }
+        _ => name.to_string(),
+    };
+    crate::text::printable(&text).into_owned()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -197,6 +217,20 @@ pub struct CategoryUsage {
     /// Resident private anonymous bytes.
     pub rss_bytes: u64,
     /// Resident shared anonymous bytes.
+    pub shared_rss_bytes: u64,
+    /// Its sub-categories holding memory, in rule-table order; their bytes
+    /// add up to the category's.
+    pub subcategories: Vec<SubcategoryUsage>,
+}
+
+/// Resident memory of one sub-category ([`MemoryClass`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct SubcategoryUsage {
+    pub name: &'static str,
+    pub label: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    pub rss_bytes: u64,
     pub shared_rss_bytes: u64,
 }
 
@@ -247,20 +281,20 @@ pub trait SiteStacks {
     fn stack_of(&mut self, origin: &Origin) -> CallStack;
 }
 
-/// Build the report: origins of the same call site and category are one
-/// row, symbolized once.
+/// Build the report: origins of the same call site and shape are one part,
+/// symbolized and classified once; parts that read the same (class, call
+/// site, `via`) are one row.
 pub fn build(
     attribution: &Attribution,
     ledger: &Ledger,
     opts: ReportOptions,
     stacks: &mut dyn SiteStacks,
 ) -> AttributedReport {
-    let mut by_cat = std::collections::BTreeMap::new();
     let shapes = site_shapes(ledger);
-    // Rows keyed on the call site and what else decides the category
-    // (the stack's functions are the same for one call site).
-    let mut rows: HashMap<(Option<u32>, EventKind, bool, bool, bool), usize> = HashMap::new();
-    let mut sites: Vec<SiteReport> = Vec::new();
+    // Parts keyed on the call site and what else decides the class (the
+    // stack's functions are the same for one call site).
+    let mut part_index: HashMap<(Option<u32>, EventKind, bool, bool, bool), usize> = HashMap::new();
+    let mut parts: Vec<SiteReport> = Vec::new();
     for site in &attribution.sites {
         let origin = ledger.origin(site.origin);
         let shape = shapes.get(&site.origin).copied().unwrap_or_default();
@@ -272,57 +306,101 @@ pub fn build(
             shape.exec,
             shape.map_stack,
         );
-        if let Some(&i) = rows.get(&key) {
-            let row = &mut sites[i];
-            row.rss_bytes += site.rss_bytes;
-            row.shared_rss_bytes += site.shared_rss_bytes;
-            row.virtual_bytes += site.virtual_bytes;
-            row.mappings += site.mappings;
-            for n in &site.names {
-                if !row.names.contains(n) {
-                    row.names.push(n.clone());
-                }
-            }
+        if let Some(&i) = part_index.get(&key) {
+            let part = &mut parts[i];
+            part.rss_bytes += site.rss_bytes;
+            part.shared_rss_bytes += site.shared_rss_bytes;
+            part.virtual_bytes += site.virtual_bytes;
+            part.mappings += site.mappings;
+            merge_names(&mut part.names, &site.names);
             continue;
         }
         let stack = stacks.stack_of(origin);
-        let category = classify_site(origin, shape, &stack, named);
-        rows.insert(key, sites.len());
-        sites.push(SiteReport {
+        let class = classify_site(origin, shape, &stack, named);
+        let who = classify::caller(&stack);
+        let (call_site, via) = (who.call_site.cloned(), who.via.cloned());
+        part_index.insert(key, parts.len());
+        parts.push(SiteReport {
             origin: site.origin.as_u32(),
             rss_bytes: site.rss_bytes,
             shared_rss_bytes: site.shared_rss_bytes,
             virtual_bytes: site.virtual_bytes,
             mappings: site.mappings,
             names: site.names.clone(),
-            category,
-            call_site: stack.user_site().cloned(),
+            category: class.category,
+            subcategory: class.name,
+            runtime: class.runtime,
+            call_site,
+            via,
             stack,
+            stack_count: 1,
+            class,
+            other_stacks: Vec::new(),
         });
     }
-    // (private, shared) bytes per category.
-    for site in &sites {
-        let cat: &mut (u64, u64) = by_cat.entry(site.category).or_default();
-        cat.0 += site.rss_bytes;
-        cat.1 += site.shared_rss_bytes;
-    }
-    let untraced = by_cat.entry(SiteCategory::Untraced).or_default();
-    untraced.0 += attribution.untraced_rss_bytes;
-    untraced.1 += attribution.shared_untraced_rss_bytes;
-    sites.sort_by(|a, b| {
+    let by_size = |a: &SiteReport, b: &SiteReport| {
         b.resident_bytes()
             .cmp(&a.resident_bytes())
             .then(b.virtual_bytes.cmp(&a.virtual_bytes))
-    });
+    };
+    // Largest first, so each row keeps its largest part's stack and origin.
+    parts.sort_by(by_size);
+    let mut row_index: HashMap<(&'static str, String, String), usize> = HashMap::new();
+    let mut sites: Vec<SiteReport> = Vec::new();
+    for part in parts {
+        match row_index.entry(part.row_key()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let row = &mut sites[*e.get()];
+                row.rss_bytes += part.rss_bytes;
+                row.shared_rss_bytes += part.shared_rss_bytes;
+                row.virtual_bytes += part.virtual_bytes;
+                row.mappings += part.mappings;
+                row.stack_count += 1;
+                merge_names(&mut row.names, &part.names);
+                let weight = part.resident_bytes();
+                row.other_stacks.push((part.stack, weight));
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(sites.len());
+                sites.push(part);
+            }
+        }
+    }
+    sites.sort_by(by_size);
+    // (private, shared) bytes per class, then per category.
+    let mut by_class: HashMap<&'static str, (u64, u64)> = HashMap::new();
+    for site in &sites {
+        let c = by_class.entry(site.class.name).or_default();
+        c.0 += site.rss_bytes;
+        c.1 += site.shared_rss_bytes;
+    }
+    let untraced = by_class.entry(classify::UNTRACED.name).or_default();
+    untraced.0 += attribution.untraced_rss_bytes;
+    untraced.1 += attribution.shared_untraced_rss_bytes;
+    let classes = classify::all_classes();
     let categories = SiteCategory::ALL
         .iter()
-        .map(|c| {
-            let (rss_bytes, shared_rss_bytes) = by_cat.get(c).copied().unwrap_or_default();
+        .map(|&c| {
+            let subcategories: Vec<SubcategoryUsage> = classes
+                .iter()
+                .filter(|k| k.category == c)
+                .filter_map(|k| {
+                    let (rss_bytes, shared_rss_bytes) = by_class.get(k.name).copied()?;
+                    (rss_bytes + shared_rss_bytes > 0).then_some(SubcategoryUsage {
+                        name: k.name,
+                        label: k.label,
+                        runtime: k.runtime,
+                        rss_bytes,
+                        shared_rss_bytes,
+                    })
+                })
+                .collect();
             CategoryUsage {
-                name: *c,
+                name: c,
                 label: c.label(),
-                rss_bytes,
-                shared_rss_bytes,
+                rss_bytes: subcategories.iter().map(|s| s.rss_bytes).sum(),
+                shared_rss_bytes: subcategories.iter().map(|s| s.shared_rss_bytes).sum(),
+                subcategories,
             }
         })
         .collect();
@@ -408,11 +486,27 @@ impl AttributedReport {
         for c in &self.categories {
             let _ = writeln!(
                 s,
-                "  {:<34} {:>10}{}",
+                "  {:<50} {:>10}{}",
                 c.label,
                 units::human(c.rss_bytes),
                 shared_note(c.shared_rss_bytes, "  + ", " shared")
             );
+            // A category's only sub-category tells nothing more unless it
+            // names a runtime.
+            let detail = match c.subcategories.as_slice() {
+                [] => false,
+                [only] => only.runtime.is_some(),
+                _ => true,
+            };
+            for sub in c.subcategories.iter().filter(|_| detail) {
+                let _ = writeln!(
+                    s,
+                    "    {:<48} {:>10}{}",
+                    sub.label,
+                    units::human(sub.rss_bytes),
+                    shared_note(sub.shared_rss_bytes, "  + ", " shared")
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -426,34 +520,26 @@ impl AttributedReport {
             "RSS", "VIRTUAL", "MAPS", "CATEGORY"
         );
         for site in self.top_sites(top) {
-            let cat = match site.category {
-                SiteCategory::NamedRegions => "named",
-                SiteCategory::ThreadStacks => "thread stack",
-                SiteCategory::JitCode => "jit/exec",
-                SiteCategory::RuntimeHeaps => "runtime heap",
-                SiteCategory::AllocatorArenas => "allocator",
-                SiteCategory::OtherCallSites => "call site",
-                SiteCategory::Untraced => "untraced",
-            };
             let name = if site.names.is_empty() {
                 String::new()
             } else {
                 format!("  [{}]", crate::text::printable(&site.names.join(", ")))
             };
-            let at = site
-                .call_site
-                .as_ref()
-                .map(Frame::display)
-                .unwrap_or_else(|| "?".into());
+            let merged = if site.stack_count > 1 {
+                format!("  ({} stacks)", site.stack_count)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "{:>10} {:>10} {:>5}  {:<16} {}{}{}",
+                "{:>10} {:>10} {:>5}  {:<16} {}{}{}{}",
                 units::human(site.resident_bytes()),
                 units::human(site.virtual_bytes),
                 site.mappings,
-                cat,
-                truncate(&at, 90),
+                site.class.short,
+                truncate(&site.label(), 120),
                 name,
+                merged,
                 shared_note(site.shared_rss_bytes, "  (", " shared)")
             );
             if verbose {
@@ -537,6 +623,15 @@ impl<'a> ReportLine<'a> {
     }
 }
 
+/// Add the names of `more` not already in `names`.
+fn merge_names(names: &mut Vec<String>, more: &[String]) {
+    for n in more {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
@@ -553,13 +648,11 @@ fn truncate(s: &str, max: usize) -> String {
 /// their own.
 pub fn folded(report: &AttributedReport) -> Vec<String> {
     let mut lines = Vec::new();
-    for site in &report.call_sites {
-        let weight = site.resident_bytes();
+    for (stack, weight) in report.call_sites.iter().flat_map(SiteReport::stacks) {
         if weight == 0 {
             continue;
         }
-        let mut frames: Vec<String> = site
-            .stack
+        let mut frames: Vec<String> = stack
             .frames
             .iter()
             .rev()
@@ -825,7 +918,7 @@ mod tests {
         let mmap = origin(EventKind::Mmap);
         let plain = SiteShape::default();
         let cat = |o: &Origin, shape, funcs: &[&str], named| {
-            classify_site(o, shape, &stack(funcs), named)
+            classify_site(o, shape, &stack(funcs), named).category
         };
         assert_eq!(
             cat(&mmap, plain, &["app::cache"], true),
@@ -881,5 +974,113 @@ mod tests {
             cat(&mmap, plain, &["app::map_file"], false),
             SiteCategory::OtherCallSites
         );
+    }
+
+    /// Go heap growth cut short at two depths: two stacks, one label.
+    struct GoStacks;
+
+    impl SiteStacks for GoStacks {
+        fn site_of(&self, origin: &Origin) -> Option<u32> {
+            origin.call_stack
+        }
+        fn stack_of(&mut self, origin: &Origin) -> CallStack {
+            match origin.call_stack {
+                Some(1) => stack(&["runtime.sysMmap", "runtime.systemstack"]),
+                Some(2) => stack(&["runtime.sysMmap", "runtime.mallocgc"]),
+                _ => stack(&["runtime.sysMmap", "runtime.persistentalloc"]),
+            }
+        }
+    }
+
+    #[test]
+    fn rows_that_read_the_same_are_one_row_with_exact_totals() {
+        use crate::proc::smaps::Vma;
+        use crate::trace::event::{Call, Event};
+        const P: u64 = crate::proc::PAGE_SIZE;
+        const BASE: u64 = 0x7f00_0000_0000;
+        let mut l = Ledger::new();
+        for (page, pages, site) in [(0, 8, 1), (20, 4, 2), (40, 2, 3)] {
+            let call = Call::Mmap {
+                addr: 0,
+                len: pages * P,
+                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+                flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
+                fd: -1,
+                offset: 0,
+            };
+            l.apply(&Event {
+                time_ns: 1,
+                duration_ns: 1,
+                pid: 1,
+                tid: 1,
+                call,
+                result: (BASE + page * P) as i64,
+                stack_id: None,
+                ip: 0x1000,
+                ret_addr: None,
+                user: None,
+                call_stack: Some(site),
+            });
+        }
+        let vma = |page: u64, pages: u64| Vma {
+            start: BASE + page * P,
+            end: BASE + (page + pages) * P,
+            rss: pages * P,
+            anonymous: pages * P,
+            ..Vma::default()
+        };
+        let vmas = [vma(0, 8), vma(20, 4), vma(40, 2)];
+        let at = super::super::join::attribute(&vmas, &l, &mut NoPages);
+        let r = build(&at, &l, ReportOptions { ranges: false }, &mut GoStacks);
+        let rows: Vec<(&str, u64, usize)> = r
+            .call_sites
+            .iter()
+            .map(|s| (s.subcategory, s.rss_bytes, s.stack_count))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![("go_heap", 12 * P, 2), ("go_metadata", 2 * P, 1)],
+            "the two heap stacks read the same: one row"
+        );
+        let heap = &r.call_sites[0];
+        assert_eq!(heap.label(), "runtime.sysMmap");
+        assert_eq!(
+            heap.stack.frames[1].function.as_deref(),
+            Some("runtime.systemstack"),
+            "the row keeps its largest stack"
+        );
+        let runtime = r
+            .categories
+            .iter()
+            .find(|c| c.name == SiteCategory::RuntimeHeaps)
+            .expect("runtime heaps");
+        assert_eq!(runtime.rss_bytes, 14 * P);
+        let subs: Vec<(&str, u64)> = runtime
+            .subcategories
+            .iter()
+            .map(|s| (s.name, s.rss_bytes))
+            .collect();
+        assert_eq!(subs, vec![("go_metadata", 2 * P), ("go_heap", 12 * P)]);
+        // Folded output keeps every stack with its own weight.
+        let folded = folded(&r);
+        assert_eq!(folded.len(), 3, "{folded:?}");
+        assert!(
+            folded.contains(&format!("runtime.systemstack;runtime.sysMmap {}", 8 * P)),
+            "{folded:?}"
+        );
+        assert!(
+            folded.contains(&format!("runtime.mallocgc;runtime.sysMmap {}", 4 * P)),
+            "{folded:?}"
+        );
+        let text = r.text(false, 0);
+        assert!(
+            text.contains("Go heap") && text.contains("(2 stacks)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(ReportLine::new(&r, 0)).expect("serializes");
+        assert_eq!(json["call_sites"][0]["subcategory"], "go_heap");
+        assert_eq!(json["call_sites"][0]["runtime"], "go");
+        assert_eq!(json["call_sites"][0]["stack_count"], 2);
+        assert_eq!(json["categories"][3]["subcategories"][1]["name"], "go_heap");
     }
 }

@@ -134,36 +134,14 @@ impl CallStack {
         CallStack { frames }
     }
 
-    /// The first frame of the program itself: outside libc and the
-    /// dynamic loader, and outside allocator plumbing (Rust's `alloc`
-    /// shims, `RawVec`…). For memory malloc mapped, this is the code that
-    /// asked for it. Falls back to [`CallStack::call_site`].
+    /// The first frame of the program itself: outside libc, the dynamic
+    /// loader and allocation machinery (Rust's `alloc` shims, malloc
+    /// implementations, language runtimes' allocators: see
+    /// [`crate::attribution::classify::caller`]). For memory malloc or a
+    /// runtime mapped, this is the code that asked for it. Falls back to
+    /// [`CallStack::call_site`].
     pub fn user_site(&self) -> Option<&Frame> {
-        const PLUMBING: &[&str] = &[
-            "alloc::",
-            "core::alloc::",
-            "std::alloc::",
-            "std::sys::alloc::",
-            "__rust_",
-            "__rdl_",
-            "__rg_",
-            "hashbrown::raw::",
-        ];
-        // `<T as alloc::vec::…>::from_elem` and `<alloc::raw_vec::…>::grow`
-        // are plumbing too: look past a leading `<` and `T as `.
-        let plumbing = |func: &str| {
-            let f = func.trim_start_matches('<');
-            let f = f.split_once(" as ").map_or(f, |(_, tr)| tr);
-            PLUMBING.iter().any(|p| f.starts_with(p))
-        };
-        self.frames
-            .iter()
-            .find(|f| {
-                f.module.is_some()
-                    && !f.in_runtime_library()
-                    && !f.function.as_deref().is_some_and(plumbing)
-            })
-            .or_else(|| self.call_site())
+        crate::attribution::classify::caller(self).call_site
     }
 
     /// The first frame that is not a libc or loader syscall wrapper: the

@@ -1,0 +1,36 @@
+// ~100 MiB of Java heap (byte arrays) and 20 MiB of direct ByteBuffers,
+// malloc'd by the JVM for Java code.
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+
+public class Alloc {
+    static final ArrayList<Object> KEPT = new ArrayList<>();
+
+    static void fillHeap() {
+        for (int i = 0; i < 100; i++) {
+            byte[] b = new byte[1 << 20];
+            for (int j = 0; j < b.length; j += 4096) {
+                b[j] = (byte) i;
+            }
+            KEPT.add(b);
+        }
+    }
+
+    static void fillDirect() {
+        for (int i = 0; i < 20; i++) {
+            ByteBuffer d = ByteBuffer.allocateDirect(1 << 20);
+            for (int j = 0; j < d.capacity(); j += 4096) {
+                d.put(j, (byte) i);
+            }
+            KEPT.add(d);
+        }
+    }
+
+    public static void main(String[] args) {
+        fillHeap();
+        fillDirect();
+        System.out.println("kept " + KEPT.size());
+        // Exit at once, before the heap shrinks: the report shows it.
+        Runtime.getRuntime().halt(0);
+    }
+}

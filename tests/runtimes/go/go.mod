@@ -1,0 +1,3 @@
+module memtracegoalloc
+
+go 1.19
