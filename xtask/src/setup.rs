@@ -1,9 +1,6 @@
 //! Prerequisites of the eBPF build and of tracing, installed when missing.
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
@@ -14,7 +11,6 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_tracefs();
     Ok(())
 }
 
@@ -110,21 +106,4 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// memtrace mounts tracefs itself when it runs as root; mounting it here
-/// too lets the tests that load programs directly find it.
-fn ensure_tracefs() {
-    if Path::new("/sys/kernel/tracing/events").is_dir()
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
-    {
-        return;
-    }
-    // SAFETY: no arguments.
-    if unsafe { libc::geteuid() } != 0 {
-        return;
-    }
-    let _ = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-        .status();
 }

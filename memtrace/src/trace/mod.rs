@@ -1,18 +1,21 @@
 //! The eBPF tracer: load memtrace's programs into the kernel, attach them to
-//! the syscall and scheduler tracepoints, and drain decoded [`Event`]s.
+//! the syscall and scheduler raw tracepoints, and drain decoded [`Event`]s.
 //!
 //! Dropping a [`Tracer`] detaches every link and unloads every program and
-//! map; nothing stays in the kernel afterwards.
+//! map; nothing stays in the kernel afterwards. Raw tracepoint links detach
+//! without waiting for the kernel (perf-event tracepoints cost an RCU grace
+//! period each), so a session ends in milliseconds.
 
+pub mod btf;
 pub mod event;
+pub mod kernel;
 pub mod launch;
 pub mod source;
-pub mod tracefs;
 
 use std::{
     io,
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -25,14 +28,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint},
 };
 use memtrace_common::{
     counter,
-    tracepoints::{
-        SCHED_CATEGORY, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALLS,
-        SYSCALLS_CATEGORY,
-    },
+    tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK},
 };
 
 use event::Event;
@@ -65,50 +65,40 @@ pub enum TraceError {
          CONFIG_DEBUG_INFO_BTF=y) {SNAPSHOT_HINT}"
     )]
     NoBtf,
-    /// tracefs is not mounted and mounting it failed.
-    #[error(
-        "tracefs is not mounted and mounting it failed; run \
-         `mount -t tracefs nodev {mount_point}` as root {SNAPSHOT_HINT}",
-        mount_point = tracefs::TRACEFS
-    )]
-    Tracefs {
-        /// Why `mount(2)` failed.
-        #[source]
-        source: io::Error,
+    /// The kernel's BTF could not be read.
+    #[error("reading the kernel's BTF failed {SNAPSHOT_HINT}")]
+    Btf(#[source] btf::BtfError),
+    /// A kernel type the eBPF programs read is not in the kernel's BTF.
+    #[error("the kernel's BTF has no {what}, which memtrace's eBPF programs read {SNAPSHOT_HINT}")]
+    MissingKernelType {
+        /// `struct NAME.MEMBER`.
+        what: String,
     },
-    /// A tracepoint's `format` file could not be read.
+    /// The kernel differs from what the eBPF programs were built for.
     #[error(
-        "tracepoint {category}:{name} ({path}) is missing (needs CONFIG_FTRACE_SYSCALLS) \
-         {SNAPSHOT_HINT}",
-        path = .path.display()
+        "{what} is {found} in this kernel, memtrace's eBPF programs expect {expected} {SNAPSHOT_HINT}"
     )]
-    MissingTracepoint {
-        /// Tracepoint category (`syscalls`, `sched`).
-        category: String,
-        /// Tracepoint name.
-        name: String,
-        /// Its `format` file.
-        path: PathBuf,
-        /// Why the file could not be read.
-        #[source]
-        source: io::Error,
+    Contract {
+        what: String,
+        found: String,
+        expected: String,
     },
-    /// A tracepoint record does not have the layout memtrace's eBPF
-    /// programs read.
+    /// memtrace's own PID namespace could not be told.
+    #[error("cannot read /proc/self/ns/pid {SNAPSHOT_HINT}")]
+    PidNamespace(#[source] io::Error),
+    /// memtrace runs in a PID namespace whose /proc is another namespace's.
     #[error(
-        "{category}:{tracepoint} field `{field}` is {found}, memtrace's eBPF programs read \
-         it at {expected} {SNAPSHOT_HINT}",
-        found = .found.map_or_else(|| "missing".to_owned(), |f| format!("at {f}"))
+        "memtrace runs in a PID namespace but /proc belongs to another one, so pids would name \
+         the wrong processes: mount a /proc for this namespace (e.g. `unshare --pid --fork \
+         --mount-proc`)"
     )]
-    Layout {
-        category: &'static str,
-        tracepoint: &'static str,
-        field: &'static str,
-        /// Where the kernel has it, if it has it.
-        found: Option<tracefs::FieldLayout>,
-        /// Where the eBPF programs read it.
-        expected: tracefs::FieldLayout,
-    },
+    ForeignProc,
+    /// The target is in a PID namespace below memtrace's.
+    #[error(
+        "pid {pid} is in a PID namespace nested in memtrace's, whose ids the kernel does not \
+         report: run memtrace in the target's namespace, or on the host"
+    )]
+    NestedNamespace { pid: u32 },
     /// The kernel (or aya) refused memtrace's eBPF object.
     #[error("loading memtrace's eBPF programs failed {SNAPSHOT_HINT}")]
     Load(#[source] Box<aya::EbpfError>),
@@ -120,8 +110,8 @@ pub enum TraceError {
         /// Its name.
         name: String,
     },
-    /// A program in the object is not a tracepoint program.
-    #[error("program {program} is not a tracepoint program {SNAPSHOT_HINT}")]
+    /// A program in the object is not a raw tracepoint program.
+    #[error("program {program} is not a raw tracepoint program {SNAPSHOT_HINT}")]
     ProgramType {
         /// The program.
         program: String,
@@ -139,10 +129,8 @@ pub enum TraceError {
         source: Box<ProgramError>,
     },
     /// A program did not attach to its tracepoint.
-    #[error("attaching {category}:{program} failed {SNAPSHOT_HINT}")]
+    #[error("attaching raw tracepoint {program} failed {SNAPSHOT_HINT}")]
     Attach {
-        /// Tracepoint category.
-        category: String,
         /// The program (named after its tracepoint).
         program: String,
         /// The kernel's reason.
@@ -221,6 +209,8 @@ pub struct Tracer {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     traced: BpfHashMap<MapData, u32, u8>,
+    /// memtrace's PID namespace (zero in the initial one).
+    pidns: PidNamespace,
     _ebpf: Ebpf,
 }
 
@@ -249,8 +239,9 @@ impl Tracer {
     /// [`Tracer::add_pid`].
     pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
         check_prerequisites()?;
-        let tracefs = tracefs::ensure_mounted()?;
-        tracefs::check_layouts(tracefs, opts.follow_forks)?;
+        let btf = btf::Btf::from_kernel().map_err(TraceError::Btf)?;
+        let layout = kernel::check_and_layout(&btf)?;
+        let pidns = kernel::own_pid_namespace()?;
         bump_memlock_rlimit();
 
         let follow: u8 = opts.follow_forks.into();
@@ -258,6 +249,8 @@ impl Tracer {
         let kernel_stacks: u8 = opts.kernel_stacks.into();
         loader.override_global("FOLLOW_FORKS", &follow, true);
         loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
+        loader.override_global("PIDNS", &pidns, true);
+        loader.override_global("LAYOUT", &layout, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", ring_size(bytes));
         }
@@ -265,8 +258,12 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
 
-        let mut attach = |prog: &str, category: &str| -> Result<(), TraceError> {
-            let tp: &mut TracePoint = ebpf
+        for tp in RAW_TRACEPOINTS {
+            if tp.name == SCHED_PROCESS_FORK.name && !opts.follow_forks {
+                continue;
+            }
+            let prog = tp.name;
+            let program: &mut RawTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| TraceError::MissingFromObject {
                     what: "program",
@@ -277,25 +274,14 @@ impl Tracer {
                     program: prog.to_owned(),
                     source: Box::new(e),
                 })?;
-            tp.load().map_err(|e| TraceError::ProgramRejected {
+            program.load().map_err(|e| TraceError::ProgramRejected {
                 program: prog.to_owned(),
                 source: Box::new(e),
             })?;
-            tp.attach(category, prog).map_err(|e| TraceError::Attach {
-                category: category.to_owned(),
+            program.attach(tp.name).map_err(|e| TraceError::Attach {
                 program: prog.to_owned(),
                 source: Box::new(e),
             })?;
-            Ok(())
-        };
-        for syscall in SYSCALLS {
-            attach(syscall.enter, SYSCALLS_CATEGORY)?;
-            attach(syscall.exit, SYSCALLS_CATEGORY)?;
-        }
-        attach(SCHED_PROCESS_EXEC.name, SCHED_CATEGORY)?;
-        attach(SCHED_PROCESS_EXIT.name, SCHED_CATEGORY)?;
-        if opts.follow_forks {
-            attach(SCHED_PROCESS_FORK.name, SCHED_CATEGORY)?;
         }
 
         let map_err = |map, e| TraceError::Map {
@@ -321,12 +307,16 @@ impl Tracer {
             stacks,
             counters,
             traced,
+            pidns,
             _ebpf: ebpf,
         })
     }
 
-    /// Start tracing process `pid` (all its threads).
+    /// Start tracing process `pid` (all its threads), a pid as memtrace
+    /// sees it. In a PID namespace, only processes of that namespace can
+    /// be traced: the kernel reports no ids of namespaces below it.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
+        kernel::check_traceable(self.pidns, pid)?;
         self.traced
             .insert(pid, 1, 0)
             .map_err(|e| TraceError::AddPid {
@@ -522,27 +512,33 @@ mod tests {
             "tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with \
              sudo (`memtrace snapshot` still works without eBPF)"
         );
-        let mount = TraceError::Tracefs {
-            source: io::Error::from_raw_os_error(libc::EPERM),
-        };
-        let missing = TraceError::MissingTracepoint {
-            category: "syscalls".into(),
-            name: "sys_enter_mmap".into(),
-            path: "/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format".into(),
+        let btf = TraceError::Btf(btf::BtfError::Read {
+            path: "/sys/kernel/btf/vmlinux".into(),
             source: io::Error::from_raw_os_error(libc::ENOENT),
-        };
-        for e in [&mount, &missing] {
+        });
+        let pidns = TraceError::PidNamespace(io::Error::from_raw_os_error(libc::EACCES));
+        for e in [&btf, &pidns] {
             let line = e.to_string();
             assert!(line.ends_with(SNAPSHOT_HINT), "{line}");
             assert!(!line.contains('\n'), "{line}");
             assert!(e.source().is_some(), "{line} lost its cause");
         }
+        let contract = TraceError::Contract {
+            what: "pt_regs.cs".into(),
+            found: "at 8".into(),
+            expected: "at 136".into(),
+        };
         assert_eq!(
-            missing.to_string(),
-            "tracepoint syscalls:sys_enter_mmap \
-             (/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format) is missing (needs \
-             CONFIG_FTRACE_SYSCALLS) (`memtrace snapshot` still works without eBPF)"
+            contract.to_string(),
+            "pt_regs.cs is at 8 in this kernel, memtrace's eBPF programs expect at 136 \
+             (`memtrace snapshot` still works without eBPF)"
         );
+        for e in [
+            TraceError::ForeignProc,
+            TraceError::NestedNamespace { pid: 7 },
+        ] {
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
     }
 
     #[test]
