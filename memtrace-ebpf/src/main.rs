@@ -134,6 +134,26 @@ fn reg(regs: u64, member: pt_regs::Member) -> u64 {
     unsafe { bpf_probe_read_kernel((regs as usize + member.1) as *const u64) }.unwrap_or(0)
 }
 
+/// Every `pt_regs` word the programs use, in one read (see
+/// `pt_regs::WINDOW_WORDS`); `None` when unreadable.
+#[inline(always)]
+fn regs_window(regs: u64) -> Option<[u64; pt_regs::WINDOW_WORDS]> {
+    // SAFETY: a kernel read through a helper that faults safely.
+    unsafe {
+        bpf_probe_read_kernel(
+            (regs as usize + pt_regs::WINDOW_START) as *const [u64; pt_regs::WINDOW_WORDS],
+        )
+    }
+    .ok()
+}
+
+/// `member` from a window of [`regs_window`].
+macro_rules! word {
+    ($window:expr, $member:expr) => {
+        $window[const { pt_regs::word($member) }]
+    };
+}
+
 /// The current thread's (tgid, tid) as memtrace sees them: in its PID
 /// namespace when it runs in one (`None` for threads outside it), else the
 /// kernel's. The namespace branch reads a constant the verifier knows, so
@@ -203,17 +223,21 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let Some((_, tid)) = traced_ids() else {
         return 0;
     };
-    let regs = arg!(&ctx, SYS_ENTER, "regs");
+    let Some(w) = regs_window(arg!(&ctx, SYS_ENTER, "regs")) else {
+        return 0;
+    };
     // 32-bit code numbers its syscalls differently: its 9 is not mmap.
-    if reg(regs, pt_regs::CS) != pt_regs::USER_CS {
+    if word!(w, pt_regs::CS) != pt_regs::USER_CS {
         return 0;
     }
-    let mut args = [0u64; tracepoints::SYSCALL_MAX_ARGS];
-    let mut i = 0;
-    while i < args.len() {
-        args[i] = reg(regs, pt_regs::ARGS[i]);
-        i += 1;
-    }
+    let args = [
+        word!(w, pt_regs::ARGS[0]),
+        word!(w, pt_regs::ARGS[1]),
+        word!(w, pt_regs::ARGS[2]),
+        word!(w, pt_regs::ARGS[3]),
+        word!(w, pt_regs::ARGS[4]),
+        word!(w, pt_regs::ARGS[5]),
+    ];
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
@@ -367,13 +391,13 @@ unsafe fn write_syscall(
 /// `ev` must be a ring buffer slot (its header already written).
 #[inline(always)]
 unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
-    if regs == 0 {
+    let Some(w) = regs_window(regs) else {
         return;
-    }
-    ev.regs.ip = reg(regs, pt_regs::IP);
-    let sp = reg(regs, pt_regs::SP);
+    };
+    ev.regs.ip = word!(w, pt_regs::IP);
+    let sp = word!(w, pt_regs::SP);
     ev.regs.sp = sp;
-    ev.regs.bp = reg(regs, pt_regs::BP);
+    ev.regs.bp = word!(w, pt_regs::BP);
     if sp == 0 {
         return;
     }

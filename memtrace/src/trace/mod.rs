@@ -243,6 +243,7 @@ impl Tracer {
         let layout = kernel::check_and_layout(&btf)?;
         let pidns = kernel::own_pid_namespace()?;
         bump_memlock_rlimit();
+        bump_nofile_rlimit();
 
         let follow: u8 = opts.follow_forks.into();
         let mut loader = EbpfLoader::new();
@@ -474,7 +475,7 @@ impl Drop for Reader {
 fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
     while sink.queued.load(Ordering::Relaxed) < sink.cap {
         let Some(item) = ring.next() else { break };
-        if let Some(ev) = Event::from_raw(&item) {
+        if let Some(ev) = Event::from_raw_reading(&item, crate::proc::read_c_string) {
             sink.queued.fetch_add(ev.footprint(), Ordering::Relaxed);
             sink.tx.send(ev).map_err(|_| ())?;
         }
@@ -486,6 +487,22 @@ fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
 fn ring_size(bytes: u32) -> u32 {
     let page = 4096u32;
     bytes.max(page).next_power_of_two()
+}
+
+/// The session holds the executable files of traced processes open
+/// (`proc::maps::OpenFiles`): allow as many descriptors as the hard limit.
+fn bump_nofile_rlimit() {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) == 0 {
+            rlim.rlim_cur = rlim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
