@@ -1,24 +1,131 @@
-//! The raw tracepoints memtrace attaches to, and every kernel fact its eBPF
+//! The tracepoints memtrace attaches to, and every kernel fact its eBPF
 //! programs rely on.
 //!
-//! This is the one place these facts live: the eBPF programs take syscall
-//! numbers, `pt_regs` offsets and tracepoint argument positions from here;
-//! userspace checks them against the running kernel's BTF before attaching
-//! (and a test checks them on the test machine), and finds there the
-//! kernel struct members whose offsets it hands the programs
-//! ([`KernelLayout`]).
+//! This is the one place these facts live: the eBPF programs take record
+//! offsets, tracepoint argument positions and register offsets from here;
+//! userspace checks them against the running kernel before attaching (and
+//! tests check them on the test machine), and finds here the kernel struct
+//! members whose offsets it hands the programs ([`KernelLayout`]).
 //!
-//! Why raw tracepoints: the per-syscall tracepoints (`syscalls:sys_enter_*`)
-//! are perf events, and the kernel waits for an RCU grace period under a
-//! global mutex when each one is closed — about 75 ms apiece, over a
-//! second for a session. Raw tracepoint links detach without waiting. Two
-//! programs on `sys_enter`/`sys_exit` cover every traced syscall; they
-//! leave other syscalls after one compare.
+//! Two kinds of tracepoints:
 //!
-//! Program names are tracepoint names: the program attached to the raw
-//! tracepoint `sys_enter` is called `sys_enter`.
+//! - The traced syscalls: one `syscalls:sys_enter_NAME`/`sys_exit_NAME`
+//!   pair each ([`SYSCALLS`]), perf-event tracepoints whose record layout
+//!   tracefs describes ([`fields`]). The kernel filters them by syscall
+//!   number before any program runs, so other syscalls on the machine pay
+//!   nothing. (A raw tracepoint on `sys_enter`/`sys_exit` would run a
+//!   program on every syscall of every process: about 0.2 µs each on the
+//!   test machine, twice the cost of a `getppid`.)
+//! - The process lifecycle: raw tracepoints ([`RAW_TRACEPOINTS`]) with
+//!   the kernel's own arguments (task pointers), read at offsets from BTF.
+//!   They fire a few times per process, and pass the child task itself,
+//!   whose id memtrace needs in its own PID namespace.
+//!
+//! Program names are tracepoint names: the program attached to
+//! `syscalls:sys_enter_mmap` is called `sys_enter_mmap`.
 
 use crate::EventKind;
+
+/// Category of the syscall tracepoints.
+pub const SYSCALLS_CATEGORY: &str = "syscalls";
+
+/// One field of a tracepoint record, as tracefs describes it
+/// (`field:TYPE NAME; offset:N; size:M;`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The field's name in the `format` file.
+    pub name: &'static str,
+    /// Byte offset in the record.
+    pub offset: usize,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// Number of argument slots of a `sys_enter_*` record that the eBPF side
+/// reads (as one [`SyscallEnterArgs`]); syscalls with fewer arguments leave
+/// the rest of the block to whatever follows the record, which userspace
+/// ignores.
+pub const SYSCALL_MAX_ARGS: usize = 6;
+/// Offset of the first argument in a `sys_enter_*` record (after the common
+/// header and `int __syscall_nr`, padded to 8).
+pub const SYSCALL_ARGS_OFFSET: usize = 16;
+/// Size of each `sys_enter_*` argument (`unsigned long`).
+pub const SYSCALL_ARG_SIZE: usize = 8;
+/// `long ret` of every `sys_exit_*` record.
+pub const SYSCALL_RET: Field = Field {
+    name: "ret",
+    offset: 16,
+    size: 8,
+};
+
+/// The argument block of a `sys_enter_*` record, read in one piece from
+/// [`SYSCALL_ARGS_OFFSET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallEnterArgs {
+    pub args: [u64; SYSCALL_MAX_ARGS],
+}
+
+/// A traced syscall: the event kind it produces and its two tracepoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscall {
+    pub kind: EventKind,
+    /// The syscall's name (`mmap`).
+    pub name: &'static str,
+    /// Its entry tracepoint and program (`sys_enter_mmap`).
+    pub enter: &'static str,
+    /// Its exit tracepoint and program (`sys_exit_mmap`).
+    pub exit: &'static str,
+    /// Its arguments as tracefs names them, in record order.
+    pub args: &'static [&'static str],
+}
+
+impl Syscall {
+    /// The argument fields of the `sys_enter_*` record.
+    pub fn arg_fields(&self) -> impl Iterator<Item = Field> + use<> {
+        let args: &'static [&'static str] = self.args;
+        args.iter().enumerate().map(|(i, name)| Field {
+            name,
+            offset: SYSCALL_ARGS_OFFSET + i * SYSCALL_ARG_SIZE,
+            size: SYSCALL_ARG_SIZE,
+        })
+    }
+}
+
+macro_rules! syscalls {
+    ($($kind:ident $name:literal [$($arg:literal),*];)*) => {
+        /// Every traced syscall, in attach order.
+        pub const SYSCALLS: [Syscall; [$($name),*].len()] = [$(Syscall {
+            kind: EventKind::$kind,
+            name: $name,
+            enter: concat!("sys_enter_", $name),
+            exit: concat!("sys_exit_", $name),
+            args: &[$($arg),*],
+        }),*];
+    };
+}
+
+syscalls! {
+    Mmap "mmap" ["addr", "len", "prot", "flags", "fd", "off"];
+    Munmap "munmap" ["addr", "len"];
+    Mremap "mremap" ["addr", "old_len", "new_len", "flags", "new_addr"];
+    Brk "brk" ["brk"];
+    Mprotect "mprotect" ["start", "len", "prot"];
+    Madvise "madvise" ["start", "len_in", "behavior"];
+    SetVmaName "prctl" ["option", "arg2", "arg3", "arg4", "arg5"];
+}
+
+/// The traced syscall that produces `kind`, if `kind` is a syscall event.
+pub const fn syscall(kind: EventKind) -> Option<&'static Syscall> {
+    let mut i = 0;
+    while i < SYSCALLS.len() {
+        if SYSCALLS[i].kind as u32 == kind as u32 {
+            return Some(&SYSCALLS[i]);
+        }
+        i += 1;
+    }
+    None
+}
 
 /// A raw tracepoint: its name and its `TP_PROTO` arguments, which the
 /// program reads as `args[i]` (the kernel's BTF has the prototype as the
@@ -46,16 +153,6 @@ impl RawTracepoint {
     }
 }
 
-/// `sys_enter(struct pt_regs *regs, long id)`: every syscall entry.
-pub const SYS_ENTER: RawTracepoint = RawTracepoint {
-    name: "sys_enter",
-    args: &["regs", "id"],
-};
-/// `sys_exit(struct pt_regs *regs, long ret)`: every syscall exit.
-pub const SYS_EXIT: RawTracepoint = RawTracepoint {
-    name: "sys_exit",
-    args: &["regs", "ret"],
-};
 /// `sched_process_fork(struct task_struct *parent, struct task_struct
 /// *child)`; attached with `--follow-forks` only.
 pub const SCHED_PROCESS_FORK: RawTracepoint = RawTracepoint {
@@ -75,47 +172,24 @@ pub const SCHED_PROCESS_EXIT: RawTracepoint = RawTracepoint {
     args: &["p", "group_dead"],
 };
 /// Every raw tracepoint memtrace has a program for, in attach order.
-pub const RAW_TRACEPOINTS: [RawTracepoint; 5] = [
-    SYS_ENTER,
-    SYS_EXIT,
-    SCHED_PROCESS_EXEC,
-    SCHED_PROCESS_EXIT,
-    SCHED_PROCESS_FORK,
-];
+pub const RAW_TRACEPOINTS: [RawTracepoint; 3] =
+    [SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK];
 
-/// Number of syscall arguments the eBPF side saves.
-pub const SYSCALL_MAX_ARGS: usize = 6;
-
-/// x86_64 `struct pt_regs` offsets the programs read (checked against BTF).
+/// x86_64 `struct pt_regs` offsets the programs read for the call site
+/// (checked against BTF).
 pub mod pt_regs {
     /// A `pt_regs` member: name and byte offset.
     pub type Member = (&'static str, usize);
-    /// Syscall arguments, in order (the syscall ABI passes the fourth in
-    /// `r10`).
-    pub const ARGS: [Member; super::SYSCALL_MAX_ARGS] = [
-        ("di", 112),
-        ("si", 104),
-        ("dx", 96),
-        ("r10", 56),
-        ("r8", 72),
-        ("r9", 64),
-    ];
-    /// The syscall number (at exit too).
-    pub const ORIG_AX: Member = ("orig_ax", 120);
     /// User instruction pointer.
     pub const IP: Member = ("ip", 128);
-    /// User code segment: `USER_CS` for 64-bit code.
-    pub const CS: Member = ("cs", 136);
     /// User stack pointer.
     pub const SP: Member = ("sp", 152);
     /// User frame pointer.
     pub const BP: Member = ("bp", 32);
     /// Every member read, for the BTF check.
-    pub const ALL: [Member; 11] = [
-        ARGS[0], ARGS[1], ARGS[2], ARGS[3], ARGS[4], ARGS[5], ORIG_AX, IP, CS, SP, BP,
-    ];
+    pub const ALL: [Member; 3] = [IP, SP, BP];
     /// The programs read every member above in one copy of this many
-    /// words from [`WINDOW_START`]: one helper call instead of eleven.
+    /// words from [`WINDOW_START`]: one helper call instead of three.
     pub const WINDOW_WORDS: usize = 16;
     /// Offset of the first word of the window (`bp`, the lowest member).
     pub const WINDOW_START: usize = BP.1;
@@ -123,66 +197,6 @@ pub mod pt_regs {
     pub const fn word(member: Member) -> usize {
         (member.1 - WINDOW_START) / 8
     }
-    /// `__USER_CS`: the code segment of 64-bit user code. 32-bit processes
-    /// number their syscalls differently; their calls are skipped.
-    pub const USER_CS: u64 = 0x33;
-}
-
-/// A traced syscall: the event kind it produces, its x86_64 number, and
-/// its arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Syscall {
-    pub kind: EventKind,
-    /// The syscall's name (`mmap`).
-    pub name: &'static str,
-    /// Its number in the x86_64 syscall table.
-    pub nr: u64,
-    /// Its arguments as the kernel names them.
-    pub args: &'static [&'static str],
-}
-
-macro_rules! syscalls {
-    ($($kind:ident $name:literal $nr:literal [$($arg:literal),*];)*) => {
-        /// Every traced syscall.
-        pub const SYSCALLS: [Syscall; [$($name),*].len()] = [$(Syscall {
-            kind: EventKind::$kind,
-            name: $name,
-            nr: $nr,
-            args: &[$($arg),*],
-        }),*];
-
-        /// The event kind of syscall number `nr`, if it is traced: one
-        /// compare per traced syscall, the whole cost for other calls.
-        #[inline(always)]
-        pub fn kind_of(nr: u64) -> Option<EventKind> {
-            match nr {
-                $($nr => Some(EventKind::$kind),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-syscalls! {
-    Mmap "mmap" 9 ["addr", "len", "prot", "flags", "fd", "off"];
-    Munmap "munmap" 11 ["addr", "len"];
-    Mremap "mremap" 25 ["addr", "old_len", "new_len", "flags", "new_addr"];
-    Brk "brk" 12 ["brk"];
-    Mprotect "mprotect" 10 ["start", "len", "prot"];
-    Madvise "madvise" 28 ["start", "len_in", "behavior"];
-    SetVmaName "prctl" 157 ["option", "arg2", "arg3", "arg4", "arg5"];
-}
-
-/// The traced syscall that produces `kind`, if `kind` is a syscall event.
-pub const fn syscall(kind: EventKind) -> Option<&'static Syscall> {
-    let mut i = 0;
-    while i < SYSCALLS.len() {
-        if SYSCALLS[i].kind as u32 == kind as u32 {
-            return Some(&SYSCALLS[i]);
-        }
-        i += 1;
-    }
-    None
 }
 
 /// A kernel struct member whose offset the programs need; userspace looks
@@ -266,9 +280,36 @@ pub const fn same_name(a: &str, b: &str) -> bool {
     true
 }
 
+/// One field the eBPF programs read, with where it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointField {
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    pub field: Field,
+}
+
+/// Every syscall record field memtrace's eBPF programs read: the part of
+/// the contract to check against a kernel's tracefs.
+pub fn fields() -> impl Iterator<Item = TracepointField> {
+    SYSCALLS.iter().flat_map(|sc| {
+        let enter = sc.arg_fields().map(|field| TracepointField {
+            category: SYSCALLS_CATEGORY,
+            tracepoint: sc.enter,
+            field,
+        });
+        let exit = TracepointField {
+            category: SYSCALLS_CATEGORY,
+            tracepoint: sc.exit,
+            field: SYSCALL_RET,
+        };
+        enter.chain(core::iter::once(exit))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::mem::size_of;
 
     #[test]
     fn every_syscall_kind_has_one_syscall() {
@@ -283,26 +324,37 @@ mod tests {
     }
 
     #[test]
-    fn numbers_map_back_to_their_kind() {
+    fn tracepoint_names_follow_the_syscall_name() {
         for sc in SYSCALLS {
-            assert_eq!(kind_of(sc.nr), Some(sc.kind), "{}", sc.name);
+            assert_eq!(sc.enter.strip_prefix("sys_enter_"), Some(sc.name));
+            assert_eq!(sc.exit.strip_prefix("sys_exit_"), Some(sc.name));
             assert!(!sc.args.is_empty() && sc.args.len() <= SYSCALL_MAX_ARGS);
         }
-        assert_eq!(kind_of(0), None, "read is not traced");
-        assert_eq!(kind_of(u64::MAX), None);
+    }
+
+    #[test]
+    fn argument_block_covers_every_argument() {
+        assert_eq!(
+            size_of::<SyscallEnterArgs>(),
+            SYSCALL_MAX_ARGS * SYSCALL_ARG_SIZE
+        );
+        let last = SYSCALLS[0].arg_fields().last().expect("mmap has arguments");
+        assert_eq!(last.name, "off");
+        assert_eq!(
+            last.offset + last.size,
+            SYSCALL_ARGS_OFFSET + size_of::<SyscallEnterArgs>()
+        );
     }
 
     #[test]
     fn argument_positions() {
-        assert_eq!(SYS_ENTER.arg("id"), 1);
-        assert_eq!(SYS_EXIT.arg("ret"), 1);
         assert_eq!(SCHED_PROCESS_FORK.arg("child"), 1);
         assert_eq!(SCHED_PROCESS_EXEC.arg("bprm"), 2);
         assert_eq!(SCHED_PROCESS_EXIT.arg("group_dead"), 1);
     }
 
     #[test]
-    fn pt_regs_members_are_distinct_words() {
+    fn pt_regs_members_are_distinct_words_in_the_window() {
         for (i, a) in pt_regs::ALL.iter().enumerate() {
             assert_eq!(a.1 % 8, 0, "{a:?}");
             assert!(
@@ -311,6 +363,20 @@ mod tests {
             );
             for b in &pt_regs::ALL[i + 1..] {
                 assert!(a.0 != b.0 && a.1 != b.1, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn contract_lists_each_field_once() {
+        // 25 syscall arguments, 7 return values.
+        assert_eq!(fields().count(), 32);
+        for (i, a) in fields().enumerate() {
+            for b in fields().skip(i + 1) {
+                assert!(
+                    (a.tracepoint, a.field.name) != (b.tracepoint, b.field.name),
+                    "{a:?} twice"
+                );
             }
         }
     }

@@ -1,18 +1,16 @@
 //! memtrace's eBPF programs.
 //!
-//! Raw tracepoints: `sys_enter`/`sys_exit` see every syscall on the
-//! machine and keep the traced ones (one compare for the rest). Entry saves
-//! the arguments per thread; exit pairs them with the kernel's result,
+//! Syscall tracepoints on the calls that change an address space. Entry
+//! saves the arguments per thread; exit pairs them with the kernel's result,
 //! captures the user call site and writes one [`SyscallEvent`] (or
-//! [`SetVmaNameEvent`]) to the ring buffer. The sched tracepoints write the
-//! small lifecycle records. Every program checks the caller's process
-//! against `TRACED`, so untraced processes pay one hash lookup on the
-//! traced syscalls and nothing more.
+//! [`SetVmaNameEvent`]) to the ring buffer. The sched raw tracepoints write
+//! the small lifecycle records. Every program first checks the caller's
+//! process against `TRACED`, so untraced processes pay one hash lookup.
 //!
 //! Process ids are the ones memtrace sees: in a PID namespace, the
 //! namespace's (`PIDNS`), else the kernel's.
 //!
-//! Syscall numbers, register offsets and tracepoint arguments come from
+//! Record offsets, register offsets and tracepoint arguments come from
 //! `memtrace_common::tracepoints`, the contract with userspace; kernel
 //! struct offsets from userspace, which reads them from BTF (`LAYOUT`).
 #![no_std]
@@ -28,11 +26,12 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes, generated::bpf_get_ns_current_pid_tgid,
+        bpf_probe_read_user_str_bytes,
+        generated::{bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_task_pt_regs},
     },
-    macros::{btf_map, map, raw_tracepoint},
+    macros::{btf_map, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
-    programs::{RawTracePointContext, tracing::StackIdContext as _},
+    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
     DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
@@ -40,7 +39,7 @@ use memtrace_common::{
     STACK_WINDOW_SMALL, SetVmaNameEvent, SyscallEvent, UserRegs, counter, event_flags,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
-        SCHED_PROCESS_FORK, SYS_ENTER, SYS_EXIT, pt_regs, same_name,
+        SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
     },
 };
 
@@ -127,11 +126,21 @@ macro_rules! arg {
     };
 }
 
-/// A `u64` member of the `pt_regs` at `regs`; 0 when unreadable.
-#[inline(always)]
-fn reg(regs: u64, member: pt_regs::Member) -> u64 {
-    // SAFETY: a kernel read through a helper that faults safely.
-    unsafe { bpf_probe_read_kernel((regs as usize + member.1) as *const u64) }.unwrap_or(0)
+/// Read a field of the tracepoint record as a `$ty`; fails to build unless
+/// `$ty` has the field's size.
+macro_rules! read_field {
+    ($ctx:expr, $field:expr, $ty:ty) => {{
+        const {
+            assert!(
+                size_of::<$ty>() == $field.size,
+                concat!(stringify!($field), " is not a ", stringify!($ty))
+            )
+        };
+        // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+        // faults safely; `$field` is inside the record on kernels that
+        // userspace's tracefs check accepts.
+        unsafe { $ctx.read_at::<$ty>($field.offset) }
+    }};
 }
 
 /// Every `pt_regs` word the programs use, in one read (see
@@ -214,30 +223,17 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Raw tracepoint `sys_enter`: save the arguments of a traced call.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let Some(kind) = tracepoints::kind_of(arg!(&ctx, SYS_ENTER, "id")) else {
-        return 0;
-    };
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     let Some((_, tid)) = traced_ids() else {
         return 0;
     };
-    let Some(w) = regs_window(arg!(&ctx, SYS_ENTER, "regs")) else {
-        return 0;
-    };
-    // 32-bit code numbers its syscalls differently: its 9 is not mmap.
-    if word!(w, pt_regs::CS) != pt_regs::USER_CS {
-        return 0;
-    }
-    let args = [
-        word!(w, pt_regs::ARGS[0]),
-        word!(w, pt_regs::ARGS[1]),
-        word!(w, pt_regs::ARGS[2]),
-        word!(w, pt_regs::ARGS[3]),
-        word!(w, pt_regs::ARGS[4]),
-        word!(w, pt_regs::ARGS[5]),
-    ];
+    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
+    // faults safely. Syscalls with fewer than six arguments have a shorter
+    // record; their unused slots read whatever follows it in the trace
+    // buffer, and userspace ignores them.
+    let SyscallEnterArgs { args } =
+        unsafe { ctx.read_at::<SyscallEnterArgs>(SYSCALL_ARGS_OFFSET) }.unwrap_or_default();
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
@@ -254,14 +250,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Raw tracepoint `sys_exit`: pair a traced call with its result and
-/// write its record.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let regs = arg!(&ctx, SYS_EXIT, "regs");
-    let Some(kind) = tracepoints::kind_of(reg(regs, pt_regs::ORIG_AX)) else {
-        return 0;
-    };
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     let Some((tgid, tid)) = traced_ids() else {
         return 0;
     };
@@ -274,7 +264,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if pending.kind != kind as u32 {
         return 0;
     }
-    let ret = arg!(&ctx, SYS_EXIT, "ret") as i64;
+    let ret = read_field!(ctx, SYSCALL_RET, i64).unwrap_or(0);
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
             return 0;
@@ -285,7 +275,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         // safely.
         unsafe {
             write_syscall(
-                &ctx,
+                ctx,
                 &raw mut (*ev).syscall,
                 (kind, tgid, tid),
                 &pending,
@@ -310,7 +300,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         };
         // SAFETY: the slot just reserved, ours alone until submit and
         // 8-byte aligned.
-        unsafe { write_syscall(&ctx, entry.as_mut_ptr(), (kind, tgid, tid), &pending, ret) };
+        unsafe { write_syscall(ctx, entry.as_mut_ptr(), (kind, tgid, tid), &pending, ret) };
         entry.submit(wakeup_flags());
     }
     0
@@ -353,7 +343,7 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
 /// else writes until it is submitted.
 #[inline(always)]
 unsafe fn write_syscall(
-    ctx: &RawTracePointContext,
+    ctx: &TracePointContext,
     ev: *mut SyscallEvent,
     (kind, tgid, tid): (EventKind, u32, u32),
     pending: &PendingCall,
@@ -368,7 +358,10 @@ unsafe fn write_syscall(
         (*ev).regs = UserRegs::default();
         (*ev).stack_id = -1;
         (*ev).stack_len = 0;
-        read_user_regs(&mut *ev, arg!(ctx, SYS_EXIT, "regs"));
+        read_user_regs(
+            &mut *ev,
+            bpf_task_pt_regs(bpf_get_current_task_btf()) as u64,
+        );
         // The frame-pointer walk is the fallback for when no stack window
         // could be read: without frame pointers it yields a frame or two
         // and costs the traced thread microseconds per call.
@@ -391,6 +384,9 @@ unsafe fn write_syscall(
 /// `ev` must be a ring buffer slot (its header already written).
 #[inline(always)]
 unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
+    if regs == 0 {
+        return;
+    }
     let Some(w) = regs_window(regs) else {
         return;
     };
@@ -554,11 +550,60 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Each program is named after its raw tracepoint in
+/// The entry and exit programs of each traced syscall. Userspace attaches
+/// them by the names in `memtrace_common::tracepoints::SYSCALLS`; the
+/// build fails unless each pair is named after its kind's tracepoints there
+/// and every syscall listed there has its pair.
+macro_rules! syscall_probes {
+    ($($kind:ident: $enter:ident, $exit:ident;)*) => {
+        $(
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                on_enter(&ctx, EventKind::$kind)
+            }
+
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                on_exit(&ctx, EventKind::$kind)
+            }
+
+            const _: () = {
+                let Some(syscall) = tracepoints::syscall(EventKind::$kind) else {
+                    panic!(concat!(stringify!($kind), " is not a traced syscall"));
+                };
+                assert!(
+                    same_name(stringify!($enter), syscall.enter),
+                    concat!(stringify!($enter), " is not the entry tracepoint of ", stringify!($kind))
+                );
+                assert!(
+                    same_name(stringify!($exit), syscall.exit),
+                    concat!(stringify!($exit), " is not the exit tracepoint of ", stringify!($kind))
+                );
+            };
+        )*
+
+        const _: () = assert!(
+            [$(stringify!($kind)),*].len() == tracepoints::SYSCALLS.len(),
+            "a syscall in memtrace_common::tracepoints::SYSCALLS has no programs"
+        );
+    };
+}
+
+syscall_probes! {
+    Mmap: sys_enter_mmap, sys_exit_mmap;
+    Munmap: sys_enter_munmap, sys_exit_munmap;
+    Mremap: sys_enter_mremap, sys_exit_mremap;
+    Brk: sys_enter_brk, sys_exit_brk;
+    Mprotect: sys_enter_mprotect, sys_exit_mprotect;
+    Madvise: sys_enter_madvise, sys_exit_madvise;
+    SetVmaName: sys_enter_prctl, sys_exit_prctl;
+}
+
+/// The sched programs, named after their raw tracepoints in
 /// `memtrace_common::tracepoints::RAW_TRACEPOINTS` (userspace attaches them
 /// by those names); the build fails if a name differs or one has no
 /// program.
-macro_rules! programs {
+macro_rules! sched_programs {
     ($($program:ident: $tracepoint:expr;)*) => {
         $(
             const _: () = {
@@ -577,9 +622,7 @@ macro_rules! programs {
     };
 }
 
-programs! {
-    sys_enter: SYS_ENTER;
-    sys_exit: SYS_EXIT;
+sched_programs! {
     sched_process_fork: SCHED_PROCESS_FORK;
     sched_process_exec: SCHED_PROCESS_EXEC;
     sched_process_exit: SCHED_PROCESS_EXIT;

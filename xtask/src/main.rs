@@ -1,7 +1,7 @@
 //! `cargo xtask`: set up, build, run, test and benchmark memtrace.
 //!
 //! Every command first installs what is missing (the nightly `rust-src`
-//! component and bpf-linker, which the eBPF build needs), quietly
+//! component and bpf-linker, which the eBPF build needs; tracefs), quietly
 //! when everything is already there.
 
 mod bench;
@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install prerequisites (nightly rust-src, bpf-linker 0.10.4).
+    /// Install prerequisites (nightly rust-src, bpf-linker 0.10.4, tracefs).
     Setup,
     /// Build memtrace (release).
     Build,

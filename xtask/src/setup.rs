@@ -1,6 +1,9 @@
 //! Prerequisites of the eBPF build and of tracing, installed when missing.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -11,6 +14,7 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_tracefs();
     Ok(())
 }
 
@@ -106,4 +110,21 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// memtrace mounts tracefs itself when it runs as root; mounting it here
+/// too lets the tests that load programs directly find it.
+fn ensure_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").is_dir()
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return;
+    }
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let _ = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status();
 }

@@ -17,7 +17,8 @@ use super::{TraceError, btf::Btf};
 const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
 
 /// Check the raw tracepoint prototypes and `pt_regs` offsets the programs
-/// read, and look up the struct offsets they need.
+/// read, and look up the struct offsets they need. (The syscall tracepoint
+/// records are checked against tracefs: [`super::tracefs`].)
 pub fn check_and_layout(btf: &Btf) -> Result<KernelLayout, TraceError> {
     for tp in RAW_TRACEPOINTS {
         let found = btf.raw_tracepoint_args(tp.name);
@@ -101,32 +102,7 @@ pub fn check_traceable(ns: PidNamespace, pid: u32) -> Result<(), TraceError> {
 
 #[cfg(test)]
 mod tests {
-    use memtrace_common::tracepoints::{SYSCALLS, kind_of};
-
     use super::*;
-
-    /// The contract's numbers are the x86_64 syscall table's.
-    #[test]
-    fn syscall_numbers_are_the_c_librarys() {
-        let table = [
-            ("mmap", libc::SYS_mmap),
-            ("munmap", libc::SYS_munmap),
-            ("mremap", libc::SYS_mremap),
-            ("brk", libc::SYS_brk),
-            ("mprotect", libc::SYS_mprotect),
-            ("madvise", libc::SYS_madvise),
-            ("prctl", libc::SYS_prctl),
-        ];
-        assert_eq!(table.len(), SYSCALLS.len());
-        for (name, nr) in table {
-            let sc = SYSCALLS
-                .iter()
-                .find(|sc| sc.name == name)
-                .unwrap_or_else(|| panic!("{name} is not in the contract"));
-            assert_eq!(sc.nr, nr as u64, "{name}");
-            assert_eq!(kind_of(nr as u64), Some(sc.kind));
-        }
-    }
 
     #[test]
     fn the_initial_namespace_needs_no_translation() {

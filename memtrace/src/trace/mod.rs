@@ -2,20 +2,22 @@
 //! the syscall and scheduler raw tracepoints, and drain decoded [`Event`]s.
 //!
 //! Dropping a [`Tracer`] detaches every link and unloads every program and
-//! map; nothing stays in the kernel afterwards. Raw tracepoint links detach
-//! without waiting for the kernel (perf-event tracepoints cost an RCU grace
-//! period each), so a session ends in milliseconds.
+//! map; nothing stays in the kernel afterwards. The syscall tracepoint
+//! links are released through [`release`], so that ending a session takes
+//! milliseconds, not the kernel's grace period per tracepoint.
 
 pub mod btf;
 pub mod event;
 pub mod kernel;
 pub mod launch;
+pub mod release;
 pub mod source;
+pub mod tracefs;
 
 use std::{
     io,
     os::fd::AsRawFd,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -28,11 +30,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, RawTracePoint},
+    programs::{
+        ProgramError, RawTracePoint, TracePoint, links::FdLink, trace_point::TracePointLinkId,
+    },
 };
 use memtrace_common::{
     counter,
-    tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK},
+    tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK, SYSCALLS, SYSCALLS_CATEGORY},
 };
 
 use event::Event;
@@ -65,6 +69,50 @@ pub enum TraceError {
          CONFIG_DEBUG_INFO_BTF=y) {SNAPSHOT_HINT}"
     )]
     NoBtf,
+    /// tracefs is not mounted and mounting it failed.
+    #[error(
+        "tracefs is not mounted and mounting it failed; run \
+         `mount -t tracefs nodev {mount_point}` as root {SNAPSHOT_HINT}",
+        mount_point = tracefs::TRACEFS
+    )]
+    Tracefs {
+        /// Why `mount(2)` failed.
+        #[source]
+        source: io::Error,
+    },
+    /// A tracepoint's `format` file could not be read.
+    #[error(
+        "tracepoint {category}:{name} ({path}) is missing (needs CONFIG_FTRACE_SYSCALLS) \
+         {SNAPSHOT_HINT}",
+        path = .path.display()
+    )]
+    MissingTracepoint {
+        /// Tracepoint category (`syscalls`, `sched`).
+        category: String,
+        /// Tracepoint name.
+        name: String,
+        /// Its `format` file.
+        path: PathBuf,
+        /// Why the file could not be read.
+        #[source]
+        source: io::Error,
+    },
+    /// A tracepoint record does not have the layout memtrace's eBPF
+    /// programs read.
+    #[error(
+        "{category}:{tracepoint} field `{field}` is {found}, memtrace's eBPF programs read \
+         it at {expected} {SNAPSHOT_HINT}",
+        found = .found.map_or_else(|| "missing".to_owned(), |f| format!("at {f}"))
+    )]
+    Layout {
+        category: &'static str,
+        tracepoint: &'static str,
+        field: &'static str,
+        /// Where the kernel has it, if it has it.
+        found: Option<tracefs::FieldLayout>,
+        /// Where the eBPF programs read it.
+        expected: tracefs::FieldLayout,
+    },
     /// The kernel's BTF could not be read.
     #[error("reading the kernel's BTF failed {SNAPSHOT_HINT}")]
     Btf(#[source] btf::BtfError),
@@ -110,8 +158,8 @@ pub enum TraceError {
         /// Its name.
         name: String,
     },
-    /// A program in the object is not a raw tracepoint program.
-    #[error("program {program} is not a raw tracepoint program {SNAPSHOT_HINT}")]
+    /// A program in the object is not of the type memtrace attaches it as.
+    #[error("program {program} is not a (raw) tracepoint program {SNAPSHOT_HINT}")]
     ProgramType {
         /// The program.
         program: String,
@@ -129,7 +177,7 @@ pub enum TraceError {
         source: Box<ProgramError>,
     },
     /// A program did not attach to its tracepoint.
-    #[error("attaching raw tracepoint {program} failed {SNAPSHOT_HINT}")]
+    #[error("attaching tracepoint {program} failed {SNAPSHOT_HINT}")]
     Attach {
         /// The program (named after its tracepoint).
         program: String,
@@ -211,7 +259,30 @@ pub struct Tracer {
     traced: BpfHashMap<MapData, u32, u8>,
     /// memtrace's PID namespace (zero in the initial one).
     pidns: PidNamespace,
-    _ebpf: Ebpf,
+    /// The syscall tracepoint links, by program, released without waiting
+    /// on drop.
+    syscall_links: Vec<(&'static str, TracePointLinkId)>,
+    ebpf: Ebpf,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let mut links = Vec::new();
+        for (prog, id) in self.syscall_links.drain(..) {
+            let program: Option<&mut TracePoint> =
+                self.ebpf.program_mut(prog).and_then(|p| p.try_into().ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                // On a kernel without BPF links the conversion fails and
+                // drops the link: detached here, the slow way.
+                if let Ok(link) = FdLink::try_from(link) {
+                    links.push(link);
+                }
+            }
+        }
+        release::detach(links);
+        // The rest (raw tracepoint links, programs, maps) goes with the
+        // fields, without waiting.
+    }
 }
 
 /// Check what tracing needs before touching the kernel, so failures read as
@@ -239,6 +310,8 @@ impl Tracer {
     /// [`Tracer::add_pid`].
     pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
         check_prerequisites()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        tracefs::check_layouts(tracefs)?;
         let btf = btf::Btf::from_kernel().map_err(TraceError::Btf)?;
         let layout = kernel::check_and_layout(&btf)?;
         let pidns = kernel::own_pid_namespace()?;
@@ -259,6 +332,34 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
 
+        let mut syscall_links = Vec::new();
+        for syscall in SYSCALLS {
+            for prog in [syscall.enter, syscall.exit] {
+                let program: &mut TracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| TraceError::MissingFromObject {
+                        what: "program",
+                        name: prog.to_owned(),
+                    })?
+                    .try_into()
+                    .map_err(|e| TraceError::ProgramType {
+                        program: prog.to_owned(),
+                        source: Box::new(e),
+                    })?;
+                program.load().map_err(|e| TraceError::ProgramRejected {
+                    program: prog.to_owned(),
+                    source: Box::new(e),
+                })?;
+                let id =
+                    program
+                        .attach(SYSCALLS_CATEGORY, prog)
+                        .map_err(|e| TraceError::Attach {
+                            program: prog.to_owned(),
+                            source: Box::new(e),
+                        })?;
+                syscall_links.push((prog, id));
+            }
+        }
         for tp in RAW_TRACEPOINTS {
             if tp.name == SCHED_PROCESS_FORK.name && !opts.follow_forks {
                 continue;
@@ -309,7 +410,8 @@ impl Tracer {
             counters,
             traced,
             pidns,
-            _ebpf: ebpf,
+            syscall_links,
+            ebpf,
         })
     }
 
