@@ -131,7 +131,8 @@ fn the_schema_rejects_drift() {
     let good = serde_json::json!({
         "type": "summary", "schema_version": 2, "events": {"mmap": 1},
         "bytes_mapped": 4096, "bytes_unmapped": 0, "failed_calls": 0,
-        "lost_events": 0, "lost": {"ring_buffer": 0, "pending": 0, "untraced_children": 0}
+        "lost_events": 0, "lost": {"ring_buffer": 0, "pending": 0, "untraced_children": 0},
+        "display_dropped": 0
     });
     assert!(validator.is_valid(&good));
     let mut extra = good.clone();
@@ -148,4 +149,12 @@ fn the_schema_rejects_drift() {
     assert!(validator.is_valid(&ev));
     ev["stack"] = Value::Array(vec![frame]);
     assert!(!validator.is_valid(&ev), "addresses must be hex strings");
+    let mut unread = serde_json::json!({
+        "type": "event", "schema_version": 2, "time_ns": 1, "pid": 1, "tid": 1,
+        "kind": "set_vma_name", "addr": "0x1000", "len": 4096, "result": 0, "stack": [],
+        "name": null, "name_refused": false, "name_unreadable": true
+    });
+    assert!(validator.is_valid(&unread), "an unreadable name is a state of its own");
+    unread["name_unreadable"] = Value::Bool(false);
+    assert!(!validator.is_valid(&unread), "name_unreadable is present only when true");
 }
