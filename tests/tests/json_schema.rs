@@ -154,7 +154,13 @@ fn the_schema_rejects_drift() {
         "kind": "set_vma_name", "addr": "0x1000", "len": 4096, "result": 0, "stack": [],
         "name": null, "name_refused": false, "name_unreadable": true
     });
-    assert!(validator.is_valid(&unread), "an unreadable name is a state of its own");
+    assert!(
+        validator.is_valid(&unread),
+        "an unreadable name is a state of its own"
+    );
     unread["name_unreadable"] = Value::Bool(false);
-    assert!(!validator.is_valid(&unread), "name_unreadable is present only when true");
+    assert!(
+        !validator.is_valid(&unread),
+        "name_unreadable is present only when true"
+    );
 }
