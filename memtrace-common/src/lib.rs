@@ -218,7 +218,8 @@ pub mod counter {
     /// The map is an LRU map that makes room by evicting its least recently
     /// used entry, so this stays zero unless the kernel cannot allocate.
     pub const LOST_PENDING: u32 = 1;
-    /// Forked children that could not join the traced set (map full).
+    /// Forked children that could not join the traced set (map full, or
+    /// their id unreadable).
     pub const LOST_CHILDREN: u32 = 2;
     pub const COUNT: u32 = 3;
 }

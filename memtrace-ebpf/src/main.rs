@@ -417,34 +417,38 @@ unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
     }
 }
 
-/// The id of `task` as memtrace sees it: its number at `level` of its
-/// `struct pid` (0: the kernel's own id; in a PID namespace, the
-/// namespace's depth). 0 when unreadable or `task` lives above `level`.
+/// `task->thread_pid`: the task's `struct pid`, 0 when unreadable.
 #[inline(always)]
-fn task_id_at(task: u64, level: u32) -> u32 {
-    let l = layout();
-    // SAFETY: kernel reads through a helper that faults safely, at offsets
-    // userspace took from this kernel's BTF.
-    unsafe {
-        let Ok(pid) =
-            bpf_probe_read_kernel((task as usize + l.task_thread_pid as usize) as *const u64)
-        else {
-            return 0;
-        };
-        if pid == 0 {
-            return 0;
-        }
-        let depth: u32 =
-            bpf_probe_read_kernel((pid as usize + l.pid_level as usize) as *const u32).unwrap_or(0);
-        if depth < level {
-            return 0;
-        }
-        let nr = pid as usize
-            + l.pid_numbers as usize
-            + (level as usize & 0x3f) * l.upid_size as usize
-            + l.upid_nr as usize;
-        bpf_probe_read_kernel(nr as *const u32).unwrap_or(0)
+fn task_pid(task: u64) -> u64 {
+    let at = task as usize + layout().task_thread_pid as usize;
+    // SAFETY: a kernel read through a helper that faults safely, at an
+    // offset from this kernel's BTF.
+    unsafe { bpf_probe_read_kernel(at as *const u64) }.unwrap_or(0)
+}
+
+/// `pid->level`: the depth of the PID namespace the pid was made in.
+#[inline(always)]
+fn pid_level(pid: u64) -> u32 {
+    let at = pid as usize + layout().pid_level as usize;
+    // SAFETY: as in `task_pid`.
+    unsafe { bpf_probe_read_kernel(at as *const u32) }.unwrap_or(0)
+}
+
+/// `pid->numbers[level].nr`: the id in the namespace at `level` (0 is the
+/// kernel's own id); 0 when unreadable or the pid has no such level.
+#[inline(always)]
+fn pid_nr_at(pid: u64, level: u32) -> u32 {
+    if pid == 0 || pid_level(pid) < level {
+        return 0;
     }
+    let l = layout();
+    // Namespaces nest at most 32 deep; the mask tells the verifier so.
+    let at = pid as usize
+        + l.pid_numbers as usize
+        + (level as usize & 0x3f) * l.upid_size as usize
+        + l.upid_nr as usize;
+    // SAFETY: as in `task_pid`.
+    unsafe { bpf_probe_read_kernel(at as *const u32) }.unwrap_or(0)
 }
 
 /// Raw tracepoint `sched_process_fork`. The parent is the current task.
@@ -457,30 +461,23 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     // The child's id in memtrace's namespace: the parent passed the
-    // namespace check, so it lives there, and its child there or below.
+    // namespace check, so it lives at that namespace's level, and its child
+    // there or below.
     let level = if pidns().ino == 0 {
         0
     } else {
-        let parent = arg!(&ctx, SCHED_PROCESS_FORK, "parent");
-        let l = layout();
-        // SAFETY: kernel reads through a helper that faults safely, at
-        // offsets from this kernel's BTF.
-        unsafe {
-            bpf_probe_read_kernel((parent as usize + l.task_thread_pid as usize) as *const u64)
-                .and_then(|pid| {
-                    bpf_probe_read_kernel((pid as usize + l.pid_level as usize) as *const u32)
-                })
-                .unwrap_or(0)
-        }
+        pid_level(task_pid(arg!(&ctx, SCHED_PROCESS_FORK, "parent")))
     };
-    let child = task_id_at(arg!(&ctx, SCHED_PROCESS_FORK, "child"), level);
+    let child = pid_nr_at(task_pid(arg!(&ctx, SCHED_PROCESS_FORK, "child")), level);
+    // SAFETY: a plain read of a global set before load.
+    let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) } != 0;
     if child == 0 {
-        count(counter::LOST_CHILDREN);
+        if follow {
+            count(counter::LOST_CHILDREN);
+        }
         return 0;
     }
-    // SAFETY: a plain read of a global set before load.
-    let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
-    if follow != 0 && TRACED.insert(child, 1, 0).is_err() {
+    if follow && TRACED.insert(child, 1, 0).is_err() {
         count(counter::LOST_CHILDREN);
     }
     if let Some(mut entry) = reserve::<ForkEvent>() {
