@@ -1,5 +1,6 @@
 //! The eBPF tracer: load memtrace's programs into the kernel, attach them to
-//! the syscall and scheduler raw tracepoints, and drain decoded [`Event`]s.
+//! the syscall tracepoints and the scheduler raw tracepoints, and drain
+//! decoded [`Event`]s.
 //!
 //! Dropping a [`Tracer`] detaches every link and unloads every program and
 //! map; nothing stays in the kernel afterwards. The syscall tracepoint
@@ -332,31 +333,15 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
 
+        // Per-syscall tracepoints: the kernel runs them for the traced
+        // syscalls only (see `memtrace_common::tracepoints`).
         let mut syscall_links = Vec::new();
         for syscall in SYSCALLS {
             for prog in [syscall.enter, syscall.exit] {
-                let program: &mut TracePoint = ebpf
-                    .program_mut(prog)
-                    .ok_or_else(|| TraceError::MissingFromObject {
-                        what: "program",
-                        name: prog.to_owned(),
-                    })?
-                    .try_into()
-                    .map_err(|e| TraceError::ProgramType {
-                        program: prog.to_owned(),
-                        source: Box::new(e),
-                    })?;
-                program.load().map_err(|e| TraceError::ProgramRejected {
-                    program: prog.to_owned(),
-                    source: Box::new(e),
-                })?;
-                let id =
-                    program
-                        .attach(SYSCALLS_CATEGORY, prog)
-                        .map_err(|e| TraceError::Attach {
-                            program: prog.to_owned(),
-                            source: Box::new(e),
-                        })?;
+                let program: &mut TracePoint = loaded(&mut ebpf, prog)?;
+                let id = program
+                    .attach(SYSCALLS_CATEGORY, prog)
+                    .map_err(|e| attach_error(prog, e))?;
                 syscall_links.push((prog, id));
             }
         }
@@ -364,26 +349,10 @@ impl Tracer {
             if tp.name == SCHED_PROCESS_FORK.name && !opts.follow_forks {
                 continue;
             }
-            let prog = tp.name;
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| TraceError::MissingFromObject {
-                    what: "program",
-                    name: prog.to_owned(),
-                })?
-                .try_into()
-                .map_err(|e| TraceError::ProgramType {
-                    program: prog.to_owned(),
-                    source: Box::new(e),
-                })?;
-            program.load().map_err(|e| TraceError::ProgramRejected {
-                program: prog.to_owned(),
-                source: Box::new(e),
-            })?;
-            program.attach(tp.name).map_err(|e| TraceError::Attach {
-                program: prog.to_owned(),
-                source: Box::new(e),
-            })?;
+            let program: &mut RawTracePoint = loaded(&mut ebpf, tp.name)?;
+            program
+                .attach(tp.name)
+                .map_err(|e| attach_error(tp.name, e))?;
         }
 
         let map_err = |map, e| TraceError::Map {
@@ -583,6 +552,53 @@ fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// The program `name` of the object, as a `P`, loaded into the kernel.
+fn loaded<'a, P: LoadProgram + 'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, TraceError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or_else(|| TraceError::MissingFromObject {
+            what: "program",
+            name: name.to_owned(),
+        })?
+        .try_into()
+        .map_err(|e| TraceError::ProgramType {
+            program: name.to_owned(),
+            source: Box::new(e),
+        })?;
+    program.load().map_err(|e| TraceError::ProgramRejected {
+        program: name.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(program)
+}
+
+/// The two program types memtrace loads.
+trait LoadProgram {
+    fn load(&mut self) -> Result<(), ProgramError>;
+}
+
+impl LoadProgram for TracePoint {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        TracePoint::load(self)
+    }
+}
+
+impl LoadProgram for RawTracePoint {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        RawTracePoint::load(self)
+    }
+}
+
+fn attach_error(program: &str, e: ProgramError) -> TraceError {
+    TraceError::Attach {
+        program: program.to_owned(),
+        source: Box::new(e),
+    }
 }
 
 /// Ring buffer sizes must be a power-of-two number of pages.
