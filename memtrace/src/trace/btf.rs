@@ -3,9 +3,11 @@
 //! eBPF programs need and which differ between kernel builds.
 //!
 //! Format: `Documentation/bpf/btf.rst`. Every type record is walked once to
-//! index it; lookups are by name.
+//! index it by id; the few lookups by name scan the index (cheaper than
+//! hashing a hundred thousand names, which would cost startup tens of
+//! milliseconds).
 
-use std::{collections::HashMap, io, path::Path};
+use std::{io, path::Path};
 
 const MAGIC: u16 = 0xeb9f;
 
@@ -47,13 +49,12 @@ struct Type {
     data: usize,
 }
 
-/// Parsed BTF: the type records, indexed by id and by name.
+/// Parsed BTF: the type records, indexed by id.
 pub struct Btf {
     bytes: Vec<u8>,
     strings: std::ops::Range<usize>,
     /// By type id; id 0 is `void`.
     types: Vec<Type>,
-    by_name: HashMap<String, Vec<u32>>,
 }
 
 /// A struct member: byte offset and type id.
@@ -135,39 +136,31 @@ impl Btf {
         if at != types_range.end {
             return Err(BtfError::Malformed("type section ends inside a type"));
         }
-        let mut btf = Btf {
+        Ok(Btf {
             bytes,
             strings,
             types,
-            by_name: HashMap::new(),
-        };
-        for id in 1..btf.types.len() {
-            let name = btf.string(btf.types[id].name_off);
-            if !name.is_empty() {
-                btf.by_name
-                    .entry(name.to_owned())
-                    .or_default()
-                    .push(id as u32);
-            }
-        }
-        Ok(btf)
+        })
     }
 
-    fn string(&self, off: u32) -> &str {
+    /// The NUL-terminated name at `off` in the string section.
+    fn string(&self, off: u32) -> &[u8] {
         let Some(start) = self.strings.start.checked_add(off as usize) else {
-            return "";
+            return b"";
         };
         let bytes = self.bytes.get(start..self.strings.end).unwrap_or_default();
         let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-        std::str::from_utf8(&bytes[..end]).unwrap_or("")
+        &bytes[..end]
     }
 
+    /// The first type of `kind` called `name` (for structs, one with
+    /// members: not a forward declaration).
     fn named(&self, name: &str, kind: u32) -> Option<&Type> {
-        self.by_name
-            .get(name)?
-            .iter()
-            .map(|id| &self.types[*id as usize])
-            .find(|t| t.kind == kind && (kind != KIND_STRUCT || t.vlen > 0))
+        self.types.iter().find(|t| {
+            t.kind == kind
+                && (kind != KIND_STRUCT || t.vlen > 0)
+                && self.string(t.name_off) == name.as_bytes()
+        })
     }
 
     /// Size in bytes of `struct name`.
@@ -207,7 +200,7 @@ impl Btf {
                     ..found
                 });
             }
-            (name == member).then_some(Member {
+            (name == member.as_bytes()).then_some(Member {
                 offset: bits / 8,
                 type_id,
             })
