@@ -1,9 +1,8 @@
 //! Types shared by memtrace's eBPF programs and its userspace: the one
 //! contract between the two sides.
 //!
-//! - [`tracepoints`]: the tracepoints attached, the traced syscalls with
-//!   their tracefs argument names, and every record field the programs
-//!   read.
+//! - [`tracepoints`]: the raw tracepoints attached, the traced syscalls
+//!   with their numbers, and every kernel layout fact the programs rely on.
 //! - The ring-buffer records: an [`EventHeader`] and a payload chosen by
 //!   [`EventKind`] ([`SyscallEvent`], [`SetVmaNameEvent`], [`ForkEvent`],
 //!   [`ExecEvent`], [`ExitEvent`]).
@@ -99,6 +98,10 @@ pub mod event_flags {
     /// `regs.sp`, `regs.bp` and `stack_len` bytes of `stack` hold the user
     /// registers and the top of the user stack.
     pub const HAS_STACK: u32 = 1 << 2;
+    /// A `prctl` name pointer was not null but the kernel side could not
+    /// read it (its page was not resident: reads in eBPF cannot fault pages
+    /// in). Userspace reads it from the process instead.
+    pub const NAME_UNREAD: u32 = 1 << 3;
 }
 
 /// The start of every ring-buffer record; `kind` says which record it
@@ -166,7 +169,9 @@ pub struct SyscallEvent {
 #[derive(Clone, Copy, Debug)]
 pub struct SetVmaNameEvent {
     pub syscall: SyscallEvent,
-    /// NUL-terminated when `HAS_NAME` is set; no name clears it.
+    /// NUL-terminated when `HAS_NAME` is set; without it, a null pointer
+    /// clears the name, and `NAME_UNREAD` says the pointer (`args[4]`) was
+    /// not null but unreadable here.
     pub name: [u8; NAME_LEN],
 }
 
@@ -213,7 +218,8 @@ pub mod counter {
     /// The map is an LRU map that makes room by evicting its least recently
     /// used entry, so this stays zero unless the kernel cannot allocate.
     pub const LOST_PENDING: u32 = 1;
-    /// Forked children that could not join the traced set (map full).
+    /// Forked children that could not join the traced set (map full, or
+    /// their id unreadable).
     pub const LOST_CHILDREN: u32 = 2;
     pub const COUNT: u32 = 3;
 }
@@ -250,6 +256,10 @@ mod pod {
     unsafe impl aya::Pod for super::ExitEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingCall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tracepoints::KernelLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tracepoints::PidNamespace {}
 }
 
 #[cfg(test)]
@@ -273,6 +283,8 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + NAME_LEN);
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>());
         assert_eq!(size_of::<PendingCall>(), 8 + 8 * 6 + 4 * 2);
+        assert_eq!(size_of::<tracepoints::KernelLayout>(), 4 * 6);
+        assert_eq!(size_of::<tracepoints::PidNamespace>(), 8 * 2);
     }
 
     /// Userspace reads the header of any record first, then the rest by

@@ -1,21 +1,33 @@
-//! The tracepoints memtrace attaches to, and the layout of every record
-//! field its eBPF programs read.
+//! The tracepoints memtrace attaches to, and every kernel fact its eBPF
+//! programs rely on.
 //!
-//! This is the one place these facts live: the eBPF programs read the
-//! offsets from here, userspace checks them against the running kernel's
-//! tracefs `format` files before attaching (and a test checks them on the
-//! test machine), and both sides take the list of traced syscalls, with
-//! their tracefs argument names, from [`SYSCALLS`].
+//! This is the one place these facts live: the eBPF programs take record
+//! offsets, tracepoint argument positions and register offsets from here;
+//! userspace checks them against the running kernel before attaching (and
+//! tests check them on the test machine), and finds here the kernel struct
+//! members whose offsets it hands the programs ([`KernelLayout`]).
 //!
-//! Program names are tracepoint names: the eBPF program attached to
+//! Two kinds of tracepoints:
+//!
+//! - The traced syscalls: one `syscalls:sys_enter_NAME`/`sys_exit_NAME`
+//!   pair each ([`SYSCALLS`]), perf-event tracepoints whose record layout
+//!   tracefs describes ([`fields`]). The kernel filters them by syscall
+//!   number before any program runs, so other syscalls on the machine pay
+//!   nothing. (A raw tracepoint on `sys_enter`/`sys_exit` would run a
+//!   program on every syscall of every process: about 0.2 µs each on the
+//!   test machine, twice the cost of a `getppid`.)
+//! - The process lifecycle: raw tracepoints ([`RAW_TRACEPOINTS`]) with
+//!   the kernel's own arguments (task pointers), read at offsets from BTF.
+//!   They fire a few times per process, and pass the child task itself,
+//!   whose id memtrace needs in its own PID namespace.
+//!
+//! Program names are tracepoint names: the program attached to
 //! `syscalls:sys_enter_mmap` is called `sys_enter_mmap`.
 
 use crate::EventKind;
 
 /// Category of the syscall tracepoints.
 pub const SYSCALLS_CATEGORY: &str = "syscalls";
-/// Category of the process lifecycle tracepoints.
-pub const SCHED_CATEGORY: &str = "sched";
 
 /// One field of a tracepoint record, as tracefs describes it
 /// (`field:TYPE NAME; offset:N; size:M;`).
@@ -115,51 +127,158 @@ pub const fn syscall(kind: EventKind) -> Option<&'static Syscall> {
     None
 }
 
-/// A `sched` tracepoint and the fields its program reads.
+/// A raw tracepoint: its name and its `TP_PROTO` arguments, which the
+/// program reads as `args[i]` (the kernel's BTF has the prototype as the
+/// function type `btf_trace_NAME`, with a leading `void *` for the probe's
+/// data).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SchedTracepoint {
+pub struct RawTracepoint {
     /// Tracepoint and program name.
     pub name: &'static str,
-    pub fields: &'static [Field],
+    /// Argument names, in `TP_PROTO` order.
+    pub args: &'static [&'static str],
 }
 
-/// `pid_t child_pid` of `sched_process_fork`.
-pub const FORK_CHILD_PID: Field = Field {
-    name: "child_pid",
-    offset: 20,
-    size: 4,
+impl RawTracepoint {
+    /// Position of argument `name` in the program's context.
+    pub const fn arg(&self, name: &str) -> usize {
+        let mut i = 0;
+        while i < self.args.len() {
+            if same_name(self.args[i], name) {
+                return i;
+            }
+            i += 1;
+        }
+        panic!("no such tracepoint argument")
+    }
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct
+/// *child)`; attached with `--follow-forks` only.
+pub const SCHED_PROCESS_FORK: RawTracepoint = RawTracepoint {
+    name: "sched_process_fork",
+    args: &["parent", "child"],
 };
-/// `__data_loc char[] filename` of `sched_process_exec`: a u32 whose low 16
-/// bits are the string's offset in the record.
-pub const EXEC_FILENAME: Field = Field {
-    name: "filename",
-    offset: 8,
-    size: 4,
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct
+/// linux_binprm *bprm)`, in the task that called exec.
+pub const SCHED_PROCESS_EXEC: RawTracepoint = RawTracepoint {
+    name: "sched_process_exec",
+    args: &["p", "old_pid", "bprm"],
 };
-/// `bool group_dead` of `sched_process_exit`: the whole process is exiting.
-pub const EXIT_GROUP_DEAD: Field = Field {
-    name: "group_dead",
-    offset: 32,
-    size: 1,
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`, in the
+/// exiting task.
+pub const SCHED_PROCESS_EXIT: RawTracepoint = RawTracepoint {
+    name: "sched_process_exit",
+    args: &["p", "group_dead"],
+};
+/// Every raw tracepoint memtrace has a program for, in attach order.
+pub const RAW_TRACEPOINTS: [RawTracepoint; 3] =
+    [SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK];
+
+/// x86_64 `struct pt_regs` offsets the programs read for the call site
+/// (checked against BTF).
+pub mod pt_regs {
+    /// A `pt_regs` member: name and byte offset.
+    pub type Member = (&'static str, usize);
+    /// User instruction pointer.
+    pub const IP: Member = ("ip", 128);
+    /// User stack pointer.
+    pub const SP: Member = ("sp", 152);
+    /// User frame pointer.
+    pub const BP: Member = ("bp", 32);
+    /// Every member read, for the BTF check.
+    pub const ALL: [Member; 3] = [IP, SP, BP];
+    /// The programs read every member above in one copy of this many
+    /// words from [`WINDOW_START`]: one helper call instead of three.
+    pub const WINDOW_WORDS: usize = 16;
+    /// Offset of the first word of the window (`bp`, the lowest member).
+    pub const WINDOW_START: usize = BP.1;
+    /// Index of `member` in the window.
+    pub const fn word(member: Member) -> usize {
+        (member.1 - WINDOW_START) / 8
+    }
+}
+
+/// A kernel struct member whose offset the programs need; userspace looks
+/// it up in the running kernel's BTF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelMember {
+    /// `struct` name.
+    pub ty: &'static str,
+    pub member: &'static str,
+}
+
+/// `struct task_struct` → `struct pid *thread_pid`.
+pub const TASK_THREAD_PID: KernelMember = KernelMember {
+    ty: "task_struct",
+    member: "thread_pid",
+};
+/// `struct pid` → `unsigned int level`: depth of the task's PID namespace.
+pub const PID_LEVEL: KernelMember = KernelMember {
+    ty: "pid",
+    member: "level",
+};
+/// `struct pid` → `struct upid numbers[]`: the id in each namespace from
+/// the initial one (level 0) down.
+pub const PID_NUMBERS: KernelMember = KernelMember {
+    ty: "pid",
+    member: "numbers",
+};
+/// `struct upid` → `int nr`.
+pub const UPID_NR: KernelMember = KernelMember {
+    ty: "upid",
+    member: "nr",
+};
+/// `struct linux_binprm` → `const char *filename`.
+pub const BPRM_FILENAME: KernelMember = KernelMember {
+    ty: "linux_binprm",
+    member: "filename",
 };
 
-/// A traced process forked (or made a thread); attached with
-/// `--follow-forks` only.
-pub const SCHED_PROCESS_FORK: SchedTracepoint = SchedTracepoint {
-    name: "sched_process_fork",
-    fields: &[FORK_CHILD_PID],
-};
-pub const SCHED_PROCESS_EXEC: SchedTracepoint = SchedTracepoint {
-    name: "sched_process_exec",
-    fields: &[EXEC_FILENAME],
-};
-pub const SCHED_PROCESS_EXIT: SchedTracepoint = SchedTracepoint {
-    name: "sched_process_exit",
-    fields: &[EXIT_GROUP_DEAD],
-};
-/// Every `sched` tracepoint memtrace has a program for.
-pub const SCHED: [SchedTracepoint; 3] =
-    [SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK];
+/// Offsets of kernel struct members, from the running kernel's BTF, set by
+/// userspace as a global before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// [`TASK_THREAD_PID`].
+    pub task_thread_pid: u32,
+    /// [`PID_LEVEL`].
+    pub pid_level: u32,
+    /// [`PID_NUMBERS`].
+    pub pid_numbers: u32,
+    /// Size of `struct upid` (the stride of `numbers`).
+    pub upid_size: u32,
+    /// [`UPID_NR`].
+    pub upid_nr: u32,
+    /// [`BPRM_FILENAME`].
+    pub bprm_filename: u32,
+}
+
+/// The PID namespace memtrace runs in, as `bpf_get_ns_current_pid_tgid`
+/// names it (the device and inode of `/proc/self/ns/pid`); all zero in the
+/// initial namespace, where the kernel's own ids are the ones memtrace sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidNamespace {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Const string equality (`==` on `str` is not const).
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// One field the eBPF programs read, with where it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,10 +288,10 @@ pub struct TracepointField {
     pub field: Field,
 }
 
-/// Every record field memtrace's eBPF programs read: the whole contract to
-/// check against a kernel's tracefs.
+/// Every syscall record field memtrace's eBPF programs read: the part of
+/// the contract to check against a kernel's tracefs.
 pub fn fields() -> impl Iterator<Item = TracepointField> {
-    let syscalls = SYSCALLS.iter().flat_map(|sc| {
+    SYSCALLS.iter().flat_map(|sc| {
         let enter = sc.arg_fields().map(|field| TracepointField {
             category: SYSCALLS_CATEGORY,
             tracepoint: sc.enter,
@@ -184,15 +303,7 @@ pub fn fields() -> impl Iterator<Item = TracepointField> {
             field: SYSCALL_RET,
         };
         enter.chain(core::iter::once(exit))
-    });
-    let sched = SCHED.iter().flat_map(|tp| {
-        tp.fields.iter().map(|field| TracepointField {
-            category: SCHED_CATEGORY,
-            tracepoint: tp.name,
-            field: *field,
-        })
-    });
-    syscalls.chain(sched)
+    })
 }
 
 #[cfg(test)]
@@ -236,9 +347,30 @@ mod tests {
     }
 
     #[test]
+    fn argument_positions() {
+        assert_eq!(SCHED_PROCESS_FORK.arg("child"), 1);
+        assert_eq!(SCHED_PROCESS_EXEC.arg("bprm"), 2);
+        assert_eq!(SCHED_PROCESS_EXIT.arg("group_dead"), 1);
+    }
+
+    #[test]
+    fn pt_regs_members_are_distinct_words_in_the_window() {
+        for (i, a) in pt_regs::ALL.iter().enumerate() {
+            assert_eq!(a.1 % 8, 0, "{a:?}");
+            assert!(
+                a.1 >= pt_regs::WINDOW_START && pt_regs::word(*a) < pt_regs::WINDOW_WORDS,
+                "{a:?} is outside the window"
+            );
+            for b in &pt_regs::ALL[i + 1..] {
+                assert!(a.0 != b.0 && a.1 != b.1, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
     fn contract_lists_each_field_once() {
-        // 25 syscall arguments, 7 return values, 3 sched fields.
-        assert_eq!(fields().count(), 35);
+        // 25 syscall arguments, 7 return values.
+        assert_eq!(fields().count(), 32);
         for (i, a) in fields().enumerate() {
             for b in fields().skip(i + 1) {
                 assert!(

@@ -3,45 +3,48 @@
 //! Syscall tracepoints on the calls that change an address space. Entry
 //! saves the arguments per thread; exit pairs them with the kernel's result,
 //! captures the user call site and writes one [`SyscallEvent`] (or
-//! [`SetVmaNameEvent`]) to the ring buffer. The sched tracepoints write the
-//! small lifecycle records. Every program first checks the caller's tgid
-//! against `TRACED`, so untraced processes pay one hash lookup.
+//! [`SetVmaNameEvent`]) to the ring buffer. The sched raw tracepoints write
+//! the small lifecycle records. Every program first checks the caller's
+//! process against `TRACED`, so untraced processes pay one hash lookup.
 //!
-//! Record layouts and tracepoint field offsets come from
-//! `memtrace_common`, the contract with userspace.
+//! Process ids are the ones memtrace sees: in a PID namespace, the
+//! namespace's (`PIDNS`), else the kernel's.
+//!
+//! Record offsets, register offsets and tracepoint arguments come from
+//! `memtrace_common::tracepoints`, the contract with userspace; kernel
+//! struct offsets from userspace, which reads them from BTF (`LAYOUT`).
 #![no_std]
 #![no_main]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE,
+        BPF_RB_RING_SIZE, bpf_pidns_info,
     },
     btf_maps::StackTrace,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
         bpf_probe_read_user_str_bytes,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_task_pt_regs},
     },
-    macros::{btf_map, map, tracepoint},
+    macros::{btf_map, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
     DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
     KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall, STACK_WINDOW,
     STACK_WINDOW_SMALL, SetVmaNameEvent, SyscallEvent, UserRegs, counter, event_flags,
     tracepoints::{
-        self, EXEC_FILENAME, EXIT_GROUP_DEAD, FORK_CHILD_PID, SCHED_PROCESS_EXEC,
-        SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs,
+        self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
+        SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
     },
 };
 
-/// Processes (tgids) being traced. Userspace adds the target; with
-/// `FOLLOW_FORKS` the fork program adds children.
+/// Processes (tgids, as memtrace sees them) being traced. Userspace adds
+/// the target; with `FOLLOW_FORKS` the fork program adds children.
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
 
@@ -77,23 +80,51 @@ static FOLLOW_FORKS: u8 = 0;
 #[unsafe(no_mangle)]
 static KERNEL_STACKS: u8 = 0;
 
+/// Set by userspace before load: memtrace's PID namespace, zero in the
+/// initial one.
+#[unsafe(no_mangle)]
+static PIDNS: PidNamespace = PidNamespace { dev: 0, ino: 0 };
+
+/// Set by userspace before load: kernel struct offsets from BTF.
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout {
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
+    bprm_filename: 0,
+};
+
 #[inline(always)]
 fn kernel_stacks_forced() -> bool {
     // SAFETY: a plain read of a global set before load.
     unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
 }
 
+#[inline(always)]
+fn pidns() -> PidNamespace {
+    // SAFETY: a plain read of a global set before load.
+    unsafe { core::ptr::read_volatile(&PIDNS) }
+}
+
+#[inline(always)]
+fn layout() -> KernelLayout {
+    // SAFETY: a plain read of a global set before load.
+    unsafe { core::ptr::read_volatile(&LAYOUT) }
+}
+
 /// `prctl` options that name an anonymous range.
 const PR_SET_VMA: u64 = 0x53564d41;
 const PR_SET_VMA_ANON_NAME: u64 = 0;
 
-/// x86_64 `struct pt_regs` offsets of the user instruction and stack pointers.
-#[cfg(bpf_target_arch = "x86_64")]
-const PT_REGS_IP: usize = 128;
-#[cfg(bpf_target_arch = "x86_64")]
-const PT_REGS_SP: usize = 152;
-#[cfg(bpf_target_arch = "x86_64")]
-const PT_REGS_BP: usize = 32;
+/// Argument `$name` of raw tracepoint `$tp`, its position found at build
+/// time.
+macro_rules! arg {
+    ($ctx:expr, $tp:expr, $name:literal) => {
+        $ctx.arg::<u64>(const { $tp.arg($name) })
+    };
+}
 
 /// Read a field of the tracepoint record as a `$ty`; fails to build unless
 /// `$ty` has the field's size.
@@ -112,26 +143,55 @@ macro_rules! read_field {
     }};
 }
 
-/// Const string equality (`==` on `str` is not const).
-const fn same_name(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
+/// Every `pt_regs` word the programs use, in one read (see
+/// `pt_regs::WINDOW_WORDS`); `None` when unreadable.
+#[inline(always)]
+fn regs_window(regs: u64) -> Option<[u64; pt_regs::WINDOW_WORDS]> {
+    // SAFETY: a kernel read through a helper that faults safely.
+    unsafe {
+        bpf_probe_read_kernel(
+            (regs as usize + pt_regs::WINDOW_START) as *const [u64; pt_regs::WINDOW_WORDS],
+        )
     }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
+    .ok()
 }
 
+/// `member` from a window of [`regs_window`].
+macro_rules! word {
+    ($window:expr, $member:expr) => {
+        $window[const { pt_regs::word($member) }]
+    };
+}
+
+/// The current thread's (tgid, tid) as memtrace sees them: in its PID
+/// namespace when it runs in one (`None` for threads outside it), else the
+/// kernel's. The namespace branch reads a constant the verifier knows, so
+/// the initial namespace pays nothing for it.
 #[inline(always)]
-fn current_ids() -> (u32, u32) {
-    let id = bpf_get_current_pid_tgid();
-    ((id >> 32) as u32, id as u32)
+fn current_ids() -> Option<(u32, u32)> {
+    let ns = pidns();
+    if ns.ino == 0 {
+        let id = bpf_get_current_pid_tgid();
+        return Some(((id >> 32) as u32, id as u32));
+    }
+    let mut info = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `info` is a valid out parameter of the size passed.
+    let rc = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            ns.dev,
+            ns.ino,
+            &mut info,
+            size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    (rc == 0 && info.tgid != 0).then_some((info.tgid, info.pid))
+}
+
+/// The current thread's ids when its process is traced.
+#[inline(always)]
+fn traced_ids() -> Option<(u32, u32)> {
+    let (tgid, tid) = current_ids()?;
+    is_traced(tgid).then_some((tgid, tid))
 }
 
 #[inline(always)]
@@ -165,10 +225,9 @@ fn wakeup_flags() -> u64 {
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
+    let Some((_, tid)) = traced_ids() else {
         return 0;
-    }
+    };
     // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
     // faults safely. Syscalls with fewer than six arguments have a shorter
     // record; their unused slots read whatever follows it in the trace
@@ -193,10 +252,9 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
+    let Some((tgid, tid)) = traced_ids() else {
         return 0;
-    }
+    };
     // SAFETY: the entry is keyed by this thread's id, so only this thread
     // writes it, and it is copied out before it is removed.
     let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
@@ -224,10 +282,15 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
                 ret,
             );
             let name = pending.args[4];
-            if name != 0
-                && bpf_probe_read_user_str_bytes(name as *const u8, &mut (*ev).name).is_ok()
-            {
-                (*ev).syscall.header.flags |= event_flags::HAS_NAME;
+            if name != 0 {
+                // A name in a page not yet faulted in cannot be read here
+                // (eBPF reads never fault); userspace reads it then.
+                (*ev).syscall.header.flags |=
+                    if bpf_probe_read_user_str_bytes(name as *const u8, &mut (*ev).name).is_ok() {
+                        event_flags::HAS_NAME
+                    } else {
+                        event_flags::NAME_UNREAD
+                    };
             }
         }
         entry.submit(wakeup_flags());
@@ -295,7 +358,10 @@ unsafe fn write_syscall(
         (*ev).regs = UserRegs::default();
         (*ev).stack_id = -1;
         (*ev).stack_len = 0;
-        read_user_regs(&mut *ev);
+        read_user_regs(
+            &mut *ev,
+            bpf_task_pt_regs(bpf_get_current_task_btf()) as u64,
+        );
         // The frame-pointer walk is the fallback for when no stack window
         // could be read: without frame pointers it yields a frame or two
         // and costs the traced thread microseconds per call.
@@ -308,29 +374,31 @@ unsafe fn write_syscall(
     }
 }
 
-/// Fill `regs` from the task's saved user registers, and the stack window
-/// from the user stack pointer: the word there is the return address into
-/// the libc wrapper's caller, which frame-pointer walking skips.
+/// Fill `regs` from the thread's saved user registers (`pt_regs` at
+/// `regs`), and the stack window from the user stack pointer: the word
+/// there is the return address into the libc wrapper's caller, which
+/// frame-pointer walking skips.
 ///
 /// # Safety
 ///
 /// `ev` must be a ring buffer slot (its header already written).
 #[inline(always)]
-unsafe fn read_user_regs(ev: &mut SyscallEvent) {
-    // SAFETY: the helpers return the current task and its user pt_regs;
-    // reads through them go via bpf_probe_read_*, which fault safely.
+unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
+    if regs == 0 {
+        return;
+    }
+    let Some(w) = regs_window(regs) else {
+        return;
+    };
+    ev.regs.ip = word!(w, pt_regs::IP);
+    let sp = word!(w, pt_regs::SP);
+    ev.regs.sp = sp;
+    ev.regs.bp = word!(w, pt_regs::BP);
+    if sp == 0 {
+        return;
+    }
+    // SAFETY: user reads through helpers that fault safely.
     unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as usize;
-        if regs == 0 {
-            return;
-        }
-        ev.regs.ip = bpf_probe_read_kernel((regs + PT_REGS_IP) as *const u64).unwrap_or(0);
-        let sp: u64 = bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64).unwrap_or(0);
-        ev.regs.sp = sp;
-        ev.regs.bp = bpf_probe_read_kernel((regs + PT_REGS_BP) as *const u64).unwrap_or(0);
-        if sp == 0 {
-            return;
-        }
         if let Ok(ret) = bpf_probe_read_user(sp as *const u64) {
             ev.regs.ret_addr = ret;
             ev.header.flags |= event_flags::HAS_RET_ADDR;
@@ -347,6 +415,136 @@ unsafe fn read_user_regs(ev: &mut SyscallEvent) {
             ev.header.flags |= event_flags::HAS_STACK;
         }
     }
+}
+
+/// `task->thread_pid`: the task's `struct pid`, 0 when unreadable.
+#[inline(always)]
+fn task_pid(task: u64) -> u64 {
+    let at = task as usize + layout().task_thread_pid as usize;
+    // SAFETY: a kernel read through a helper that faults safely, at an
+    // offset from this kernel's BTF.
+    unsafe { bpf_probe_read_kernel(at as *const u64) }.unwrap_or(0)
+}
+
+/// `pid->level`: the depth of the PID namespace the pid was made in.
+#[inline(always)]
+fn pid_level(pid: u64) -> u32 {
+    let at = pid as usize + layout().pid_level as usize;
+    // SAFETY: as in `task_pid`.
+    unsafe { bpf_probe_read_kernel(at as *const u32) }.unwrap_or(0)
+}
+
+/// `pid->numbers[level].nr`: the id in the namespace at `level` (0 is the
+/// kernel's own id); 0 when unreadable or the pid has no such level.
+#[inline(always)]
+fn pid_nr_at(pid: u64, level: u32) -> u32 {
+    if pid == 0 || pid_level(pid) < level {
+        return 0;
+    }
+    let l = layout();
+    // Namespaces nest at most 32 deep; the mask tells the verifier so.
+    let at = pid as usize
+        + l.pid_numbers as usize
+        + (level as usize & 0x3f) * l.upid_size as usize
+        + l.upid_nr as usize;
+    // SAFETY: as in `task_pid`.
+    unsafe { bpf_probe_read_kernel(at as *const u32) }.unwrap_or(0)
+}
+
+/// Raw tracepoint `sched_process_fork`. The parent is the current task.
+/// With `FOLLOW_FORKS` the child joins the traced set before it runs.
+/// Thread creation fires this too; userspace tells them apart and the exit
+/// program removes thread ids again.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let Some((tgid, tid)) = traced_ids() else {
+        return 0;
+    };
+    // The child's id in memtrace's namespace: the parent passed the
+    // namespace check, so it lives at that namespace's level, and its child
+    // there or below.
+    let level = if pidns().ino == 0 {
+        0
+    } else {
+        pid_level(task_pid(arg!(&ctx, SCHED_PROCESS_FORK, "parent")))
+    };
+    let child = pid_nr_at(task_pid(arg!(&ctx, SCHED_PROCESS_FORK, "child")), level);
+    // SAFETY: a plain read of a global set before load.
+    let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) } != 0;
+    if child == 0 {
+        if follow {
+            count(counter::LOST_CHILDREN);
+        }
+        return 0;
+    }
+    if follow && TRACED.insert(child, 1, 0).is_err() {
+        count(counter::LOST_CHILDREN);
+    }
+    if let Some(mut entry) = reserve::<ForkEvent>() {
+        entry.write(ForkEvent {
+            header: header(EventKind::Fork, tgid, tid, None),
+            child_pid: child,
+            _pad: 0,
+        });
+        entry.submit(wakeup_flags());
+    }
+    0
+}
+
+/// Raw tracepoint `sched_process_exec`, in the task that called exec.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let Some((tgid, tid)) = traced_ids() else {
+        return 0;
+    };
+    let bprm = arg!(&ctx, SCHED_PROCESS_EXEC, "bprm");
+    let Some(mut entry) = reserve::<ExecEvent>() else {
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the slot just reserved, ours alone until submit and
+    // 8-byte aligned; the kernel reads go through helpers that fault
+    // safely, at an offset from this kernel's BTF.
+    unsafe {
+        (*ev).header = header(EventKind::Exec, tgid, tid, None);
+        let at = bprm as usize + layout().bprm_filename as usize;
+        if let Ok(filename) = bpf_probe_read_kernel(at as *const u64)
+            && bpf_probe_read_kernel_str_bytes(filename as *const u8, &mut (*ev).filename).is_ok()
+        {
+            (*ev).header.flags |= event_flags::HAS_NAME;
+        }
+    }
+    entry.submit(wakeup_flags());
+    0
+}
+
+/// Raw tracepoint `sched_process_exit`, in the exiting thread.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let Some((tgid, tid)) = traced_ids() else {
+        return 0;
+    };
+    if tid != tgid {
+        // A thread id that the fork program may have added as if it were a
+        // process.
+        let _ = TRACED.remove(tid);
+    }
+    // A call the thread never returned from; normally there is none.
+    let _ = PENDING.remove(tid);
+    // `bool`: only the low byte is the argument.
+    let group_dead = arg!(&ctx, SCHED_PROCESS_EXIT, "group_dead") as u8;
+    if group_dead != 0 {
+        if let Some(mut entry) = reserve::<ExitEvent>() {
+            entry.write(ExitEvent {
+                header: header(EventKind::Exit, tgid, tid, None),
+            });
+            entry.submit(wakeup_flags());
+        }
+        // Forget it here, not only when userspace sees the exit (which may
+        // be lost): a later process reusing the pid must not be traced.
+        let _ = TRACED.remove(tgid);
+    }
+    0
 }
 
 /// The entry and exit programs of each traced syscall. Userspace attaches
@@ -398,93 +596,10 @@ syscall_probes! {
     SetVmaName: sys_enter_prctl, sys_exit_prctl;
 }
 
-/// `sched:sched_process_fork`. The parent is the current task. With
-/// `FOLLOW_FORKS` the child joins the traced set before it runs. Thread
-/// creation fires this too; userspace tells them apart and the exit program
-/// removes thread ids again.
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return 0;
-    }
-    let Ok(child) = read_field!(ctx, FORK_CHILD_PID, i32) else {
-        return 0;
-    };
-    // SAFETY: a plain read of a global set before load.
-    let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) };
-    if follow != 0 && TRACED.insert(child as u32, 1, 0).is_err() {
-        count(counter::LOST_CHILDREN);
-    }
-    if let Some(mut entry) = reserve::<ForkEvent>() {
-        entry.write(ForkEvent {
-            header: header(EventKind::Fork, tgid, tid, None),
-            child_pid: child as u32,
-            _pad: 0,
-        });
-        entry.submit(wakeup_flags());
-    }
-    0
-}
-
-/// `sched:sched_process_exec`.
-#[tracepoint]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return 0;
-    }
-    let loc = read_field!(ctx, EXEC_FILENAME, u32).unwrap_or(0);
-    let filename = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
-    let Some(mut entry) = reserve::<ExecEvent>() else {
-        return 0;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is the slot just reserved, ours alone until submit and
-    // 8-byte aligned; the string is read through a helper that faults
-    // safely.
-    unsafe {
-        (*ev).header = header(EventKind::Exec, tgid, tid, None);
-        if bpf_probe_read_kernel_str_bytes(filename, &mut (*ev).filename).is_ok() {
-            (*ev).header.flags |= event_flags::HAS_NAME;
-        }
-    }
-    entry.submit(wakeup_flags());
-    0
-}
-
-/// `sched:sched_process_exit`.
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        return 0;
-    }
-    if tid != tgid {
-        // A thread id that the fork program may have added as if it were a
-        // process.
-        let _ = TRACED.remove(tid);
-    }
-    // A call the thread never returned from; normally there is none.
-    let _ = PENDING.remove(tid);
-    let group_dead = read_field!(ctx, EXIT_GROUP_DEAD, u8).unwrap_or(0);
-    if group_dead != 0 {
-        if let Some(mut entry) = reserve::<ExitEvent>() {
-            entry.write(ExitEvent {
-                header: header(EventKind::Exit, tgid, tid, None),
-            });
-            entry.submit(wakeup_flags());
-        }
-        // Forget it here, not only when userspace sees the exit (which may
-        // be lost): a later process reusing the pid must not be traced.
-        let _ = TRACED.remove(tgid);
-    }
-    0
-}
-
-/// The sched programs, named after their tracepoints in
-/// `memtrace_common::tracepoints::SCHED` (userspace attaches them by those
-/// names); the build fails if a name differs or one has no program.
+/// The sched programs, named after their raw tracepoints in
+/// `memtrace_common::tracepoints::RAW_TRACEPOINTS` (userspace attaches them
+/// by those names); the build fails if a name differs or one has no
+/// program.
 macro_rules! sched_programs {
     ($($program:ident: $tracepoint:expr;)*) => {
         $(
@@ -498,8 +613,8 @@ macro_rules! sched_programs {
         )*
 
         const _: () = assert!(
-            [$(stringify!($program)),*].len() == tracepoints::SCHED.len(),
-            "a tracepoint in memtrace_common::tracepoints::SCHED has no program"
+            [$(stringify!($program)),*].len() == tracepoints::RAW_TRACEPOINTS.len(),
+            "a tracepoint in memtrace_common::tracepoints::RAW_TRACEPOINTS has no program"
         );
     };
 }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use memtrace::attribution::ledger::{Ledger, PAGE_SIZE};
-use memtrace::trace::event::{Call, Event};
+use memtrace::trace::event::{Call, Event, VmaName};
 use memtrace_common::EventKind;
 use proptest::prelude::*;
 
@@ -238,7 +238,7 @@ fn step(ledger: &mut Ledger, model: &mut Model, op: &Op) {
             let call = Call::SetVmaName {
                 addr: addr(page),
                 len: pages * P,
-                name: name.clone(),
+                name: name.clone().map_or(VmaName::Cleared, VmaName::Set),
             };
             ledger.apply(&event(call, -i64::from(errno), 9));
             if matches!(errno, 0 | libc::EINVAL | libc::ENOMEM) {

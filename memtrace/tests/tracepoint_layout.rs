@@ -1,6 +1,7 @@
-//! The kernel/eBPF contract (`memtrace_common::tracepoints`) against the
-//! running kernel: every record field the eBPF programs read must be where
-//! this kernel's tracefs `format` files put it, with the same size.
+//! The syscall part of the kernel/eBPF contract
+//! (`memtrace_common::tracepoints`) against the running kernel: every
+//! record field the eBPF programs read must be where this kernel's tracefs
+//! `format` files put it, with the same size.
 //!
 //! Needs root (CI runs as root): tracefs is readable by root only, and is
 //! mounted here when missing.
@@ -46,7 +47,7 @@ fn every_field_the_ebpf_programs_read_is_where_the_kernel_puts_it() {
         "memtrace_common::tracepoints disagrees with this kernel:\n{}",
         wrong.join("\n")
     );
-    assert_eq!(checked, 35, "the contract lost fields");
+    assert_eq!(checked, 32, "the contract lost fields");
 }
 
 /// The argument names in the contract are all of the kernel's arguments,
@@ -70,13 +71,8 @@ fn syscall_arguments_are_the_kernels() {
     }
 }
 
-/// What `Tracer::load` runs before attaching accepts this kernel, with and
-/// without the fork program.
+/// What `Tracer::load` runs before attaching accepts this kernel.
 #[test]
 fn the_pre_attach_check_accepts_this_kernel() {
-    let root = tracefs_root();
-    for follow_forks in [false, true] {
-        tracefs::check_layouts(root, follow_forks)
-            .unwrap_or_else(|e| panic!("check_layouts(follow_forks: {follow_forks}): {e}"));
-    }
+    tracefs::check_layouts(tracefs_root()).unwrap_or_else(|e| panic!("check_layouts: {e}"));
 }

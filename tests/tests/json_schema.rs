@@ -149,4 +149,18 @@ fn the_schema_rejects_drift() {
     assert!(validator.is_valid(&ev));
     ev["stack"] = Value::Array(vec![frame]);
     assert!(!validator.is_valid(&ev), "addresses must be hex strings");
+    let mut unread = serde_json::json!({
+        "type": "event", "schema_version": 2, "time_ns": 1, "pid": 1, "tid": 1,
+        "kind": "set_vma_name", "addr": "0x1000", "len": 4096, "result": 0, "stack": [],
+        "name": null, "name_refused": false, "name_unreadable": true
+    });
+    assert!(
+        validator.is_valid(&unread),
+        "an unreadable name is a state of its own"
+    );
+    unread["name_unreadable"] = Value::Bool(false);
+    assert!(
+        !validator.is_valid(&unread),
+        "name_unreadable is present only when true"
+    );
 }

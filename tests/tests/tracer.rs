@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Waiting, read_jsonl, run_attached, run_launch, temp_path};
+use common::{Waiting, assert_steps_traced, read_jsonl, run_attached, run_launch, temp_path};
 use serde_json::Value;
 
 const MAPPINGS: &str = env!("CARGO_BIN_EXE_mappings");
@@ -15,91 +15,6 @@ const FLOOD: &str = env!("CARGO_BIN_EXE_flood");
 /// A number, or an address as memtrace writes it (a `"0x…"` string).
 fn u(v: &Value) -> u64 {
     common::num(v)
-}
-
-/// Check that every step the fixture logged is in memtrace's stream with
-/// the same kind, thread, range and result, attributed to the fixture
-/// function that made the call.
-fn assert_steps_traced(steps: &[Value], events: &[Value]) {
-    assert!(steps.len() >= 17, "fixture logged too few steps: {steps:?}");
-    // Steps of one thread happen in order, and so do its events: match each
-    // step after the previous match of the same thread.
-    let mut cursor: std::collections::HashMap<u64, usize> = Default::default();
-    for step in steps {
-        let kind = step["kind"].as_str().expect("kind");
-        let from = cursor.get(&u(&step["tid"])).copied().unwrap_or(0);
-        let found = events.iter().enumerate().skip(from).find(|(_, e)| {
-            e["kind"] == step["kind"]
-                && e["tid"] == step["tid"]
-                && u(&e["addr"]) == u(&step["addr"])
-                && (kind == "brk" || u(&e["len"]) == u(&step["len"]))
-                && e["result"].as_i64() == step["result"].as_i64()
-        });
-        let Some((at, ev)) = found else {
-            let same_kind: Vec<&Value> = events
-                .iter()
-                .filter(|e| e["kind"] == step["kind"])
-                .collect();
-            panic!("step {step} is not in the event stream; events of that kind: {same_kind:#?}");
-        };
-        cursor.insert(u(&step["tid"]), at + 1);
-        let func = step["func"].as_str().expect("func");
-        let site = ev["call_site"]["function"].as_str().unwrap_or("");
-        assert!(
-            site.ends_with(&format!("mappings::{func}")),
-            "step {} was attributed to {site:?}, expected mappings::{func}; stack: {}",
-            step["step"],
-            ev["stack"]
-        );
-        if let Some(file) = ev["call_site"]["file"].as_str() {
-            assert!(
-                file.ends_with("mappings.rs"),
-                "call site file {file} for {}",
-                step["step"]
-            );
-        }
-    }
-    // Specific semantics.
-    let step = |name: &str| {
-        steps
-            .iter()
-            .find(|s| s["step"] == name)
-            .unwrap_or_else(|| panic!("no step {name}"))
-    };
-    let remap = step("remap_grow_move");
-    assert_ne!(
-        remap["result"], remap["old_addr"],
-        "the fixture's mremap was meant to move"
-    );
-    let ev = events
-        .iter()
-        .find(|e| e["kind"] == "mremap" && e["result"] == remap["result"])
-        .expect("mremap event");
-    assert_eq!(u(&ev["old_addr"]), u(&remap["old_addr"]));
-    assert_eq!(ev["old_len"].as_u64(), Some(2 * 4096));
-    let name = step("name_region");
-    let ev = events
-        .iter()
-        .find(|e| e["kind"] == "set_vma_name")
-        .expect("set_vma_name event");
-    assert_eq!(ev["name"], "fixture-cache");
-    let refused = name["result"].as_i64() != Some(0);
-    assert_eq!(ev["name_refused"].as_bool(), Some(refused));
-    if refused {
-        assert_eq!(ev["error"], "EINVAL");
-    }
-    let failing = events
-        .iter()
-        .find(|e| e["kind"] == "munmap" && u(&e["addr"]) == 12345)
-        .expect("failing munmap");
-    assert_eq!(failing["error"], "EINVAL");
-    // Several threads, each event carries its own tid.
-    let tids: std::collections::BTreeSet<u64> = steps
-        .iter()
-        .filter(|s| s["func"] == "thread_worker")
-        .map(|s| u(&s["tid"]))
-        .collect();
-    assert_eq!(tids.len(), 4, "four worker threads");
 }
 
 #[test]

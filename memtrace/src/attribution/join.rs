@@ -505,7 +505,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::trace::event::{Call, Event};
+    use crate::trace::event::{Call, Event, VmaName};
 
     const P: u64 = PAGE_SIZE;
     const BASE: u64 = 0x7f00_0000_0000;
@@ -550,7 +550,7 @@ mod tests {
         let call = Call::SetVmaName {
             addr: a(page),
             len: pages * P,
-            name: Some(name.into()),
+            name: VmaName::Set(name.into()),
         };
         l.apply(&ev(call, 0, 0));
     }

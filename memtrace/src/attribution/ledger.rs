@@ -78,7 +78,7 @@ use std::num::NonZeroU32;
 use memtrace_common::EventKind;
 
 pub use crate::proc::PAGE_SIZE;
-use crate::trace::event::{Call, Event};
+use crate::trace::event::{Call, Event, VmaName};
 
 // Linux ABI values used below, as the u32/i32 the decoded events carry.
 const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
@@ -311,7 +311,13 @@ impl Ledger {
                     self.update(start, end, |r| r.dont_fork = dont_fork);
                 }
             }
-            Call::SetVmaName { addr, len, name } => self.set_name(ev, *addr, *len, name.as_deref()),
+            Call::SetVmaName { addr, len, name } => match name {
+                VmaName::Set(n) => self.set_name(ev, *addr, *len, Some(n)),
+                VmaName::Cleared => self.set_name(ev, *addr, *len, None),
+                // Some name nobody could read: not a clear, so the
+                // range keeps what it had.
+                VmaName::Unreadable => {}
+            },
             Call::Fork { .. } => {}
             Call::Exec { .. } => {
                 if !ev.failed() {

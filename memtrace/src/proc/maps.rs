@@ -1,7 +1,14 @@
 //! The file mappings of a traced process (`/proc/PID/maps`), kept so call
 //! stacks can be unwound and symbolized even after the process is gone.
+//!
+//! The path in `maps` is the file's name in the process's mount namespace,
+//! which may not be memtrace's (a container). Executable files are opened
+//! through the process itself (`/proc/PID/map_files/…`, else
+//! `/proc/PID/root/PATH`) while it lives, and kept open ([`OpenFiles`]), so
+//! their code is read from the very file the process ran, during and after
+//! its life.
 
-use std::sync::Arc;
+use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _, sync::Arc};
 
 /// One file-backed mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -10,7 +17,11 @@ pub struct Mapping {
     pub end: u64,
     /// File offset mapped at `start`.
     pub offset: u64,
+    /// The file's path as the process names it.
     pub path: Arc<str>,
+    /// Where memtrace opens the file: a descriptor it holds
+    /// (`/proc/self/fd/N`) for executable mappings, else `path`.
+    pub file: Arc<str>,
     pub exec: bool,
 }
 
@@ -27,36 +38,89 @@ impl Mapping {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Loc {
     pub addr: u64,
+    /// The file as the process names it, and the offset in it.
     pub module: Option<(Arc<str>, u64)>,
+    /// Where memtrace opens that file ([`Mapping::file`]); `None`: the
+    /// module's path.
+    pub file: Option<Arc<str>>,
 }
 
 /// Locate each address in `maps`.
 pub fn locate(maps: &[Mapping], addrs: &[u64]) -> Vec<Loc> {
     addrs
         .iter()
-        .map(|a| Loc {
-            addr: *a,
-            module: find(maps, *a).map(|m| (m.path.clone(), m.file_offset(*a))),
+        .map(|a| {
+            let m = find(maps, *a);
+            Loc {
+                addr: *a,
+                module: m.map(|m| (m.path.clone(), m.file_offset(*a))),
+                file: m.filter(|m| m.file != m.path).map(|m| m.file.clone()),
+            }
         })
         .collect()
 }
 
-/// File-backed mappings of `pid` in address order; `None` when the process
-/// is gone or unreadable.
-pub fn read(pid: u32) -> Option<Vec<Mapping>> {
+/// Executable files of traced processes, opened through the processes
+/// while they live and kept open for the session, by file identity (device
+/// and inode, as `maps` shows them): one descriptor per file, however many
+/// processes map it.
+#[derive(Default)]
+pub struct OpenFiles {
+    paths: HashMap<(u32, u32, u64), Arc<str>>,
+    files: Vec<File>,
+}
+
+impl OpenFiles {
+    /// The path memtrace reads the file behind `vma` of `pid` through.
+    fn open(&mut self, pid: u32, vma: &super::smaps::Vma, path: &Arc<str>) -> Arc<str> {
+        let key = (vma.dev_major, vma.dev_minor, vma.inode);
+        if let Some(p) = self.paths.get(&key) {
+            return p.clone();
+        }
+        // map_files names the mapped file itself (even deleted, or in
+        // another mount namespace); it needs CAP_SYS_ADMIN, which tracing
+        // has. The process's root is the fallback.
+        let through = [
+            format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end),
+            format!("/proc/{pid}/root{path}"),
+        ];
+        let Some(file) = through.iter().find_map(|p| File::open(p).ok()) else {
+            return path.clone();
+        };
+        let opened: Arc<str> = Arc::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        self.files.push(file);
+        self.paths.insert(key, opened.clone());
+        opened
+    }
+}
+
+/// File-backed mappings of `pid` in address order, executable files opened
+/// through the process (see [`OpenFiles`]); `None` when the process is gone
+/// or unreadable.
+pub fn read(pid: u32, files: &mut OpenFiles) -> Option<Vec<Mapping>> {
     let bytes = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
     let vmas = super::smaps::parse(&bytes).ok()?;
     Some(
         vmas.into_iter()
             .filter(|v| v.name.starts_with('/'))
-            .map(|v| Mapping {
-                start: v.start,
-                end: v.end,
-                offset: v.offset,
+            .map(|v| {
                 // A file replaced on disk shows as "PATH (deleted)"; the
                 // symbols are in PATH if anything still is.
-                path: Arc::from(v.name.strip_suffix(" (deleted)").unwrap_or(&v.name)),
-                exec: v.perms.exec,
+                let path: Arc<str> =
+                    Arc::from(v.name.strip_suffix(" (deleted)").unwrap_or(&v.name));
+                let file = if v.perms.exec {
+                    files.open(pid, &v, &path)
+                } else {
+                    path.clone()
+                };
+                Mapping {
+                    start: v.start,
+                    end: v.end,
+                    offset: v.offset,
+                    path,
+                    file,
+                    exec: v.perms.exec,
+                }
             })
             .collect(),
     )
@@ -79,6 +143,7 @@ mod tests {
             end,
             offset: 0x1000,
             path: Arc::from("/lib/x.so"),
+            file: Arc::from("/lib/x.so"),
             exec: true,
         };
         let maps = vec![m(0x1000, 0x2000), m(0x3000, 0x4000)];

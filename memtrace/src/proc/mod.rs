@@ -9,6 +9,8 @@
 //!   which process, capabilities), and the process a user-given pid
 //!   stands for, pinned by its start time.
 //!
+//! - [`read_c_string`]: a string in a process's memory.
+//!
 //! Contact points: [`ProcError`] is what every reader here returns when
 //! the kernel says no; callers above (snapshot, attribution, serve) decide
 //! what to do with each variant.
@@ -20,8 +22,45 @@ pub mod smaps;
 
 use std::io;
 
+use nix::{sys::uio, unistd::Pid};
+
 /// Bytes per page. memtrace follows x86_64 Linux's 4 KiB base pages.
 pub const PAGE_SIZE: u64 = 4096;
+
+/// The NUL-terminated string at `addr` in process `pid` (at most
+/// `memtrace_common::NAME_LEN` bytes with the NUL), read with
+/// `process_vm_readv`, which faults pages in as the process itself would.
+/// `None` when the process is gone or the address unreadable.
+pub fn read_c_string(pid: u32, addr: u64) -> Option<String> {
+    const MAX: usize = memtrace_common::NAME_LEN;
+    let mut buf = [0u8; MAX];
+    // The string may end before a page boundary with nothing mapped
+    // after it: read up to the boundary and the rest as separate pieces,
+    // so the first still arrives when the second fails.
+    let to_boundary = (PAGE_SIZE - addr % PAGE_SIZE).min(MAX as u64) as usize;
+    let (head, tail) = buf.split_at_mut(to_boundary);
+    let mut local = [io::IoSliceMut::new(head), io::IoSliceMut::new(tail)];
+    let remote = [
+        uio::RemoteIoVec {
+            base: usize::try_from(addr).ok()?,
+            len: to_boundary,
+        },
+        uio::RemoteIoVec {
+            base: usize::try_from(addr.checked_add(to_boundary as u64)?).ok()?,
+            len: MAX - to_boundary,
+        },
+    ];
+    let pieces = if to_boundary == MAX { 1 } else { 2 };
+    let n = uio::process_vm_readv(
+        Pid::from_raw(i32::try_from(pid).ok()?),
+        &mut local[..pieces],
+        &remote[..pieces],
+    )
+    .ok()?;
+    let bytes = &buf[..n];
+    let end = bytes.iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
 
 /// Why something could not be read from `/proc`. `Display` gives one line
 /// that says what to do next.

@@ -75,6 +75,8 @@ pub struct Session<S: EventSource = Tracer> {
     /// File mappings per process, refreshed when modules are mapped, so
     /// stacks resolve even after the process is gone.
     maps: HashMap<u32, Vec<Mapping>>,
+    /// Executable files of the traced processes, held open.
+    files: maps::OpenFiles,
     /// Events delivered and put in apply order, not yet applied (a bounded
     /// drain at an exit stop leaves the rest here).
     backlog: VecDeque<Event>,
@@ -109,6 +111,7 @@ impl<S: EventSource> Session<S> {
             pids: HashSet::new(),
             ledgers: HashMap::new(),
             maps: HashMap::new(),
+            files: maps::OpenFiles::default(),
             backlog: VecDeque::new(),
             active: HashSet::new(),
             dirty: HashSet::new(),
@@ -331,7 +334,8 @@ impl<S: EventSource> Session<S> {
     /// Re-read the file mappings of `pid`, keeping the old copy when the
     /// process is already gone.
     pub fn refresh_maps(&mut self, pid: u32) {
-        if let Some(maps) = maps::read(pid::mm_reader(pid)) {
+        // After the main thread exited, a live thread shows the memory.
+        if let Some(maps) = maps::read(pid::mm_reader(pid), &mut self.files) {
             self.maps.insert(pid, maps);
         }
     }

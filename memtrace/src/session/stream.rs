@@ -14,7 +14,7 @@ use crate::{
     text::printable,
     trace::{
         Lost,
-        event::{Call, Event},
+        event::{Call, Event, VmaName},
     },
     units,
 };
@@ -199,9 +199,15 @@ pub struct EventLine<'a> {
     pub new_addr: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advice: Option<String>,
-    /// set_vma_name: the name, `null` when the call clears it.
+    /// set_vma_name: the name, `null` when the call clears it or when it
+    /// could not be read (`name_unreadable`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<Option<&'a str>>,
+    /// set_vma_name: the name pointer was not null but its string could
+    /// not be read (neither in the kernel nor from the process): not a
+    /// clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_unreadable: Option<bool>,
     /// set_vma_name: the kernel refused the name (recorded anyway).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name_refused: Option<bool>,
@@ -239,6 +245,7 @@ impl<'a> EventLine<'a> {
             new_addr: None,
             advice: None,
             name: None,
+            name_unreadable: None,
             name_refused: None,
             child_pid: None,
             filename: None,
@@ -279,7 +286,10 @@ impl<'a> EventLine<'a> {
             }
             Call::Madvise { advice, .. } => line.advice = Some(advice_string(*advice)),
             Call::SetVmaName { name, .. } => {
-                line.name = Some(name.as_deref());
+                line.name = Some(name.as_set());
+                if *name == VmaName::Unreadable {
+                    line.name_unreadable = Some(true);
+                }
                 line.name_refused = Some(ev.failed());
             }
             Call::Fork { child_pid } => line.child_pid = Some(*child_pid),
@@ -334,10 +344,11 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
         ),
         Call::Madvise { advice, .. } => advice_string(*advice),
         Call::SetVmaName { name, .. } => {
-            let n = name
-                .as_deref()
-                .map(|n| format!("\"{}\"", printable(n)))
-                .unwrap_or_else(|| "(clear)".into());
+            let n = match name {
+                VmaName::Set(n) => format!("\"{}\"", printable(n)),
+                VmaName::Cleared => "(clear)".into(),
+                VmaName::Unreadable => "<unreadable>".into(),
+            };
             if ev.failed() {
                 format!("name {n} (kernel refused; recorded anyway)")
             } else {

@@ -220,6 +220,7 @@ mod tests {
         let at = |base: u64, off: u64| Loc {
             addr: base + off,
             module: Some((lib.clone(), off)),
+            file: None,
         };
         let mut t = StackTable::default();
         // The same code mapped at two bases (two processes after exec):
@@ -231,7 +232,11 @@ mod tests {
         // Other code is another site; anonymous code is told by address.
         let c = t.intern(vec![at(0x7f00_0000_0000, 0x30)]);
         assert_ne!(t.site(a), t.site(c));
-        let jit = |addr| Loc { addr, module: None };
+        let jit = |addr| Loc {
+            addr,
+            module: None,
+            file: None,
+        };
         let d = t.intern(vec![jit(0x1000)]);
         let e = t.intern(vec![jit(0x2000)]);
         assert_ne!(t.site(d), t.site(e));

@@ -94,7 +94,8 @@ fn short_path(p: &str) -> &str {
 /// shared between processes and survive the process's exit.
 pub struct Symbolizer {
     blaze: Blaze,
-    /// (file, file offset) → frames, innermost (inlined) first.
+    /// (file where memtrace opens it, file offset) → frames, innermost
+    /// (inlined) first.
     cache: HashMap<(Arc<str>, u64), Vec<Frame>>,
 }
 
@@ -128,9 +129,10 @@ impl Symbolizer {
                 let back = u64::from(return_addresses && i > 0);
                 match &loc.module {
                     Some((path, offset)) => {
-                        let key = (path.clone(), offset.saturating_sub(back));
+                        let file = loc.file.as_ref().unwrap_or(path);
+                        let key = (file.clone(), offset.saturating_sub(back));
                         if !self.cache.contains_key(&key) {
-                            let frames = self.resolve(&key.0, key.1);
+                            let frames = self.resolve(&key.0, path, key.1);
                             self.cache.insert(key.clone(), frames);
                         }
                         self.cache[&key]
@@ -157,14 +159,16 @@ impl Symbolizer {
             .collect()
     }
 
-    fn resolve(&self, path: &Arc<str>, offset: u64) -> Vec<Frame> {
+    /// The frames at `offset` of the ELF file opened at `file`, named
+    /// `path` (as the process names it).
+    fn resolve(&self, file: &str, path: &str, offset: u64) -> Vec<Frame> {
         let module = Some(path.to_string());
         // The path comes from the target: only regular files are handed to
         // blazesym (a device mapped executable would be read without end).
-        let regular = std::fs::metadata(&**path).is_ok_and(|m| m.is_file());
+        let regular = std::fs::metadata(file).is_ok_and(|m| m.is_file());
         let sym = regular
             .then(|| {
-                let src = Source::Elf(Elf::new(&**path));
+                let src = Source::Elf(Elf::new(file));
                 self.blaze
                     .symbolize_single(&src, Input::FileOffset(offset))
                     .ok()

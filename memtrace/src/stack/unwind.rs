@@ -35,8 +35,8 @@ struct ProcUnwinder {
     unwinder: UnwinderX86_64<Data>,
     cache: CacheX86_64,
     /// Mappings already added (or found unusable), by start address, with
-    /// the file and offset they held: a different file at the same address
-    /// (dlclose, then dlopen) replaces the module.
+    /// the file (where memtrace opens it) and offset they held: a different
+    /// file at the same address (dlclose, then dlopen) replaces the module.
     seen: HashMap<u64, (Arc<str>, u64)>,
 }
 
@@ -44,7 +44,8 @@ struct ProcUnwinder {
 #[derive(Default)]
 pub struct Unwinder {
     procs: HashMap<u32, ProcUnwinder>,
-    /// Per file path; `None` when the file could not be read or parsed.
+    /// Per file (where memtrace opens it); `None` when the file could not be
+    /// read or parsed.
     files: HashMap<String, Option<ElfUnwindInfo>>,
 }
 
@@ -104,7 +105,7 @@ impl Unwinder {
             if !m.exec {
                 continue;
             }
-            let held = (m.path.clone(), m.offset);
+            let held = (m.file.clone(), m.offset);
             match proc.seen.insert(m.start, held.clone()) {
                 Some(old) if old == held => continue,
                 Some(_) => proc.unwinder.remove_module(m.start),
@@ -112,8 +113,8 @@ impl Unwinder {
             }
             let info = self
                 .files
-                .entry(m.path.to_string())
-                .or_insert_with(|| load_elf(&m.path))
+                .entry(m.file.to_string())
+                .or_insert_with(|| load_elf(&m.file))
                 .clone();
             let Some(info) = info else { continue };
             // The PT_LOAD holding this mapping's file offset places the

@@ -43,12 +43,11 @@ pub enum Call {
         len: u64,
         advice: i32,
     },
-    /// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)`; `name`
-    /// `None` clears the name.
+    /// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)`.
     SetVmaName {
         addr: u64,
         len: u64,
-        name: Option<String>,
+        name: VmaName,
     },
     Fork {
         child_pid: u32,
@@ -58,6 +57,30 @@ pub enum Call {
     },
     /// The whole process is exiting (its last thread left).
     Exit {},
+}
+
+/// The name a `prctl(PR_SET_VMA_ANON_NAME)` call gave its range.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmaName {
+    /// The name set.
+    Set(String),
+    /// No name (a null pointer): the call clears the name.
+    Cleared,
+    /// The pointer was not null, but the string could be read neither in
+    /// the kernel (its page was not resident) nor from the process
+    /// afterwards (gone, or the pointer was bad). Not a clear.
+    Unreadable,
+}
+
+impl VmaName {
+    /// The name, when it was read.
+    pub fn as_set(&self) -> Option<&str> {
+        match self {
+            VmaName::Set(n) => Some(n),
+            VmaName::Cleared | VmaName::Unreadable => None,
+        }
+    }
 }
 
 /// One completed address-space change (or process lifecycle step).
@@ -104,7 +127,10 @@ impl Event {
             .as_ref()
             .map_or(0, |u| size_of::<UserStack>() + u.bytes.capacity());
         let name = match &self.call {
-            Call::SetVmaName { name: Some(n), .. } => n.capacity(),
+            Call::SetVmaName {
+                name: VmaName::Set(n),
+                ..
+            } => n.capacity(),
             Call::Exec { filename } => filename.capacity(),
             _ => 0,
         };
@@ -154,8 +180,19 @@ impl Event {
 
     /// Decode one ring-buffer record: its [`EventHeader`] first, then the
     /// rest by kind. `None` for an unknown kind or a record shorter than its
-    /// kind's layout.
+    /// kind's layout. A region name the kernel side could not read is
+    /// [`VmaName::Unreadable`]; see [`Event::from_raw_reading`].
     pub fn from_raw(record: &[u8]) -> Option<Event> {
+        Event::from_raw_reading(record, |_, _| None)
+    }
+
+    /// Like [`Event::from_raw`], but a region name the kernel side could
+    /// not read (its page was not resident) is read with `read(pid,
+    /// address)`, from the process while it lives.
+    pub fn from_raw_reading(
+        record: &[u8],
+        read: impl FnOnce(u32, u64) -> Option<String>,
+    ) -> Option<Event> {
         let header: EventHeader = read_record(record)?;
         let kind = EventKind::from_u32(header.kind)?;
         let has_name = header.flags & event_flags::HAS_NAME != 0;
@@ -164,10 +201,17 @@ impl Event {
                 let ev: SetVmaNameEvent = read_record(record)?;
                 let a = ev.syscall.args;
                 // prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, addr, len, name)
+                let name = if has_name {
+                    VmaName::Set(c_string(&ev.name))
+                } else if header.flags & event_flags::NAME_UNREAD != 0 {
+                    read(header.tgid, a[4]).map_or(VmaName::Unreadable, VmaName::Set)
+                } else {
+                    VmaName::Cleared
+                };
                 let call = Call::SetVmaName {
                     addr: a[2],
                     len: a[3],
-                    name: has_name.then(|| c_string(&ev.name)),
+                    name,
                 };
                 Event::syscall(&ev.syscall, call)
             }
@@ -414,13 +458,48 @@ mod tests {
             Call::SetVmaName {
                 addr: 0x1000,
                 len: 4096,
-                name: Some("cache".into())
+                name: VmaName::Set("cache".into())
             }
         );
         assert!(ev.user.is_some());
         raw.syscall.header.flags &= !event_flags::HAS_NAME;
         let ev = Event::from_raw(&bytes_of(&raw)).expect("decodes");
-        assert!(matches!(ev.call, Call::SetVmaName { name: None, .. }));
+        assert!(matches!(
+            ev.call,
+            Call::SetVmaName {
+                name: VmaName::Cleared,
+                ..
+            }
+        ));
+    }
+
+    /// A name pointer the kernel side could not read is read from the
+    /// process, and said to be unreadable when that fails too: never taken
+    /// for a clear.
+    #[test]
+    fn unread_names_are_read_from_the_process_or_marked() {
+        let args = [0x5356_4d41, 0, 0x1000, 4096, 0xdead, 0];
+        let mut raw = SetVmaNameEvent {
+            syscall: syscall(EventKind::SetVmaName, args, 0),
+            name: [0; NAME_LEN],
+        };
+        raw.syscall.header.flags |= event_flags::NAME_UNREAD;
+        let bytes = bytes_of(&raw);
+        let name_of = |ev: Event| match ev.call {
+            Call::SetVmaName { name, .. } => name,
+            other => panic!("not a naming: {other:?}"),
+        };
+        let read = Event::from_raw_reading(&bytes, |pid, addr| {
+            assert_eq!(
+                (pid, addr),
+                (7, 0xdead),
+                "read from the caller, at the pointer"
+            );
+            Some("heap".into())
+        });
+        assert_eq!(name_of(read.expect("decodes")), VmaName::Set("heap".into()));
+        let failed = Event::from_raw_reading(&bytes, |_, _| None).expect("decodes");
+        assert_eq!(name_of(failed), VmaName::Unreadable);
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! The eBPF tracer: load memtrace's programs into the kernel, attach them to
-//! the syscall and scheduler tracepoints, and drain decoded [`Event`]s.
+//! the syscall tracepoints and the scheduler raw tracepoints, and drain
+//! decoded [`Event`]s.
 //!
 //! Dropping a [`Tracer`] detaches every link and unloads every program and
-//! map; nothing stays in the kernel afterwards.
+//! map; nothing stays in the kernel afterwards. The syscall tracepoint
+//! links are released through [`release`], so that ending a session takes
+//! milliseconds, not the kernel's grace period per tracepoint.
 
+pub mod btf;
 pub mod event;
+pub mod kernel;
 pub mod launch;
+pub mod release;
 pub mod source;
 pub mod tracefs;
 
@@ -25,14 +31,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, TracePoint},
+    programs::{
+        ProgramError, RawTracePoint, TracePoint, links::FdLink, trace_point::TracePointLinkId,
+    },
 };
 use memtrace_common::{
     counter,
-    tracepoints::{
-        SCHED_CATEGORY, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, SYSCALLS,
-        SYSCALLS_CATEGORY,
-    },
+    tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK, SYSCALLS, SYSCALLS_CATEGORY},
 };
 
 use event::Event;
@@ -119,6 +124,40 @@ pub enum TraceError {
         /// Where the eBPF programs read it.
         expected: tracefs::FieldLayout,
     },
+    /// The kernel's BTF could not be read.
+    #[error("reading the kernel's BTF failed {SNAPSHOT_HINT}")]
+    Btf(#[source] btf::BtfError),
+    /// A kernel type the eBPF programs read is not in the kernel's BTF.
+    #[error("the kernel's BTF has no {what}, which memtrace's eBPF programs read {SNAPSHOT_HINT}")]
+    MissingKernelType {
+        /// `struct NAME.MEMBER`.
+        what: String,
+    },
+    /// The kernel differs from what the eBPF programs were built for.
+    #[error(
+        "{what} is {found} in this kernel, memtrace's eBPF programs expect {expected} {SNAPSHOT_HINT}"
+    )]
+    Contract {
+        what: String,
+        found: String,
+        expected: String,
+    },
+    /// memtrace's own PID namespace could not be told.
+    #[error("cannot read /proc/self/ns/pid {SNAPSHOT_HINT}")]
+    PidNamespace(#[source] io::Error),
+    /// memtrace runs in a PID namespace whose /proc is another namespace's.
+    #[error(
+        "memtrace runs in a PID namespace but /proc belongs to another one, so pids would name \
+         the wrong processes: mount a /proc for this namespace (e.g. `unshare --pid --fork \
+         --mount-proc`)"
+    )]
+    ForeignProc,
+    /// The target is in a PID namespace below memtrace's.
+    #[error(
+        "pid {pid} is in a PID namespace nested in memtrace's, whose ids the kernel does not \
+         report: run memtrace in the target's namespace, or on the host"
+    )]
+    NestedNamespace { pid: u32 },
     /// The kernel (or aya) refused memtrace's eBPF object.
     #[error("loading memtrace's eBPF programs failed {SNAPSHOT_HINT}")]
     Load(#[source] Box<aya::EbpfError>),
@@ -130,8 +169,8 @@ pub enum TraceError {
         /// Its name.
         name: String,
     },
-    /// A program in the object is not a tracepoint program.
-    #[error("program {program} is not a tracepoint program {SNAPSHOT_HINT}")]
+    /// A program in the object is not of the type memtrace attaches it as.
+    #[error("program {program} is not a (raw) tracepoint program {SNAPSHOT_HINT}")]
     ProgramType {
         /// The program.
         program: String,
@@ -149,10 +188,8 @@ pub enum TraceError {
         source: Box<ProgramError>,
     },
     /// A program did not attach to its tracepoint.
-    #[error("attaching {category}:{program} failed {SNAPSHOT_HINT}")]
+    #[error("attaching tracepoint {program} failed {SNAPSHOT_HINT}")]
     Attach {
-        /// Tracepoint category.
-        category: String,
         /// The program (named after its tracepoint).
         program: String,
         /// The kernel's reason.
@@ -231,7 +268,32 @@ pub struct Tracer {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     traced: BpfHashMap<MapData, u32, u8>,
-    _ebpf: Ebpf,
+    /// memtrace's PID namespace (zero in the initial one).
+    pidns: PidNamespace,
+    /// The syscall tracepoint links, by program, released without waiting
+    /// on drop.
+    syscall_links: Vec<(&'static str, TracePointLinkId)>,
+    ebpf: Ebpf,
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let mut links = Vec::new();
+        for (prog, id) in self.syscall_links.drain(..) {
+            let program: Option<&mut TracePoint> =
+                self.ebpf.program_mut(prog).and_then(|p| p.try_into().ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                // On a kernel without BPF links the conversion fails and
+                // drops the link: detached here, the slow way.
+                if let Ok(link) = FdLink::try_from(link) {
+                    links.push(link);
+                }
+            }
+        }
+        release::detach(links);
+        // The rest (raw tracepoint links, programs, maps) goes with the
+        // fields, without waiting.
+    }
 }
 
 /// Check what tracing needs before touching the kernel, so failures read as
@@ -263,14 +325,20 @@ impl Tracer {
     pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
         check_prerequisites()?;
         let tracefs = tracefs::ensure_mounted()?;
-        tracefs::check_layouts(tracefs, opts.follow_forks)?;
+        tracefs::check_layouts(tracefs)?;
+        let btf = btf::Btf::from_kernel().map_err(TraceError::Btf)?;
+        let layout = kernel::check_and_layout(&btf)?;
+        let pidns = kernel::own_pid_namespace()?;
         bump_memlock_rlimit();
+        bump_nofile_rlimit();
 
         let follow: u8 = opts.follow_forks.into();
         let mut loader = EbpfLoader::new();
         let kernel_stacks: u8 = opts.kernel_stacks.into();
         loader.override_global("FOLLOW_FORKS", &follow, true);
         loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
+        loader.override_global("PIDNS", &pidns, true);
+        loader.override_global("LAYOUT", &layout, true);
         if let Some(bytes) = opts.ring_bytes {
             loader.map_max_entries("EVENTS", ring_size(bytes));
         }
@@ -278,37 +346,26 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
 
-        let mut attach = |prog: &str, category: &str| -> Result<(), TraceError> {
-            let tp: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| TraceError::MissingFromObject {
-                    what: "program",
-                    name: prog.to_owned(),
-                })?
-                .try_into()
-                .map_err(|e| TraceError::ProgramType {
-                    program: prog.to_owned(),
-                    source: Box::new(e),
-                })?;
-            tp.load().map_err(|e| TraceError::ProgramRejected {
-                program: prog.to_owned(),
-                source: Box::new(e),
-            })?;
-            tp.attach(category, prog).map_err(|e| TraceError::Attach {
-                category: category.to_owned(),
-                program: prog.to_owned(),
-                source: Box::new(e),
-            })?;
-            Ok(())
-        };
+        // Per-syscall tracepoints: the kernel runs them for the traced
+        // syscalls only (see `memtrace_common::tracepoints`).
+        let mut syscall_links = Vec::new();
         for syscall in SYSCALLS {
-            attach(syscall.enter, SYSCALLS_CATEGORY)?;
-            attach(syscall.exit, SYSCALLS_CATEGORY)?;
+            for prog in [syscall.enter, syscall.exit] {
+                let program: &mut TracePoint = loaded(&mut ebpf, prog)?;
+                let id = program
+                    .attach(SYSCALLS_CATEGORY, prog)
+                    .map_err(|e| attach_error(prog, e))?;
+                syscall_links.push((prog, id));
+            }
         }
-        attach(SCHED_PROCESS_EXEC.name, SCHED_CATEGORY)?;
-        attach(SCHED_PROCESS_EXIT.name, SCHED_CATEGORY)?;
-        if opts.follow_forks {
-            attach(SCHED_PROCESS_FORK.name, SCHED_CATEGORY)?;
+        for tp in RAW_TRACEPOINTS {
+            if tp.name == SCHED_PROCESS_FORK.name && !opts.follow_forks {
+                continue;
+            }
+            let program: &mut RawTracePoint = loaded(&mut ebpf, tp.name)?;
+            program
+                .attach(tp.name)
+                .map_err(|e| attach_error(tp.name, e))?;
         }
 
         let map_err = |map, e| TraceError::Map {
@@ -334,12 +391,17 @@ impl Tracer {
             stacks,
             counters,
             traced,
-            _ebpf: ebpf,
+            pidns,
+            syscall_links,
+            ebpf,
         })
     }
 
-    /// Start tracing process `pid` (all its threads).
+    /// Start tracing process `pid` (all its threads), a pid as memtrace
+    /// sees it. In a PID namespace, only processes of that namespace can
+    /// be traced: the kernel reports no ids of namespaces below it.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
+        kernel::check_traceable(self.pidns, pid)?;
         self.traced
             .insert(pid, 1, 0)
             .map_err(|e| TraceError::AddPid {
@@ -497,7 +559,7 @@ impl Drop for Reader {
 fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
     while sink.queued.load(Ordering::Relaxed) < sink.cap {
         let Some(item) = ring.next() else { break };
-        if let Some(ev) = Event::from_raw(&item) {
+        if let Some(ev) = Event::from_raw_reading(&item, crate::proc::read_c_string) {
             sink.queued.fetch_add(ev.footprint(), Ordering::Relaxed);
             sink.tx.send(ev).map_err(|_| ())?;
         }
@@ -505,10 +567,73 @@ fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
     Ok(())
 }
 
+/// The program `name` of the object, as a `P`, loaded into the kernel.
+fn loaded<'a, P: LoadProgram + 'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, TraceError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or_else(|| TraceError::MissingFromObject {
+            what: "program",
+            name: name.to_owned(),
+        })?
+        .try_into()
+        .map_err(|e| TraceError::ProgramType {
+            program: name.to_owned(),
+            source: Box::new(e),
+        })?;
+    program.load().map_err(|e| TraceError::ProgramRejected {
+        program: name.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(program)
+}
+
+/// The two program types memtrace loads.
+trait LoadProgram {
+    fn load(&mut self) -> Result<(), ProgramError>;
+}
+
+impl LoadProgram for TracePoint {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        TracePoint::load(self)
+    }
+}
+
+impl LoadProgram for RawTracePoint {
+    fn load(&mut self) -> Result<(), ProgramError> {
+        RawTracePoint::load(self)
+    }
+}
+
+fn attach_error(program: &str, e: ProgramError) -> TraceError {
+    TraceError::Attach {
+        program: program.to_owned(),
+        source: Box::new(e),
+    }
+}
+
 /// Ring buffer sizes must be a power-of-two number of pages.
 fn ring_size(bytes: u32) -> u32 {
     let page = 4096u32;
     bytes.max(page).next_power_of_two()
+}
+
+/// The session holds the executable files of traced processes open
+/// (`proc::maps::OpenFiles`): allow as many descriptors as the hard limit.
+fn bump_nofile_rlimit() {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) == 0 {
+            rlim.rlim_cur = rlim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
@@ -535,27 +660,33 @@ mod tests {
             "tracing needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE): run it with \
              sudo (`memtrace snapshot` still works without eBPF)"
         );
-        let mount = TraceError::Tracefs {
-            source: io::Error::from_raw_os_error(libc::EPERM),
-        };
-        let missing = TraceError::MissingTracepoint {
-            category: "syscalls".into(),
-            name: "sys_enter_mmap".into(),
-            path: "/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format".into(),
+        let btf = TraceError::Btf(btf::BtfError::Read {
+            path: "/sys/kernel/btf/vmlinux".into(),
             source: io::Error::from_raw_os_error(libc::ENOENT),
-        };
-        for e in [&mount, &missing] {
+        });
+        let pidns = TraceError::PidNamespace(io::Error::from_raw_os_error(libc::EACCES));
+        for e in [&btf, &pidns] {
             let line = e.to_string();
             assert!(line.ends_with(SNAPSHOT_HINT), "{line}");
             assert!(!line.contains('\n'), "{line}");
             assert!(e.source().is_some(), "{line} lost its cause");
         }
+        let contract = TraceError::Contract {
+            what: "pt_regs.cs".into(),
+            found: "at 8".into(),
+            expected: "at 136".into(),
+        };
         assert_eq!(
-            missing.to_string(),
-            "tracepoint syscalls:sys_enter_mmap \
-             (/sys/kernel/tracing/events/syscalls/sys_enter_mmap/format) is missing (needs \
-             CONFIG_FTRACE_SYSCALLS) (`memtrace snapshot` still works without eBPF)"
+            contract.to_string(),
+            "pt_regs.cs is at 8 in this kernel, memtrace's eBPF programs expect at 136 \
+             (`memtrace snapshot` still works without eBPF)"
         );
+        for e in [
+            TraceError::ForeignProc,
+            TraceError::NestedNamespace { pid: 7 },
+        ] {
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! tracefs: find or mount it, and check the tracepoint record layouts the
-//! eBPF programs read.
+//! tracefs: find or mount it, and check the syscall tracepoint record
+//! layouts the eBPF programs read.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use memtrace_common::tracepoints::{self, Field, SCHED_PROCESS_FORK, TracepointField};
+use memtrace_common::tracepoints::{self, Field, TracepointField};
 
 use super::TraceError;
 
@@ -111,11 +111,10 @@ fn parse_format(text: &str) -> HashMap<String, FieldLayout> {
     out
 }
 
-/// Check every field of the kernel/eBPF contract
-/// ([`memtrace_common::tracepoints`]) against the running kernel's records
-/// before attaching. The fork tracepoint is checked only when its program
-/// is attached (`follow_forks`).
-pub fn check_layouts(tracefs: &Path, follow_forks: bool) -> Result<(), TraceError> {
+/// Check every syscall record field of the kernel/eBPF contract
+/// ([`memtrace_common::tracepoints::fields`]) against the running kernel's
+/// records before attaching.
+pub fn check_layouts(tracefs: &Path) -> Result<(), TraceError> {
     let mut formats: HashMap<&str, HashMap<String, FieldLayout>> = HashMap::new();
     for TracepointField {
         category,
@@ -123,9 +122,6 @@ pub fn check_layouts(tracefs: &Path, follow_forks: bool) -> Result<(), TraceErro
         field,
     } in tracepoints::fields()
     {
-        if tracepoint == SCHED_PROCESS_FORK.name && !follow_forks {
-            continue;
-        }
         let format = match formats.entry(tracepoint) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(fields(tracefs, category, tracepoint)?),
@@ -192,10 +188,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("memtrace-tracefs-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fake_tracefs(&dir.join("ok"), None);
-        assert!(check_layouts(&dir.join("ok"), true).is_ok());
+        assert!(check_layouts(&dir.join("ok")).is_ok());
 
         fake_tracefs(&dir.join("moved"), Some(("sys_enter_mremap", "new_len")));
-        let err = check_layouts(&dir.join("moved"), false).expect_err("new_len moved");
+        let err = check_layouts(&dir.join("moved")).expect_err("new_len moved");
         assert!(
             matches!(
                 err,
@@ -223,11 +219,9 @@ mod tests {
             "{err}"
         );
 
-        // Without --follow-forks the fork tracepoint is not needed.
-        fs::remove_dir_all(dir.join("ok/events/sched/sched_process_fork")).expect("rm fork");
-        assert!(check_layouts(&dir.join("ok"), false).is_ok());
+        fs::remove_dir_all(dir.join("ok/events/syscalls/sys_exit_brk")).expect("rm brk");
         assert!(matches!(
-            check_layouts(&dir.join("ok"), true),
+            check_layouts(&dir.join("ok")),
             Err(TraceError::MissingTracepoint { .. })
         ));
         let _ = fs::remove_dir_all(&dir);

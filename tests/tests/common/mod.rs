@@ -83,6 +83,8 @@ pub struct Run {
     pub others: Vec<Value>,
     pub stderr: String,
     pub status: i32,
+    /// Everything on stdout, JSON or not.
+    pub stdout: String,
 }
 
 fn split_output(stdout: &str, stderr: String, status: i32) -> Run {
@@ -104,6 +106,7 @@ fn split_output(stdout: &str, stderr: String, status: i32) -> Run {
         others,
         stderr,
         status,
+        stdout: stdout.to_owned(),
     }
 }
 
@@ -140,14 +143,36 @@ fn collect(child: &mut Child) -> (thread::JoinHandle<String>, thread::JoinHandle
     (o, e)
 }
 
+/// Fail clearly when a tool a test runs is missing, naming the package to
+/// install.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found,
+        "`{tool}` is missing: install the {package} package (apt-get install {package})"
+    );
+}
+
 /// `memtrace ARGS -- FIXTURE FIXTURE_ARGS` (launch mode).
 pub fn run_launch(memtrace_args: &[&str], fixture: &str, fixture_args: &[&str]) -> Run {
-    require_root();
-    let mut child = Command::new(memtrace_bin())
-        .args(memtrace_args)
+    let mut cmd = Command::new(memtrace_bin());
+    cmd.args(memtrace_args)
         .arg("--")
         .arg(fixture)
-        .args(fixture_args)
+        .args(fixture_args);
+    run_command(cmd)
+}
+
+/// Run `cmd`, which runs memtrace (itself, or under a wrapper such as
+/// `unshare`), and collect what memtrace printed.
+pub fn run_command(mut cmd: Command) -> Run {
+    require_root();
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -275,9 +300,15 @@ pub struct Waiting {
 
 impl Waiting {
     pub fn start(fixture: &str, args: &[&str]) -> Waiting {
-        let mut child = Command::new(fixture)
-            .args(args)
-            .arg("--wait")
+        let mut cmd = Command::new(fixture);
+        cmd.args(args).arg("--wait");
+        Waiting::spawn(cmd)
+    }
+
+    /// Start `cmd`, which runs a fixture with `--wait` (itself, or under a
+    /// wrapper that execs it).
+    pub fn spawn(mut cmd: Command) -> Waiting {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -524,4 +555,89 @@ pub fn show_ranges(r: &[(u64, u64)], max: usize) -> String {
         s.push_str(&format!("  … and {} more\n", r.len() - max));
     }
     s
+}
+
+/// Check that every step the fixture logged is in memtrace's stream with
+/// the same kind, thread, range and result, attributed to the fixture
+/// function that made the call.
+pub fn assert_steps_traced(steps: &[Value], events: &[Value]) {
+    assert!(steps.len() >= 17, "fixture logged too few steps: {steps:?}");
+    // Steps of one thread happen in order, and so do its events: match each
+    // step after the previous match of the same thread.
+    let mut cursor: std::collections::HashMap<u64, usize> = Default::default();
+    for step in steps {
+        let kind = step["kind"].as_str().expect("kind");
+        let from = cursor.get(&num(&step["tid"])).copied().unwrap_or(0);
+        let found = events.iter().enumerate().skip(from).find(|(_, e)| {
+            e["kind"] == step["kind"]
+                && e["tid"] == step["tid"]
+                && num(&e["addr"]) == num(&step["addr"])
+                && (kind == "brk" || num(&e["len"]) == num(&step["len"]))
+                && e["result"].as_i64() == step["result"].as_i64()
+        });
+        let Some((at, ev)) = found else {
+            let same_kind: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["kind"] == step["kind"])
+                .collect();
+            panic!("step {step} is not in the event stream; events of that kind: {same_kind:#?}");
+        };
+        cursor.insert(num(&step["tid"]), at + 1);
+        let func = step["func"].as_str().expect("func");
+        let site = ev["call_site"]["function"].as_str().unwrap_or("");
+        assert!(
+            site.ends_with(&format!("mappings::{func}")),
+            "step {} was attributed to {site:?}, expected mappings::{func}; stack: {}",
+            step["step"],
+            ev["stack"]
+        );
+        if let Some(file) = ev["call_site"]["file"].as_str() {
+            assert!(
+                file.ends_with("mappings.rs"),
+                "call site file {file} for {}",
+                step["step"]
+            );
+        }
+    }
+    // Specific semantics.
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name}"))
+    };
+    let remap = step("remap_grow_move");
+    assert_ne!(
+        remap["result"], remap["old_addr"],
+        "the fixture's mremap was meant to move"
+    );
+    let ev = events
+        .iter()
+        .find(|e| e["kind"] == "mremap" && e["result"] == remap["result"])
+        .expect("mremap event");
+    assert_eq!(num(&ev["old_addr"]), num(&remap["old_addr"]));
+    assert_eq!(ev["old_len"].as_u64(), Some(2 * 4096));
+    let name = step("name_region");
+    let ev = events
+        .iter()
+        .find(|e| e["kind"] == "set_vma_name")
+        .expect("set_vma_name event");
+    assert_eq!(ev["name"], "fixture-cache");
+    let refused = name["result"].as_i64() != Some(0);
+    assert_eq!(ev["name_refused"].as_bool(), Some(refused));
+    if refused {
+        assert_eq!(ev["error"], "EINVAL");
+    }
+    let failing = events
+        .iter()
+        .find(|e| e["kind"] == "munmap" && num(&e["addr"]) == 12345)
+        .expect("failing munmap");
+    assert_eq!(failing["error"], "EINVAL");
+    // Several threads, each event carries its own tid.
+    let tids: std::collections::BTreeSet<u64> = steps
+        .iter()
+        .filter(|s| s["func"] == "thread_worker")
+        .map(|s| num(&s["tid"]))
+        .collect();
+    assert_eq!(tids.len(), 4, "four worker threads");
 }

@@ -458,7 +458,7 @@ fn set_name(l: &mut Ledger, page: u64, pages: u64, name: Option<&str>, result: i
     let call = Call::SetVmaName {
         addr: a(page),
         len: pages * P,
-        name: name.map(str::to_owned),
+        name: name.map_or(VmaName::Cleared, |n| VmaName::Set(n.to_owned())),
     };
     l.apply(&ev(call, result, 0));
 }
@@ -562,7 +562,7 @@ fn failed_calls_change_nothing() {
         Call::SetVmaName {
             addr: a(0),
             len: P,
-            name: Some("x".into()),
+            name: VmaName::Set("x".into()),
         },
         Call::Exec {
             filename: "/bin/true".into(),
