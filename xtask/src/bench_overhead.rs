@@ -1,53 +1,127 @@
 //! `cargo xtask bench overhead`: what tracing costs the traced process.
 //!
-//! The workload maps 64 KiB, touches every page and unmaps it, many times,
-//! and reports its own CPU time per iteration (user + system, so the time
-//! the kernel spends in memtrace's eBPF programs is included). Untraced and
-//! traced runs alternate, so machine noise hits both alike; the result is
-//! the ratio of the medians. Target: 1.10 or less.
+//! The workload maps N pages, touches every page and unmaps them, many
+//! times, and reports its own CPU time per iteration (user + system, so the
+//! time the kernel spends in tracing programs is included). Two workloads:
+//! 1 page (syscalls dominate: the harsh case) and 16 pages (page faults
+//! dilute the cost). Four ways to run each, interleaved in every round so
+//! machine noise hits all alike:
+//!
+//! - untraced;
+//! - the floor: bpftrace with empty programs on the same four syscall
+//!   tracepoints (mmap and munmap, enter and exit), filtering on the pid;
+//! - the peer: bpftrace collecting `ustack(16)` on the same tracepoints;
+//! - memtrace (`--quiet`).
+//!
+//! Targets (issue 10): memtrace's added CPU per iteration at most 1.5× the
+//! floor's added CPU, and below the peer's, on the 1-page workload.
 
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench::median, build_release};
+use crate::{bench::median, build_release, setup};
 
 const ITERATIONS: &str = "100000";
-const ROUNDS: usize = 15;
-const TARGET_RATIO: f64 = 1.10;
+const ROUNDS: usize = 9;
+const TARGET_VS_FLOOR: f64 = 1.5;
+
+const TRACEPOINTS: &str = "tracepoint:syscalls:sys_enter_mmap,tracepoint:syscalls:sys_exit_mmap,\
+                           tracepoint:syscalls:sys_enter_munmap,tracepoint:syscalls:sys_exit_munmap";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    Untraced,
+    Floor,
+    Peer,
+    Memtrace,
+}
+
+const WAYS: [(Way, &str); 4] = [
+    (Way::Untraced, "untraced"),
+    (Way::Floor, "floor (empty programs)"),
+    (Way::Peer, "bpftrace ustack(16)"),
+    (Way::Memtrace, "memtrace"),
+];
 
 pub fn run() -> anyhow::Result<()> {
+    setup::ensure_programs(&[("bpftrace", "bpftrace")], "the overhead benchmark")?;
     build_release()?;
     let bin = crate::release_dir();
     let workload = bin.join("overhead");
     let memtrace = bin.join("memtrace");
-    let mut untraced = Vec::new();
-    let mut traced = Vec::new();
-    println!("round  untraced ns/op  traced ns/op");
-    for round in 0..ROUNDS {
-        let u = per_op(Command::new(&workload).arg(ITERATIONS))?;
-        let t = per_op(
-            Command::new(&memtrace)
-                .args(["--quiet", "--"])
-                .arg(&workload)
-                .arg(ITERATIONS),
-        )?;
-        println!("{round:>5}  {u:>14.1}  {t:>12.1}");
-        untraced.push(u);
-        traced.push(t);
-    }
-    let (u, t) = (median(&mut untraced), median(&mut traced));
-    let ratio = t / u;
-    println!(
-        "\nmmap+touch+munmap of 64 KiB, median CPU time per iteration:\n  untraced {u:.1} ns\n  traced   {t:.1} ns\n  ratio    {ratio:.3}x (target <= {TARGET_RATIO:.2}x)"
-    );
-    if ratio > TARGET_RATIO {
-        println!("  ABOVE TARGET");
+    let bpftrace = setup::find_program("bpftrace").context("bpftrace is not installed")?;
+    for pages in ["1", "16"] {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
+        println!("\n{pages}-page workload (mmap + touch + munmap), CPU ns per iteration:");
+        println!(
+            "round {}",
+            WAYS.iter()
+                .map(|(_, n)| format!("{n:>24}"))
+                .collect::<String>()
+        );
+        for round in 0..ROUNDS {
+            let mut line = format!("{round:>5} ");
+            for (i, (way, _)) in WAYS.iter().enumerate() {
+                let mut cmd = match way {
+                    Way::Untraced => Command::new(&workload),
+                    Way::Floor | Way::Peer => {
+                        let action = if *way == Way::Floor {
+                            "{}"
+                        } else {
+                            "{ @s[ustack(16)] = count(); }"
+                        };
+                        let mut c = Command::new(&bpftrace);
+                        c.arg("-e")
+                            .arg(format!(
+                                "{TRACEPOINTS} /pid == cpid/ {action} END {{ clear(@s); }}"
+                            ))
+                            .arg("-c")
+                            .arg(format!("{} {ITERATIONS} {pages}", workload.display()));
+                        c
+                    }
+                    Way::Memtrace => {
+                        let mut c = Command::new(&memtrace);
+                        c.args(["--quiet", "--no-report", "--"]).arg(&workload);
+                        c
+                    }
+                };
+                if matches!(way, Way::Untraced | Way::Memtrace) {
+                    cmd.args([ITERATIONS, pages]);
+                }
+                let v = per_op(&mut cmd)?;
+                line.push_str(&format!("{v:>24.1}"));
+                samples[i].push(v);
+            }
+            println!("{line}");
+        }
+        let m: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+        let (untraced, floor, peer, ours) = (m[0], m[1], m[2], m[3]);
+        let added = |x: f64| x - untraced;
+        println!("medians:");
+        for ((_, name), v) in WAYS.iter().zip(&m) {
+            println!(
+                "  {name:<24} {v:>8.1} ns  ({:.3}x untraced, +{:.1} ns)",
+                v / untraced,
+                added(*v)
+            );
+        }
+        let vs_floor = added(ours) / added(floor).max(1.0);
+        println!(
+            "  memtrace's added cost: {vs_floor:.2}x the floor's (target <= {TARGET_VS_FLOOR}), \
+             {:.2}x bpftrace ustack's (target < 1)",
+            added(ours) / added(peer).max(1.0)
+        );
+        if pages == "1" {
+            let pass = vs_floor <= TARGET_VS_FLOOR && ours < peer;
+            println!("  {}", if pass { "PASS" } else { "FAIL (above target)" });
+        }
     }
     Ok(())
 }
 
-/// Run the workload and read the `ns_per_op` it prints.
+/// Run the workload (directly or under a tracer) and read the `ns_per_op`
+/// it prints.
 fn per_op(cmd: &mut Command) -> anyhow::Result<f64> {
     let out = cmd
         .stderr(Stdio::null())

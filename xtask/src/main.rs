@@ -64,7 +64,8 @@ enum Cmd {
 enum Bench {
     /// `memtrace snapshot` vs `cat /proc/PID/smaps` on 60,000 VMAs.
     Snapshot,
-    /// CPU time per mmap+touch+munmap of 64 KiB, untraced vs traced.
+    /// CPU per mmap+touch+munmap (1 and 16 pages): untraced, empty-program
+    /// floor and bpftrace ustack (peers), memtrace.
     Overhead,
     /// Attributed report vs `cat /proc/PID/smaps` with 100,000 traced
     /// mappings in 60,000 VMAs; memtrace's peak RSS.

@@ -148,7 +148,13 @@ pub const RUNTIMES: &[(&str, &str)] = &[
 /// when there is one and we are root; otherwise say what to install (the
 /// tests then fail with the same command).
 pub fn ensure_runtimes() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = RUNTIMES
+    ensure_programs(RUNTIMES, "the runtime tests")
+}
+
+/// Install the Debian packages of the `(program, package)` pairs whose
+/// program is missing, saying so; `why` names who needs them.
+pub fn ensure_programs(programs: &[(&str, &str)], why: &str) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = programs
         .iter()
         .filter(|(cmd, _)| find_program(cmd).is_none())
         .map(|(_, package)| *package)
@@ -165,13 +171,13 @@ pub fn ensure_runtimes() -> anyhow::Result<()> {
     let root = unsafe { libc::geteuid() } == 0;
     if !root || find_program("apt-get").is_none() {
         eprintln!(
-            "xtask: the runtime tests need {}: install them (Debian: `{command}`)",
+            "xtask: {why} need {}: install them (Debian: `{command}`)",
             missing.join(", ")
         );
         return Ok(());
     }
     eprintln!(
-        "xtask: installing {} for the runtime tests ({command})",
+        "xtask: installing {} for {why} ({command})",
         missing.join(" ")
     );
     let install = || {
@@ -191,7 +197,7 @@ pub fn ensure_runtimes() -> anyhow::Result<()> {
             .is_ok_and(|s| s.success())
             && install());
     if !ok {
-        bail!("installing the runtimes the tests launch failed: run `{command}`");
+        bail!("installing what {why} need failed: run `{command}`");
     }
     Ok(())
 }

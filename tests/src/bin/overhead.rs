@@ -1,12 +1,13 @@
-//! Benchmark workload: N times mmap 64 KiB, touch every page, munmap.
-//! Prints the CPU time (user + system, this process) per iteration, which
-//! includes the time the kernel spends in memtrace's eBPF programs.
+//! Benchmark workload: N times mmap PAGES pages (default 16), touch every
+//! page, munmap. Prints the CPU time (user + system, this process) per
+//! iteration, which includes the time the kernel spends in tracing
+//! programs. With 1 page the syscalls dominate (the harsh case for a
+//! tracer); with 16 the page faults dilute them.
 //!
-//! Usage: overhead ITERATIONS
+//! Usage: overhead ITERATIONS [PAGES]
 
 use memtrace_tests::{PAGE, fail, touch};
 
-const LEN: usize = 64 * 1024;
 
 fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -19,12 +20,12 @@ fn cpu_ns() -> u64 {
 }
 
 #[inline(never)]
-fn one_round() {
+fn one_round(len: usize) {
     // SAFETY: anonymous mapping of our own, unmapped below.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            LEN,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
@@ -34,24 +35,33 @@ fn one_round() {
     if p == libc::MAP_FAILED {
         fail("mmap failed");
     }
-    touch(p, LEN);
+    touch(p, len);
     // SAFETY: the mapping made above.
-    unsafe { libc::munmap(p, LEN) };
+    unsafe { libc::munmap(p, len) };
 }
 
 fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| fail("usage: overhead ITERATIONS"));
+        .unwrap_or_else(|| fail("usage: overhead ITERATIONS [PAGES]"));
+    let pages: usize = match std::env::args().nth(2) {
+        Some(a) => a
+            .parse()
+            .ok()
+            .filter(|p| (1..=4096).contains(p))
+            .unwrap_or_else(|| fail("PAGES must be 1 to 4096")),
+        None => 16,
+    };
+    let len = pages * PAGE;
     // Warm up the allocator, page tables and caches.
     for _ in 0..1000 {
-        one_round();
+        one_round(len);
     }
     let start = cpu_ns();
     for _ in 0..n {
-        one_round();
+        one_round(len);
     }
     let per_op = (cpu_ns() - start) as f64 / n as f64;
-    println!("ns_per_op {per_op:.1} pages {}", LEN / PAGE);
+    println!("ns_per_op {per_op:.1} pages {pages}");
 }
