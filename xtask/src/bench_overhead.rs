@@ -66,16 +66,17 @@ pub fn run() -> anyhow::Result<()> {
                 let mut cmd = match way {
                     Way::Untraced => Command::new(&workload),
                     Way::Floor | Way::Peer => {
-                        let action = if *way == Way::Floor {
-                            "{}"
+                        let script = if *way == Way::Floor {
+                            format!("{TRACEPOINTS} /pid == cpid/ {{}}")
                         } else {
-                            "{ @s[ustack(16)] = count(); }"
+                            format!(
+                                "{TRACEPOINTS} /pid == cpid/ {{ @s[ustack(16)] = count(); }} \
+                                 END {{ clear(@s); }}"
+                            )
                         };
                         let mut c = Command::new(&bpftrace);
                         c.arg("-e")
-                            .arg(format!(
-                                "{TRACEPOINTS} /pid == cpid/ {action} END {{ clear(@s); }}"
-                            ))
+                            .arg(script)
                             .arg("-c")
                             .arg(format!("{} {ITERATIONS} {pages}", workload.display()));
                         c

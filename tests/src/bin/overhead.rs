@@ -8,7 +8,6 @@
 
 use memtrace_tests::{PAGE, fail, touch};
 
-
 fn cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
