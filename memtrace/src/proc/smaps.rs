@@ -412,82 +412,219 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<Vma>, ReadError> {
 /// hand-offs are rare.
 const CHUNK: usize = 128 << 10;
 
-fn read_pipelined(mut file: File) -> Result<Vec<Vma>, ReadError> {
+fn read_pipelined(file: File) -> Result<Vec<Vma>, ReadError> {
+    pipeline(file, &mut |_| true)?
+        .finish()
+        .map_err(ReadError::Parse)
+}
+
+/// Read `file` on this thread and parse it on a second one, calling
+/// `after_chunk` on the parser thread after each chunk is parsed (it may
+/// take the complete VMAs out; `false` stops reading). Returns the parser,
+/// holding what `after_chunk` left.
+fn pipeline(
+    mut file: File,
+    after_chunk: &mut (dyn FnMut(&mut Parser) -> bool + Send),
+) -> Result<Parser, ReadError> {
     // Buffers go round between the two threads: reused buffers stay hot in
     // the cache, where fresh ones would be page faults and zeroing. A chunk
     // is sent with its length; the buffers themselves are never shrunk.
     let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
-        let parse_thread = scope.spawn(move || -> Result<Vec<Vma>, ParseError> {
+        let parse_thread = scope.spawn(move || -> Result<Parser, ParseError> {
             let mut parser = Parser::default();
             let mut result = Ok(());
             for (chunk, len) in full_rx {
                 if result.is_ok() {
                     result = parser.feed(&chunk[..len]);
+                    if result.is_ok() && !after_chunk(&mut parser) {
+                        // Nobody wants the rest: stop the reader.
+                        break;
+                    }
                 }
                 // Keep draining after an error so the reader never blocks.
                 let _ = empty_tx.send(chunk);
             }
-            result?;
-            parser.finish()
+            result.map(|()| parser)
         });
 
-        let read_result = (|| -> io::Result<()> {
-            // Bytes after the last newline of the previous chunk.
-            let mut carry: Vec<u8> = Vec::new();
-            let mut buffers_made = 0;
-            loop {
-                // Three buffers: one being filled, two queued or being parsed.
-                let mut buf = if buffers_made < 3 {
-                    buffers_made += 1;
-                    vec![0u8; CHUNK]
-                } else {
-                    match empty_rx.recv() {
-                        Ok(b) => b,
-                        // The parser stopped (it failed); its error is reported.
-                        Err(_) => return Ok(()),
-                    }
-                };
-                if buf.len() < carry.len() + CHUNK / 2 {
-                    // A line longer than the buffer: grow rather than split it.
-                    buf.resize(carry.len() + CHUNK, 0);
-                }
-                buf[..carry.len()].copy_from_slice(&carry);
-                let mut filled = carry.len();
-                carry.clear();
-                let n = fill(&mut file, &mut buf, &mut filled)?;
-                if n == 0 {
-                    if filled > 0 {
-                        let _ = full_tx.send((buf, filled));
-                    }
-                    return Ok(());
-                }
-                match buf[..filled].iter().rposition(|b| *b == b'\n') {
-                    Some(i) => {
-                        carry.extend_from_slice(&buf[i + 1..filled]);
-                        if full_tx.send((buf, i + 1)).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    None => {
-                        carry.extend_from_slice(&buf[..filled]);
-                        // Nothing to parse yet; the buffer stays in circulation.
-                        let _ = full_tx.send((buf, 0));
-                    }
-                }
-            }
-        })();
+        let read_result = read_chunks(&mut file, &full_tx, &empty_rx);
         drop(full_tx);
         let parsed = parse_thread.join().unwrap_or(Err(ParseError {
             line: 0,
             reason: "parser thread panicked",
         }));
         // A parse error explains more than the read error it may have caused.
-        let vmas = parsed.map_err(ReadError::Parse)?;
+        let parser = parsed.map_err(ReadError::Parse)?;
         read_result.map_err(ReadError::Io)?;
-        Ok(vmas)
+        Ok(parser)
     })
+}
+
+/// The reader's side of [`pipeline`]: fill buffers with whole lines and
+/// send them to the parser, until the end of the file or the parser stops.
+fn read_chunks(
+    file: &mut File,
+    full_tx: &mpsc::SyncSender<(Vec<u8>, usize)>,
+    empty_rx: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<()> {
+    // Bytes after the last newline of the previous chunk.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut buffers_made = 0;
+    loop {
+        // Three buffers: one being filled, two queued or being parsed.
+        let mut buf = if buffers_made < 3 {
+            buffers_made += 1;
+            vec![0u8; CHUNK]
+        } else {
+            match empty_rx.recv() {
+                Ok(b) => b,
+                // The parser stopped (it failed, or nobody wants more).
+                Err(_) => return Ok(()),
+            }
+        };
+        if buf.len() < carry.len() + CHUNK / 2 {
+            // A line longer than the buffer: grow rather than split it.
+            buf.resize(carry.len() + CHUNK, 0);
+        }
+        buf[..carry.len()].copy_from_slice(&carry);
+        let mut filled = carry.len();
+        carry.clear();
+        let n = fill(file, &mut buf, &mut filled)?;
+        if n == 0 {
+            if filled > 0 {
+                let _ = full_tx.send((buf, filled));
+            }
+            return Ok(());
+        }
+        match buf[..filled].iter().rposition(|b| *b == b'\n') {
+            Some(i) => {
+                carry.extend_from_slice(&buf[i + 1..filled]);
+                if full_tx.send((buf, i + 1)).is_err() {
+                    return Ok(());
+                }
+            }
+            None => {
+                carry.extend_from_slice(&buf[..filled]);
+                // Nothing to parse yet; the buffer stays in circulation.
+                if full_tx.send((buf, 0)).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Start reading and parsing `/proc/PID/smaps` in the background, and get
+/// its VMAs in batches, in smaps order, while the kernel is still
+/// generating the rest: the consumer (e.g. [`crate::attribution::join`])
+/// works on the first VMAs while the kernel produces the last, and
+/// whatever the caller does meanwhile overlaps the read.
+///
+/// Reading happens on a thread of its own and parsing on another, as in
+/// [`read_smaps`]. Give batches back with [`SmapsStream::recycle`] so the
+/// parser refills them instead of allocating. Call
+/// [`SmapsStream::finish`] after the last batch to learn whether the whole
+/// file was read and parsed; dropping the stream early stops the reading.
+pub fn stream_smaps(pid: u32) -> Result<SmapsStream, ProcError> {
+    let path = format!("/proc/{pid}/smaps");
+    let file = File::open(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
+    let (batch_tx, batches) = mpsc::channel::<Vec<Vma>>();
+    let (recycle, recycled) = mpsc::channel::<Vec<Vma>>();
+    let thread = std::thread::Builder::new()
+        .name("memtrace-smaps".into())
+        .spawn(move || -> Result<(), ReadError> {
+            let mut sink = BatchSink {
+                batches: batch_tx,
+                recycled,
+            };
+            // The last VMA may have more lines in the next chunk: keep it.
+            let mut parser = pipeline(file, &mut |parser| sink.send(parser, 1))?;
+            sink.send(&mut parser, 0);
+            Ok(())
+        })
+        .map_err(|e| ProcError::from_io(pid, &path, e))?;
+    Ok(SmapsStream {
+        batches,
+        recycle,
+        thread: Some(thread),
+        pid,
+        path,
+    })
+}
+
+/// The parser thread's end of a [`SmapsStream`].
+struct BatchSink {
+    batches: mpsc::Sender<Vec<Vma>>,
+    recycled: mpsc::Receiver<Vec<Vma>>,
+}
+
+impl BatchSink {
+    /// Send the parser's VMAs but the last `keep`; `false` when the
+    /// stream is gone.
+    fn send(&mut self, parser: &mut Parser, keep: usize) -> bool {
+        let n = parser.vmas.len().saturating_sub(keep);
+        if n == 0 {
+            return true;
+        }
+        let mut batch = self.recycled.try_recv().unwrap_or_default();
+        batch.clear();
+        batch.extend(parser.vmas.drain(..n));
+        self.batches.send(batch).is_ok()
+    }
+}
+
+/// VMAs of one process's smaps, arriving while it is read: see
+/// [`stream_smaps`].
+pub struct SmapsStream {
+    batches: mpsc::Receiver<Vec<Vma>>,
+    recycle: mpsc::Sender<Vec<Vma>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ReadError>>>,
+    pid: u32,
+    path: String,
+}
+
+impl SmapsStream {
+    /// The next VMAs, in smaps order (waiting for them), or `None` after
+    /// the last (or when reading failed: [`SmapsStream::finish`] says).
+    pub fn next_batch(&mut self) -> Option<Vec<Vma>> {
+        self.batches.recv().ok()
+    }
+
+    /// Give a batch back for the parser to refill.
+    pub fn recycle(&self, batch: Vec<Vma>) {
+        let _ = self.recycle.send(batch);
+    }
+
+    /// Wait for the reading to end: `Ok` if the whole file was read and
+    /// parsed (every batch was then handed out, unless the caller stopped
+    /// taking them early).
+    pub fn finish(mut self) -> Result<(), ProcError> {
+        let (pid, path) = (self.pid, std::mem::take(&mut self.path));
+        let result = match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) | None => Err(ReadError::Parse(ParseError {
+                line: 0,
+                reason: "smaps reader thread panicked",
+            })),
+        };
+        result.map_err(|e| match e {
+            ReadError::Io(e) => ProcError::from_io(pid, &path, e),
+            ReadError::Parse(e) => ProcError::Parse { pid, source: e },
+        })
+    }
+}
+
+impl Drop for SmapsStream {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // Stop the parser (its sends fail), which stops the reader.
+            let (_, unused) = mpsc::channel();
+            drop(std::mem::replace(&mut self.batches, unused));
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Read into `buf[*filled..]` until it is full or the file ends, retrying
@@ -980,6 +1117,45 @@ mod tests {
         assert!(!one("7f00-7f10 rw-p 0 00:05 4   /dev/zero"));
         assert!(!one("7f00-7f10 rw-s 0 00:01 7   /dev/shm/x"));
         assert!(!one("7f00-7f10 rw-s 0 00:01 7   /memfd:x (deleted)"));
+    }
+
+    #[test]
+    fn stream_hands_out_every_vma_in_order() {
+        let pid = std::process::id();
+        let mut stream = stream_smaps(pid).expect("stream own smaps");
+        let mut starts = Vec::new();
+        while let Some(batch) = stream.next_batch() {
+            assert!(!batch.is_empty(), "batches are never empty");
+            starts.extend(batch.iter().map(|v| v.start));
+            stream.recycle(batch);
+        }
+        stream.finish().expect("read to the end");
+        assert!(starts.len() > 3, "{starts:x?}");
+        assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:x?}");
+        // Our own code is mapped, and so appears in the stream.
+        let here = stream_hands_out_every_vma_in_order as *const () as u64;
+        let vmas = read_smaps(pid).expect("read own smaps");
+        let ours = vmas
+            .iter()
+            .find(|v| v.start <= here && here < v.end)
+            .expect("the code of this test is mapped");
+        assert!(starts.contains(&ours.start));
+    }
+
+    #[test]
+    fn stream_dropped_early_stops() {
+        let mut stream = stream_smaps(std::process::id()).expect("stream own smaps");
+        let first = stream.next_batch().expect("one batch at least");
+        assert!(!first.is_empty());
+        // Dropping stops the reader and parser threads (and must not hang).
+        drop(stream);
+    }
+
+    #[test]
+    fn stream_of_a_missing_process_fails_at_once() {
+        // pid_max is at most 2^22: this pid never exists.
+        let err = stream_smaps(u32::MAX).err().expect("no such process");
+        assert!(matches!(err, ProcError::NoSuchProcess { .. }), "{err:?}");
     }
 
     #[test]
