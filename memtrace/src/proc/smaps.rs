@@ -407,9 +407,9 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<Vma>, ReadError> {
 }
 
 /// Bytes handed from the reader thread to the parser thread at a time.
-/// Small enough that the buffers stay in the CPU cache (the kernel writes a
-/// chunk, the parser reads it right after), large enough that thread
-/// hand-offs are rare.
+/// Small enough that the three buffers in circulation stay in the CPU's
+/// caches (the kernel writes a chunk, the parser reads it right after),
+/// large enough that thread hand-offs are rare (about one per 700 VMAs).
 const CHUNK: usize = 512 << 10;
 
 fn read_pipelined(file: File, max_read: usize) -> Result<Vec<Vma>, ReadError> {
