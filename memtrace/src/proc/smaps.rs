@@ -96,7 +96,18 @@ impl VmFlags {
 
     fn parse(value: &[u8]) -> VmFlags {
         let mut flags = VmFlags::default();
-        for word in value.split(|b| *b == b' ').filter(|w| !w.is_empty()) {
+        // The kernel prints ` xx` per flag and a space after the last:
+        // take known two-letter words three bytes at a time while the
+        // text has that shape, then the rest word by word.
+        let mut at = 0;
+        while let [b' ', a, b, b' ', ..] = *value.get(at..).unwrap_or_default() {
+            let Some(i) = flag_index(&[a, b]) else {
+                break;
+            };
+            flags.bits |= 1 << i;
+            at += 3;
+        }
+        for word in value[at..].split(|b| *b == b' ').filter(|w| !w.is_empty()) {
             match flag_index(word) {
                 Some(i) => flags.bits |= 1 << i,
                 None => {
@@ -689,6 +700,10 @@ impl Parser {
                 i = next;
                 continue;
             }
+            if let Some(next) = self.flags_line(input, i) {
+                i = next;
+                continue;
+            }
             if let Some(next) = self.fast_field(input, i) {
                 i = next;
                 continue;
@@ -739,6 +754,29 @@ impl Parser {
         *SizeField::ALL.get(index)?.slot(vma) = n * 1024;
         self.next_label = index + 1;
         Some(start + 28)
+    }
+
+    /// The two lines every region has after its sizes, `THPeligible:    N`
+    /// and `VmFlags: rd wr …`, complete and well-formed, without the
+    /// general path's search for the key. Returns the next line's start,
+    /// or `None` (having changed nothing).
+    #[inline]
+    fn flags_line(&mut self, s: &[u8], start: usize) -> Option<usize> {
+        let rest = s.get(start..)?;
+        if let Some(value) = rest.strip_prefix(b"THPeligible:") {
+            let digits = value.iter().take_while(|b| **b == b' ').count();
+            let [digit @ b'0'..=b'9', b'\n', ..] = *value.get(digits..)? else {
+                return None;
+            };
+            self.vmas.last_mut()?.thp_eligible = digit != b'0';
+            return Some(start + b"THPeligible:".len() + digits + 2);
+        }
+        if let Some(value) = rest.strip_prefix(b"VmFlags:") {
+            let end = find_newline(value)?;
+            self.vmas.last_mut()?.vm_flags = VmFlags::parse(&value[..end]);
+            return Some(start + b"VmFlags:".len() + end + 1);
+        }
+        None
     }
 
     /// Parse a complete `Key:   N kB\n` line of a known size field at
@@ -1020,6 +1058,22 @@ fn trim_ascii(s: &[u8]) -> &[u8] {
     s.trim_ascii()
 }
 
+/// The value of each byte as a hex digit, or 0xff.
+const HEX_DIGIT: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => 0xff,
+        };
+        b += 1;
+    }
+    table
+};
+
 struct Cursor<'a> {
     s: &'a [u8],
 }
@@ -1027,27 +1081,36 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     /// A non-empty hex number (at most 16 digits) ended by `delim`, which is consumed.
     fn hex_until(&mut self, delim: u8) -> Option<u64> {
-        let len = self.s.iter().position(|b| *b == delim)?;
-        let digits = &self.s[..len];
-        if digits.is_empty() || digits.len() > 16 {
-            return None;
-        }
         let mut n: u64 = 0;
-        for b in digits {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                b'A'..=b'F' => b - b'A' + 10,
-                _ => return None,
-            };
+        for (i, &b) in self.s.iter().enumerate() {
+            if b == delim {
+                if i == 0 || i > 16 {
+                    return None;
+                }
+                self.s = &self.s[i + 1..];
+                return Some(n);
+            }
+            let d = HEX_DIGIT[usize::from(b)];
+            if d > 15 {
+                return None;
+            }
+            // Past 16 digits this drops high bits; the length check
+            // above refuses such a number anyway.
             n = n << 4 | u64::from(d);
         }
-        self.s = &self.s[len + 1..];
-        Some(n)
+        None
     }
 
     fn skip_spaces(&mut self) {
-        let n = self.s.iter().take_while(|b| **b == b' ').count();
+        // Names are padded to a column: often two dozen spaces.
+        let mut n = 0;
+        while let Some(chunk) = self.s.get(n..n + 8) {
+            if chunk != b"        " {
+                break;
+            }
+            n += 8;
+        }
+        n += self.s[n..].iter().take_while(|b| **b == b' ').count();
         self.s = &self.s[n..];
     }
 
@@ -1178,6 +1241,29 @@ mod tests {
         // pid_max is at most 2^22: this pid never exists.
         let err = stream_smaps(u32::MAX).err().expect("no such process");
         assert!(matches!(err, ProcError::NoSuchProcess { .. }), "{err:?}");
+    }
+
+    /// The shortcuts for `THPeligible` and `VmFlags` lines and the general
+    /// `Key: value` path give the same region.
+    #[test]
+    fn flag_lines_on_both_paths() {
+        let header = "1000-2000 rw-p 0 00:00 0\n";
+        let fast = format!("{header}THPeligible:    1\nVmFlags: rd wr zz mr ab \n");
+        let general = format!("{header}THPeligible:\t1 \nVmFlags:  rd  wr zz mr ab\n");
+        let (fast, general) = (parse(fast.as_bytes()), parse(general.as_bytes()));
+        let (fast, general) = (fast.expect("fast"), general.expect("general"));
+        assert!(fast[0].thp_eligible);
+        assert_eq!(
+            fast[0].vm_flags.iter().collect::<Vec<_>>(),
+            ["rd", "wr", "mr", "zz", "ab"]
+        );
+        assert_eq!(fast[0].vm_flags.bits, general[0].vm_flags.bits);
+        assert!(general[0].thp_eligible);
+        let zero = parse(format!("{header}THPeligible:    0\n").as_bytes()).expect("parses");
+        assert!(!zero[0].thp_eligible);
+        // Before any header, the shortcut is no excuse to skip the error.
+        assert!(parse(b"VmFlags: rd \n").is_err());
+        assert!(parse(b"THPeligible:    1\n").is_err());
     }
 
     #[test]
