@@ -411,6 +411,39 @@ pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, ProcError> {
     })
 }
 
+/// [`read_smaps`], also handing each VMA to `each` as soon as it is
+/// complete, in order, on the parser thread: work per VMA (classifying,
+/// totalling) then overlaps the kernel's generation of the rest instead of
+/// following the read. The last VMA is handed over on the calling thread
+/// once the read is over. On an error, `each` may have seen some VMAs.
+pub fn read_smaps_with(
+    pid: u32,
+    each: &mut (dyn FnMut(&Vma) + Send),
+) -> Result<Vec<Vma>, ProcError> {
+    let path = format!("/proc/{pid}/smaps");
+    let file = File::open(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
+    let mut seen = 0;
+    let parsed = pipeline(file, seq_read_size(), &mut |parser| {
+        // The last VMA may have more lines in the next chunk.
+        let complete = parser.vmas.len().saturating_sub(1);
+        for vma in parser.vmas.get(seen..complete).unwrap_or_default() {
+            each(vma);
+        }
+        seen = seen.max(complete);
+        true
+    });
+    let vmas = parsed
+        .and_then(|parser| parser.finish().map_err(ReadError::Parse))
+        .map_err(|e| match e {
+            ReadError::Io(e) => ProcError::from_io(pid, &path, e),
+            ReadError::Parse(e) => ProcError::Parse { pid, source: e },
+        })?;
+    for vma in vmas.get(seen..).unwrap_or_default() {
+        each(vma);
+    }
+    Ok(vmas)
+}
+
 /// Read and parse an smaps file at `path` the way [`read_smaps`] does
 /// (two threads, chunked). Useful for saved smaps files.
 pub fn read_file(path: &std::path::Path) -> Result<Vec<Vma>, ReadError> {
