@@ -44,9 +44,15 @@
 //! VMAs (smaps order) and ledger ranges (address order) are walked together
 //! once: O(n + m) for n VMAs and m ranges (plus O(k log k) to group the k
 //! pieces of a multi-part VMA by origin). Only multi-part VMAs touch
-//! pagemap: one read per VMA of up to 32 MiB (8 bytes per 4 KiB page), more
-//! for larger ones, whatever the number of pieces. Per-VMA work reuses a
-//! few buffers; nothing is allocated per VMA.
+//! pagemap: one read covers 32 MiB of address space (8 bytes per 4 KiB
+//! page), so neighbouring small VMAs share it and a large VMA takes a read
+//! per 32 MiB, whatever the number of pieces. Per-VMA work reuses a few
+//! buffers; nothing is allocated per VMA.
+//!
+//! The join goes one VMA at a time ([`Join`]), so it can run on VMAs as
+//! they are parsed: [`attribute_stream`] joins each batch of
+//! [`crate::proc::smaps::stream_smaps`] while the kernel generates the next,
+//! and the report costs about the smaps read alone.
 
 use std::io;
 
