@@ -213,11 +213,13 @@ impl TracingHandle {
                 // Wait on requests, not on events: a request is answered
                 // at once. Events queue in the tracer meanwhile (bounded,
                 // see `--event-buffer`) and are applied between requests:
-                // without pause while they keep coming, at least every
-                // IDLE_POLL otherwise, and all of them before a report.
-                let mut busy = false;
+                // without pause while they keep coming; when they stop,
+                // after waits that grow from 1 ms to IDLE_POLL, so a new
+                // burst is taken up before much of it queues; and all of
+                // them before a report.
+                let mut idle = Duration::ZERO;
                 loop {
-                    let request = if busy {
+                    let request = if idle.is_zero() {
                         req_rx.try_recv().map_err(|e| match e {
                             mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
                             mpsc::TryRecvError::Disconnected => {
@@ -225,7 +227,7 @@ impl TracingHandle {
                             }
                         })
                     } else {
-                        req_rx.recv_timeout(IDLE_POLL)
+                        req_rx.recv_timeout(idle)
                     };
                     match request {
                         Ok(reply) => {
@@ -235,7 +237,11 @@ impl TracingHandle {
                         // Every handle is gone: stop tracing.
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
-                    busy = !session.poll(Duration::ZERO).is_empty();
+                    idle = if session.poll(Duration::ZERO).is_empty() {
+                        (idle * 2).clamp(Duration::from_millis(1), IDLE_POLL)
+                    } else {
+                        Duration::ZERO
+                    };
                 }
             })
             .map_err(StartError::Thread)?;
@@ -255,7 +261,8 @@ impl TracingHandle {
     }
 }
 
-/// How often the tracing thread applies queued events when no request comes.
+/// Longest the tracing thread waits for a request before it applies the
+/// events queued meanwhile, once events have stopped coming.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// The attributed report of `pid` now, every event delivered so far
