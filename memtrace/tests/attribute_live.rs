@@ -153,6 +153,26 @@ fn merged_vma_is_split_by_pagemap() {
     assert_eq!(site(2).mappings, 1);
     assert_eq!(at.attributed_rss_bytes, 10 * P);
 
+    // The same join run while smaps is read, batch by batch.
+    let live = join::attribute_live(pid, &ledger).expect("stream own smaps");
+    assert_eq!(live.pid, pid);
+    assert_eq!(live.pagemap_failures, 0, "{:?}", live.pagemap_error);
+    let rss = |at: &join::Attribution, s: u32| {
+        at.sites
+            .iter()
+            .find(|u| ledger.origin(u.origin).call_stack == Some(s))
+            .map(|u| u.rss_bytes)
+    };
+    assert_eq!(
+        (rss(&live, 1), rss(&live, 2)),
+        (Some(3 * P), Some(7 * P)),
+        "streamed join: {live:?}"
+    );
+    assert_eq!(
+        live.attributed_rss_bytes + live.untraced_rss_bytes,
+        live.anon_rss_bytes
+    );
+
     // SAFETY: unmapping the reservation made above, which nothing else uses.
     unsafe { libc::munmap(reserve as *mut libc::c_void, ((2 * N + 2) * P) as usize) };
 }

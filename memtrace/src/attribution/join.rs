@@ -44,18 +44,24 @@
 //! VMAs (smaps order) and ledger ranges (address order) are walked together
 //! once: O(n + m) for n VMAs and m ranges (plus O(k log k) to group the k
 //! pieces of a multi-part VMA by origin). Only multi-part VMAs touch
-//! pagemap: one read per VMA of up to 32 MiB (8 bytes per 4 KiB page), more
-//! for larger ones, whatever the number of pieces. Per-VMA work reuses a
-//! few buffers; nothing is allocated per VMA.
+//! pagemap: one read covers 32 MiB of address space (8 bytes per 4 KiB
+//! page), so neighbouring small VMAs share it and a large VMA takes a read
+//! per 32 MiB, whatever the number of pieces. Per-VMA work reuses a few
+//! buffers; nothing is allocated per VMA.
+//!
+//! The join goes one VMA at a time ([`Join`]), so it can run on VMAs as
+//! they are parsed: [`attribute_stream`] joins each batch of
+//! [`crate::proc::smaps::stream_smaps`] while the kernel generates the next,
+//! and the report costs about the smaps read alone.
 
 use std::io;
 
 use serde::{Serialize, Serializer};
 
 use super::ledger::{Ledger, NameId, OriginId, Range};
-use crate::proc::PAGE_SIZE;
 use crate::proc::pagemap::{PageCounter, Pagemap};
-use crate::proc::smaps::Vma;
+use crate::proc::smaps::{SmapsStream, Vma, stream_smaps};
+use crate::proc::{PAGE_SIZE, ProcError};
 
 /// Resident anonymous memory of one process, by call site.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -150,6 +156,41 @@ pub fn attribute_process(pid: u32, vmas: &[Vma], ledger: &Ledger) -> Attribution
     attribution
 }
 
+/// [`attribute_process`] on VMAs as they are read: joins each batch of
+/// `smaps` (from [`stream_smaps`] of the same process) while the kernel
+/// generates the next, so the join and its pagemap reads overlap the smaps
+/// read instead of following it. Same result as reading all of smaps first.
+///
+/// Fails only if smaps cannot be read or parsed to the end.
+pub fn attribute_stream(
+    pid: u32,
+    mut smaps: SmapsStream,
+    ledger: &Ledger,
+) -> Result<Attribution, ProcError> {
+    let mut pagemap: Box<dyn PageCounter> = match Pagemap::open(pid) {
+        Ok(pagemap) => Box::new(pagemap),
+        Err(e) => Box::new(Unavailable(Some(io::Error::other(e)))),
+    };
+    let mut join = Join::new(ledger);
+    while let Some(batch) = smaps.next_batch() {
+        for vma in &batch {
+            join.add(vma, pagemap.as_mut());
+        }
+        smaps.recycle(batch);
+    }
+    smaps.finish()?;
+    let mut attribution = join.finish();
+    attribution.pid = pid;
+    Ok(attribution)
+}
+
+/// Read `pid`'s smaps and attribute it against `ledger`, the join running
+/// while smaps is read ([`attribute_stream`]). For a report of a process
+/// held still (at its exit stop) this is the whole capture.
+pub fn attribute_live(pid: u32, ledger: &Ledger) -> Result<Attribution, ProcError> {
+    attribute_stream(pid, stream_smaps(pid)?, ledger)
+}
+
 /// A [`PageCounter`] that always fails with the error pagemap failed to
 /// open with.
 struct Unavailable(Option<io::Error>);
@@ -213,52 +254,165 @@ struct Acc {
 /// Never panics and never fails: what cannot be attributed is untraced.
 /// VMAs out of address order are handled (at O(log m) extra each).
 pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> Attribution {
-    // One pass over the ledger: per-origin virtual size, range count and
-    // names, and a slice to merge-walk (the BTreeMap iterator cannot seek).
-    let ranges: Vec<&Range> = ledger.ranges().collect();
-    let slots = ranges
-        .iter()
-        .map(|r| r.origin.as_u32() as usize + 1)
-        .max()
-        .unwrap_or(0);
-    let mut accs: Vec<Option<Acc>> = vec![None; slots];
-    let mut named: Vec<(usize, NameId)> = Vec::new();
-    for r in &ranges {
-        let slot = r.origin.as_u32() as usize;
-        let acc = accs[slot].get_or_insert(Acc {
-            origin: r.origin,
-            rss: 0,
-            shared: 0,
-            virt: 0,
-            mappings: 0,
-        });
-        acc.virt += r.size();
-        acc.mappings += 1;
-        if let Some(name) = r.name {
-            named.push((slot, name));
+    let mut join = Join::new(ledger);
+    for vma in vmas {
+        join.add(vma, pages);
+    }
+    join.finish()
+}
+
+/// [`attribute`] one VMA at a time, so the join can run while smaps is
+/// still being read (see [`attribute_stream`]): feed it the VMAs in smaps
+/// order with [`Join::add`], then take the result with [`Join::finish`].
+/// The result is the same as [`attribute`]'s over the same VMAs.
+pub struct Join<'l> {
+    ledger: &'l Ledger,
+    /// The ledger's ranges in address order (the BTreeMap iterator cannot
+    /// seek).
+    ranges: Vec<&'l Range>,
+    /// Per-origin totals, indexed by origin id.
+    accs: Vec<Option<Acc>>,
+    /// `(origin slot, name)` of every named range.
+    named: Vec<(usize, NameId)>,
+    out: Attribution,
+    // Reused across VMAs so the walk allocates nothing per VMA.
+    pieces: Vec<Piece>,
+    parts: Vec<(Owner, u64)>,
+    split: Split,
+    /// Index of the first range that may overlap the next VMA: every
+    /// range before it ends at or before the previous VMA's start.
+    cursor: usize,
+    prev_end: u64,
+}
+
+impl<'l> Join<'l> {
+    /// A join against `ledger` with no VMA yet. One pass over the ledger:
+    /// per-origin virtual size, range count and names.
+    pub fn new(ledger: &'l Ledger) -> Join<'l> {
+        let ranges: Vec<&Range> = ledger.ranges().collect();
+        let slots = ranges
+            .iter()
+            .map(|r| r.origin.as_u32() as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut accs: Vec<Option<Acc>> = vec![None; slots];
+        let mut named: Vec<(usize, NameId)> = Vec::new();
+        for r in &ranges {
+            let slot = r.origin.as_u32() as usize;
+            let acc = accs[slot].get_or_insert(Acc {
+                origin: r.origin,
+                rss: 0,
+                shared: 0,
+                virt: 0,
+                mappings: 0,
+            });
+            acc.virt += r.size();
+            acc.mappings += 1;
+            if let Some(name) = r.name {
+                named.push((slot, name));
+            }
+        }
+        Join {
+            ledger,
+            ranges,
+            accs,
+            named,
+            out: Attribution {
+                pid: 0,
+                anon_rss_bytes: 0,
+                attributed_rss_bytes: 0,
+                untraced_rss_bytes: 0,
+                shared_anon_rss_bytes: 0,
+                shared_attributed_rss_bytes: 0,
+                shared_untraced_rss_bytes: 0,
+                sites: Vec::new(),
+                pagemap_vmas: 0,
+                pagemap_failures: 0,
+                pagemap_error: None,
+            },
+            pieces: Vec::new(),
+            parts: Vec::new(),
+            split: Split::default(),
+            cursor: 0,
+            prev_end: 0,
         }
     }
 
-    let mut out = Attribution {
-        pid: 0,
-        anon_rss_bytes: 0,
-        attributed_rss_bytes: 0,
-        untraced_rss_bytes: 0,
-        shared_anon_rss_bytes: 0,
-        shared_attributed_rss_bytes: 0,
-        shared_untraced_rss_bytes: 0,
-        sites: Vec::new(),
-        pagemap_vmas: 0,
-        pagemap_failures: 0,
-        pagemap_error: None,
-    };
-    // Reused across VMAs so the walk allocates nothing per VMA.
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut parts: Vec<(Owner, u64)> = Vec::new();
-    let mut split = Split::default();
+    /// Attribute one VMA, the next in smaps order, counting pages with
+    /// `pages` if it holds several parts.
+    pub fn add(&mut self, vma: &Vma, pages: &mut dyn PageCounter) {
+        // `Anonymous` is 0 in a shared VMA (shmem pages are not anonymous);
+        // subtracting it anyway means no page could count in both pools.
+        let shared = if vma.is_shared_anonymous() {
+            vma.rss.saturating_sub(vma.anonymous)
+        } else {
+            0
+        };
+        self.out.anon_rss_bytes += vma.anonymous;
+        self.out.shared_anon_rss_bytes += shared;
+        let ranges = &self.ranges;
+        if vma.start < self.prev_end {
+            // Out of order (not smaps order): find the place again.
+            self.cursor = ranges.partition_point(|r| r.end <= vma.start);
+        } else {
+            while self.cursor < ranges.len() && ranges[self.cursor].end <= vma.start {
+                self.cursor += 1;
+            }
+        }
+        self.prev_end = vma.end;
+        if vma.anonymous == 0 && shared == 0 {
+            // Nothing resident to split (also hugetlb VMAs, whose pages
+            // pagemap reports but neither pool counts).
+            return;
+        }
 
-    let mut credit = |out: &mut Attribution, pool: Pool, owner: Owner, bytes: u64| {
-        let acc = owner.and_then(|o| accs.get_mut(o.as_u32() as usize)?.as_mut());
+        cut(vma, &ranges[self.cursor..], &mut self.pieces);
+        let first = self.pieces.first().map(|p| p.owner);
+        if self.pieces.iter().all(|p| Some(p.owner) == first) {
+            self.credit(Pool::Private, first.flatten(), vma.anonymous);
+            self.credit(Pool::Shared, first.flatten(), shared);
+            return;
+        }
+
+        self.out.pagemap_vmas += 1;
+        pages.prefetch(vma.start, vma.end);
+        let mut failed = false;
+        for (pool, total) in [(Pool::Private, vma.anonymous), (Pool::Shared, shared)] {
+            if total == 0 {
+                continue;
+            }
+            if failed {
+                self.credit(pool, None, total);
+                continue;
+            }
+            if let Err(e) = count_parts(pool, &self.pieces, pages, &mut self.parts) {
+                failed = true;
+                self.out.pagemap_failures += 1;
+                self.out.pagemap_error.get_or_insert_with(|| {
+                    format!("pagemap at {:#x}-{:#x}: {e}", vma.start, vma.end)
+                });
+                self.credit(pool, None, total);
+                continue;
+            }
+            if self.parts.iter().all(|&(_, n)| n == 0) {
+                // smaps saw resident pages that pagemap no longer does: no
+                // basis for a split, so do not guess.
+                self.credit(pool, None, total);
+                continue;
+            }
+            split_exact(total, self.parts.iter().map(|&(_, n)| n), &mut self.split);
+            for i in 0..self.parts.len() {
+                let owner = self.parts[i].0;
+                let share = self.split.shares[i];
+                self.credit(pool, owner, share);
+            }
+        }
+    }
+
+    /// Give `bytes` of `pool` to `owner` (untraced when `None`).
+    fn credit(&mut self, pool: Pool, owner: Owner, bytes: u64) {
+        let out = &mut self.out;
+        let acc = owner.and_then(|o| self.accs.get_mut(o.as_u32() as usize)?.as_mut());
         match (pool, owner) {
             (Pool::Private, Some(_)) => {
                 out.attributed_rss_bytes += bytes;
@@ -275,108 +429,48 @@ pub fn attribute(vmas: &[Vma], ledger: &Ledger, pages: &mut dyn PageCounter) -> 
             }
             (Pool::Shared, None) => out.shared_untraced_rss_bytes += bytes,
         }
-    };
-
-    // Index of the first range that may overlap the current VMA: every
-    // range before it ends at or before the VMA's start.
-    let mut cursor = 0;
-    let mut prev_end = 0;
-    for vma in vmas {
-        // `Anonymous` is 0 in a shared VMA (shmem pages are not anonymous);
-        // subtracting it anyway means no page could count in both pools.
-        let shared = if vma.is_shared_anonymous() {
-            vma.rss.saturating_sub(vma.anonymous)
-        } else {
-            0
-        };
-        out.anon_rss_bytes += vma.anonymous;
-        out.shared_anon_rss_bytes += shared;
-        if vma.start < prev_end {
-            // Out of order (not smaps order): find the place again.
-            cursor = ranges.partition_point(|r| r.end <= vma.start);
-        } else {
-            while cursor < ranges.len() && ranges[cursor].end <= vma.start {
-                cursor += 1;
-            }
-        }
-        prev_end = vma.end;
-        if vma.anonymous == 0 && shared == 0 {
-            // Nothing resident to split (also hugetlb VMAs, whose pages
-            // pagemap reports but neither pool counts).
-            continue;
-        }
-
-        cut(vma, &ranges[cursor..], &mut pieces);
-        let first = pieces.first().map(|p| p.owner);
-        if pieces.iter().all(|p| Some(p.owner) == first) {
-            credit(&mut out, Pool::Private, first.flatten(), vma.anonymous);
-            credit(&mut out, Pool::Shared, first.flatten(), shared);
-            continue;
-        }
-
-        out.pagemap_vmas += 1;
-        pages.prefetch(vma.start, vma.end);
-        let mut failed = false;
-        for (pool, total) in [(Pool::Private, vma.anonymous), (Pool::Shared, shared)] {
-            if total == 0 {
-                continue;
-            }
-            if failed {
-                credit(&mut out, pool, None, total);
-                continue;
-            }
-            if let Err(e) = count_parts(pool, &pieces, pages, &mut parts) {
-                failed = true;
-                out.pagemap_failures += 1;
-                out.pagemap_error.get_or_insert_with(|| {
-                    format!("pagemap at {:#x}-{:#x}: {e}", vma.start, vma.end)
-                });
-                credit(&mut out, pool, None, total);
-                continue;
-            }
-            if parts.iter().all(|&(_, n)| n == 0) {
-                // smaps saw resident pages that pagemap no longer does: no
-                // basis for a split, so do not guess.
-                credit(&mut out, pool, None, total);
-                continue;
-            }
-            split_exact(total, parts.iter().map(|&(_, n)| n), &mut split);
-            for (&(owner, _), share) in parts.iter().zip(&split.shares) {
-                credit(&mut out, pool, owner, *share);
-            }
-        }
     }
 
-    named.sort_unstable();
-    named.dedup();
-    let mut names: Vec<Vec<String>> = vec![Vec::new(); slots];
-    for (slot, id) in named {
-        names[slot].push(ledger.name(id).to_owned());
-    }
-    out.sites = accs
-        .into_iter()
-        .zip(names)
-        .filter_map(|(acc, mut names)| {
-            let acc = acc?;
-            names.sort_unstable();
-            names.dedup();
-            Some(SiteUsage {
-                origin: acc.origin,
-                rss_bytes: acc.rss,
-                shared_rss_bytes: acc.shared,
-                virtual_bytes: acc.virt,
-                mappings: acc.mappings,
-                names,
+    /// The attribution of every VMA added, sites sorted.
+    pub fn finish(self) -> Attribution {
+        let Join {
+            ledger,
+            accs,
+            mut named,
+            mut out,
+            ..
+        } = self;
+        named.sort_unstable();
+        named.dedup();
+        let mut names: Vec<Vec<String>> = vec![Vec::new(); accs.len()];
+        for (slot, id) in named {
+            names[slot].push(ledger.name(id).to_owned());
+        }
+        out.sites = accs
+            .into_iter()
+            .zip(names)
+            .filter_map(|(acc, mut names)| {
+                let acc = acc?;
+                names.sort_unstable();
+                names.dedup();
+                Some(SiteUsage {
+                    origin: acc.origin,
+                    rss_bytes: acc.rss,
+                    shared_rss_bytes: acc.shared,
+                    virtual_bytes: acc.virt,
+                    mappings: acc.mappings,
+                    names,
+                })
             })
-        })
-        .collect();
-    out.sites.sort_by(|a, b| {
-        b.resident_bytes()
-            .cmp(&a.resident_bytes())
-            .then(b.virtual_bytes.cmp(&a.virtual_bytes))
-            .then(a.origin.cmp(&b.origin))
-    });
-    out
+            .collect();
+        out.sites.sort_by(|a, b| {
+            b.resident_bytes()
+                .cmp(&a.resident_bytes())
+                .then(b.virtual_bytes.cmp(&a.virtual_bytes))
+                .then(a.origin.cmp(&b.origin))
+        });
+        out
+    }
 }
 
 /// Count the resident pages of `pool` in each of `pieces` (one VMA) and

@@ -26,9 +26,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::attribution::join;
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
-use crate::proc::ProcError;
-use crate::session::{Session, output::TraceLine};
+use crate::proc::{self, ProcError, smaps};
+use crate::session::{ReportInput, Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
 use crate::snapshot::{self, Snapshot};
 use crate::trace::{TraceError, TracerOptions};
@@ -209,20 +210,38 @@ impl TracingHandle {
                     return;
                 }
                 let _ = ready_tx.send(Ok(()));
+                // Wait on requests, not on events: a request is answered
+                // at once. Events queue in the tracer meanwhile (bounded,
+                // see `--event-buffer`) and are applied between requests:
+                // without pause while they keep coming; when they stop,
+                // after waits that grow from 1 ms to IDLE_POLL, so a new
+                // burst is taken up before much of it queues; and all of
+                // them before a report.
+                let mut idle = Duration::ZERO;
                 loop {
-                    session.poll(Duration::from_millis(50));
-                    loop {
-                        match req_rx.try_recv() {
-                            Ok(reply) => {
-                                session.drain();
-                                let opts = ReportOptions { ranges: false };
-                                let _ = reply.send(session.attributed_report(pid, opts));
+                    let request = if idle.is_zero() {
+                        req_rx.try_recv().map_err(|e| match e {
+                            mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+                            mpsc::TryRecvError::Disconnected => {
+                                mpsc::RecvTimeoutError::Disconnected
                             }
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            // Every handle is gone: stop tracing.
-                            Err(mpsc::TryRecvError::Disconnected) => return,
+                        })
+                    } else {
+                        req_rx.recv_timeout(idle)
+                    };
+                    match request {
+                        Ok(reply) => {
+                            let _ = reply.send(attributed_report(&mut session, pid));
                         }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        // Every handle is gone: stop tracing.
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
+                    idle = if session.poll(Duration::ZERO).is_empty() {
+                        (idle * 2).clamp(Duration::from_millis(1), IDLE_POLL)
+                    } else {
+                        Duration::ZERO
+                    };
                 }
             })
             .map_err(StartError::Thread)?;
@@ -240,6 +259,33 @@ impl TracingHandle {
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| ServeError::TracingTimeout)??)
     }
+}
+
+/// Longest the tracing thread waits for a request before it applies the
+/// events queued meanwhile, once events have stopped coming.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// The attributed report of `pid` now, every event delivered so far
+/// applied.
+///
+/// smaps is read from the start, in the background, while the session
+/// takes its last events (which can wait for the tracer's reader thread),
+/// and the join with the ledger runs on each batch of VMAs as it arrives
+/// ([`join::attribute_stream`]), so the report costs little more than the
+/// smaps read itself.
+fn attributed_report(session: &mut Session, pid: u32) -> Result<AttributedReport, ProcError> {
+    // After the main thread exited, a live thread shows the memory.
+    let reader = proc::pid::mm_reader(pid);
+    let smaps = smaps::stream_smaps(reader)?;
+    session.drain();
+    let ledger = session.ledger(pid).cloned().unwrap_or_default();
+    let mut attribution = join::attribute_stream(reader, smaps, &ledger)?;
+    attribution.pid = pid;
+    let input = ReportInput {
+        attribution,
+        ledger,
+    };
+    Ok(session.build_report_from(&input, ReportOptions { ranges: false }))
 }
 
 /// The routes with their state still to be supplied, so callers can add

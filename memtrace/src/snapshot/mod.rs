@@ -194,39 +194,67 @@ pub struct Snapshot {
     pub totals: Totals,
 }
 
-impl Snapshot {
-    /// Classify and total already-parsed VMAs (e.g. from a fixture).
-    pub fn from_vmas(pid: u32, vmas: Vec<Vma>, classifier: &mut Classifier) -> Snapshot {
-        let mut categories: Vec<CategoryUsage> = Category::ALL
-            .iter()
-            .map(|&c| CategoryUsage {
-                category: c,
-                group: c.group(),
-                label: c.label(),
-                totals: Totals::default(),
-            })
-            .collect();
-        let mut named: HashMap<(&str, bool), Totals> = HashMap::new();
-        let mut classes = Vec::with_capacity(vmas.len());
-        let mut totals = Totals::default();
-        for v in &vmas {
-            let c = classifier.classify(v);
-            classes.push(c);
-            categories[c.index()].totals.add(v);
-            totals.add(v);
-            if c == Category::NamedAnon
-                && let Some(n) = anon_name(&v.name)
-            {
-                named
-                    .entry((n, v.name.starts_with("[anon_shmem:")))
-                    .or_default()
-                    .add(v);
+/// Categories and totals of a snapshot, built one VMA at a time.
+struct Tally {
+    categories: Vec<CategoryUsage>,
+    /// Named regions: `(name, shmem)` → totals.
+    named: HashMap<(String, bool), Totals>,
+    classes: Vec<Category>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            categories: Category::ALL
+                .iter()
+                .map(|&c| CategoryUsage {
+                    category: c,
+                    group: c.group(),
+                    label: c.label(),
+                    totals: Totals::default(),
+                })
+                .collect(),
+            named: HashMap::new(),
+            classes: Vec::new(),
+        }
+    }
+
+    /// Classify and count the next VMA.
+    fn add(&mut self, v: &Vma, classifier: &mut Classifier) {
+        let c = classifier.classify(v);
+        self.classes.push(c);
+        self.categories[c.index()].totals.add(v);
+        if c == Category::NamedAnon
+            && let Some(n) = anon_name(&v.name)
+        {
+            let shmem = v.name.starts_with("[anon_shmem:");
+            match self.named.get_mut(&(n.to_owned(), shmem)) {
+                Some(t) => t.add(v),
+                None => {
+                    let mut t = Totals::default();
+                    t.add(v);
+                    self.named.insert((n.to_owned(), shmem), t);
+                }
             }
+        }
+    }
+
+    /// The snapshot of `vmas`, every one of which was added in order.
+    fn finish(self, pid: u32, vmas: Vec<Vma>, classifier: &Classifier) -> Snapshot {
+        let Tally {
+            categories,
+            named,
+            classes,
+        } = self;
+        // Every VMA is in exactly one category: their sum is the total.
+        let mut totals = Totals::default();
+        for c in &categories {
+            totals.merge(&c.totals);
         }
         let mut named: Vec<NamedUsage> = named
             .into_iter()
             .map(|((name, shmem), totals)| NamedUsage {
-                name: name.to_owned(),
+                name,
                 shmem,
                 totals,
             })
@@ -247,6 +275,18 @@ impl Snapshot {
             totals,
         }
     }
+}
+
+impl Snapshot {
+    /// Classify and total already-parsed VMAs (e.g. from a fixture).
+    pub fn from_vmas(pid: u32, vmas: Vec<Vma>, classifier: &mut Classifier) -> Snapshot {
+        let mut tally = Tally::new();
+        tally.classes.reserve_exact(vmas.len());
+        for v in &vmas {
+            tally.add(v, classifier);
+        }
+        tally.finish(pid, vmas, classifier)
+    }
 
     /// The usage of one category.
     pub fn category(&self, c: Category) -> &Totals {
@@ -261,12 +301,15 @@ impl Snapshot {
 /// is a shared object.
 pub fn capture(pid: u32) -> Result<Snapshot, ProcError> {
     proc::check_procfs()?;
-    let vmas = smaps::read_smaps(pid)?;
+    let mut classifier = Classifier::for_process(pid);
+    let mut tally = Tally::new();
+    // Classified and counted on the parser thread while the kernel
+    // generates the rest of smaps: little is left to do once it ends.
+    let vmas = smaps::read_smaps_with(pid, &mut |v| tally.add(v, &mut classifier))?;
     if vmas.is_empty() {
         return Err(proc::pid::explain_empty(pid));
     }
-    let mut classifier = Classifier::for_process(pid);
-    Ok(Snapshot::from_vmas(pid, vmas, &mut classifier))
+    Ok(tally.finish(pid, vmas, &classifier))
 }
 
 /// Capture the calling process (for serving the report in-process).
