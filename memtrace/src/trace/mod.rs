@@ -17,7 +17,7 @@ pub mod tracefs;
 
 use std::{
     io,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -437,6 +437,7 @@ impl Tracer {
         let before = out.len();
         let (done_tx, done_rx) = mpsc::channel();
         if self.reader.flush.send(done_tx).is_ok() {
+            self.reader.wake();
             let _ = done_rx.recv_timeout(Duration::from_secs(1));
         }
         out.extend(self.reader.rx.try_iter());
@@ -475,6 +476,8 @@ struct Reader {
     rx: mpsc::Receiver<Event>,
     /// Bytes of events sent and not yet taken by the session.
     queued: Arc<AtomicUsize>,
+    /// An eventfd that wakes the thread for a flush request.
+    wake: Arc<OwnedFd>,
     /// Requests for one more pass; the reply says it is done.
     flush: mpsc::Sender<mpsc::Sender<()>>,
     stop: Arc<AtomicBool>,
@@ -493,20 +496,44 @@ impl Reader {
             queued: queued.clone(),
             cap,
         };
+        // A flush request wakes the thread at once rather than at its next
+        // poll timeout (each drain at an exit stop would wait up to 20 ms).
+        // SAFETY: eventfd takes no pointers; the result is checked.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor owned by nothing else.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let wake2 = wake.clone();
         let thread = thread::Builder::new()
             .name("memtrace-ring".into())
             .spawn(move || {
                 let fd = ring.as_raw_fd();
                 while !stop2.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd. The eBPF side wakes us
+                    let mut pfds = [
+                        libc::pollfd {
+                            fd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                        libc::pollfd {
+                            fd: wake2.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        },
+                    ];
+                    // SAFETY: two valid pollfds. The eBPF side wakes us
                     // only when the ring is a quarter full, so poll on a
                     // short timer too.
-                    unsafe { libc::poll(&mut pfd, 1, 20) };
+                    unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
+                    if pfds[1].revents != 0 {
+                        let mut count = [0u8; 8];
+                        // SAFETY: reads 8 bytes into a buffer of 8 from our
+                        // eventfd (non-blocking), resetting it.
+                        let _ =
+                            unsafe { libc::read(wake2.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+                    }
                     if read_ring(&mut ring, &sink).is_err() {
                         return;
                     }
@@ -521,6 +548,7 @@ impl Reader {
         Ok(Reader {
             rx,
             queued,
+            wake,
             flush: flush_tx,
             stop,
             thread: Some(thread),
@@ -529,6 +557,13 @@ impl Reader {
 }
 
 impl Reader {
+    /// Wake the thread for a flush request.
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a buffer of 8 to our eventfd.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
     /// The session took these events: their bytes no longer count.
     fn taken(&self, events: &[Event]) {
         let bytes: usize = events.iter().map(Event::footprint).sum();
