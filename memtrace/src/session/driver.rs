@@ -21,8 +21,9 @@ use crate::{
     },
 };
 
-/// How long one poll waits for events.
-const POLL: Duration = Duration::from_millis(50);
+/// How long one poll waits for events: also how late the target's exit
+/// stop may be noticed, which the target spends waiting.
+const POLL: Duration = Duration::from_millis(20);
 
 /// What ends or shapes a trace.
 #[derive(Clone, Debug, Default)]

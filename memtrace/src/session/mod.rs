@@ -31,7 +31,7 @@ use crate::{
     },
     proc::{
         maps::{self, Mapping},
-        pid, smaps,
+        pid,
     },
     stack::{
         callsite::{self, CallStack, StackTable},
@@ -281,7 +281,6 @@ impl<S: EventSource> Session<S> {
     ) -> Result<AttributedReport, crate::proc::ProcError> {
         // After the main thread exited, a live thread shows the memory.
         let reader = pid::mm_reader(pid);
-        let vmas = smaps::read_smaps(reader)?;
         let empty = Ledger::default();
         let Session {
             ledgers,
@@ -291,7 +290,8 @@ impl<S: EventSource> Session<S> {
             ..
         } = self;
         let ledger = ledgers.get(&pid).unwrap_or(&empty);
-        let mut attribution = attribution::join::attribute_process(reader, &vmas, ledger);
+        // The join runs while smaps is read.
+        let mut attribution = attribution::join::attribute_live(reader, ledger)?;
         attribution.pid = pid;
         let mut sites = Sites { stacks, symbolizer };
         let mut report = attribution::report::build(&attribution, ledger, opts, &mut sites);
@@ -305,9 +305,9 @@ impl<S: EventSource> Session<S> {
     pub fn capture_report(&mut self, pid: u32) -> Result<ReportInput, crate::proc::ProcError> {
         // After the main thread exited, a live thread shows the memory.
         let reader = pid::mm_reader(pid);
-        let vmas = smaps::read_smaps(reader)?;
         let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
-        let mut attribution = attribution::join::attribute_process(reader, &vmas, &ledger);
+        // The join runs while smaps is read: the target is held less long.
+        let mut attribution = attribution::join::attribute_live(reader, &ledger)?;
         attribution.pid = pid;
         Ok(ReportInput {
             attribution,
