@@ -724,6 +724,35 @@ mod tests {
         }
     }
 
+    const P: u64 = crate::proc::PAGE_SIZE;
+    const BASE: u64 = 0x7f00_0000_0000;
+
+    /// A successful anonymous mmap of `pages` pages at page `page` from BASE,
+    /// from call site `site`.
+    fn mmap_event(page: u64, pages: u64, flags: i32, site: u32) -> crate::trace::event::Event {
+        use crate::trace::event::{Call, Event};
+        Event {
+            time_ns: 1,
+            duration_ns: 1,
+            pid: 1,
+            tid: 1,
+            call: Call::Mmap {
+                addr: 0,
+                len: pages * P,
+                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+                flags: (flags | libc::MAP_ANONYMOUS) as u32,
+                fd: -1,
+                offset: 0,
+            },
+            result: (BASE + page * P) as i64,
+            stack_id: None,
+            ip: 0x1000,
+            ret_addr: None,
+            user: None,
+            call_stack: Some(site),
+        }
+    }
+
     /// Stacks keyed on the test events' call-stack ids.
     struct Stacks;
 
@@ -775,31 +804,8 @@ mod tests {
     #[test]
     fn shared_memory_is_reported_apart() {
         use crate::proc::smaps::{Perms, Vma};
-        use crate::trace::event::{Call, Event};
-        const P: u64 = crate::proc::PAGE_SIZE;
-        const BASE: u64 = 0x7f00_0000_0000;
         let mmap = |l: &mut Ledger, page: u64, pages: u64, flags: i32, site: u32| {
-            let call = Call::Mmap {
-                addr: 0,
-                len: pages * P,
-                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
-                flags: (flags | libc::MAP_ANONYMOUS) as u32,
-                fd: -1,
-                offset: 0,
-            };
-            l.apply(&Event {
-                time_ns: 1,
-                duration_ns: 1,
-                pid: 1,
-                tid: 1,
-                call,
-                result: (BASE + page * P) as i64,
-                stack_id: None,
-                ip: 0x1000,
-                ret_addr: None,
-                user: None,
-                call_stack: Some(site),
-            });
+            l.apply(&mmap_event(page, pages, flags, site));
         };
         let mut l = Ledger::new();
         mmap(&mut l, 0, 4, libc::MAP_PRIVATE, 1);
@@ -995,32 +1001,9 @@ mod tests {
     #[test]
     fn rows_that_read_the_same_are_one_row_with_exact_totals() {
         use crate::proc::smaps::Vma;
-        use crate::trace::event::{Call, Event};
-        const P: u64 = crate::proc::PAGE_SIZE;
-        const BASE: u64 = 0x7f00_0000_0000;
         let mut l = Ledger::new();
         for (page, pages, site) in [(0, 8, 1), (20, 4, 2), (40, 2, 3)] {
-            let call = Call::Mmap {
-                addr: 0,
-                len: pages * P,
-                prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
-                flags: (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32,
-                fd: -1,
-                offset: 0,
-            };
-            l.apply(&Event {
-                time_ns: 1,
-                duration_ns: 1,
-                pid: 1,
-                tid: 1,
-                call,
-                result: (BASE + page * P) as i64,
-                stack_id: None,
-                ip: 0x1000,
-                ret_addr: None,
-                user: None,
-                call_stack: Some(site),
-            });
+            l.apply(&mmap_event(page, pages, libc::MAP_PRIVATE, site));
         }
         let vma = |page: u64, pages: u64| Vma {
             start: BASE + page * P,
