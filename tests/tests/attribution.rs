@@ -549,3 +549,31 @@ fn json_reports_carry_every_call_site() {
         "every call site is listed: {report}"
     );
 }
+
+#[test]
+fn memory_exec_mapped_is_attributed_in_launch_mode() {
+    // A 100 MiB .bss was "untraced (mapped before tracing)" before: exec
+    // maps it, no call the program makes.
+    let run = common::run_launch(
+        &["--json", "--quiet"],
+        env!("CARGO_BIN_EXE_static_bss"),
+        &[],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let report = common::report_of(&run);
+    let sites = report["call_sites"].as_array().expect("call sites");
+    let bss = sites
+        .iter()
+        .find(|s| {
+            s["call_site"]["function"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("exec image .bss of") && f.ends_with("static_bss"))
+        })
+        .unwrap_or_else(|| panic!("no exec image .bss call site: {report}"));
+    assert!(
+        bss["rss_bytes"].as_u64().is_some_and(|b| b >= 100 << 20),
+        "the .bss holds the 100 MiB: {bss}"
+    );
+    let coverage = report["coverage"].as_f64().expect("coverage");
+    assert!(coverage >= 0.99, "coverage {coverage}: {report}");
+}

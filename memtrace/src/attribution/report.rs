@@ -197,6 +197,10 @@ fn short_display(f: &Frame) -> String {
     let Some(func) = &f.function else {
         return f.display();
     };
+    if f.module.is_none() {
+        // A name, not a symbol: what exec mapped ("exec image .bss of …").
+        return crate::text::printable(func).into_owned();
+    }
     let name = classify::short_name(func);
     let text = match (&f.file, f.line) {
         (Some(file), Some(line)) => {

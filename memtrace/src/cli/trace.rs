@@ -256,6 +256,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     session
         .add_pid(target)
         .with_context(|| format!("tracing pid {target}"))?;
+    if child.is_some() {
+        // Stopped before its first instruction: what exec mapped is known.
+        session.seed_exec_image(target);
+    }
     // Hold the target at its exit, so the final report sees its memory.
     let tracee = match (child, &pinned) {
         (Some(c), _) => {

@@ -125,6 +125,94 @@ impl<S: EventSource> Session<S> {
         Ok(())
     }
 
+    /// Enter what exec mapped into `pid`'s ledger, read from
+    /// `/proc/PID/maps` while it is stopped before its first instruction
+    /// (launch mode): the executable's image with its `.data`/`.bss`, the
+    /// loader, and the main stack, each under a label of its own instead
+    /// of "untraced". Returns how many ranges were entered.
+    pub fn seed_exec_image(&mut self, pid: u32) -> usize {
+        let Ok(bytes) = std::fs::read(format!("/proc/{pid}/maps")) else {
+            return 0;
+        };
+        let Ok(vmas) = crate::proc::smaps::parse(&bytes) else {
+            return 0;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut seeded = 0;
+        let mut prev_file: Option<String> = None;
+        for v in &vmas {
+            let anon = v.name.is_empty();
+            let (label, extra) = if v.name == "[stack]" {
+                (
+                    "main stack".to_owned(),
+                    libc::MAP_STACK | libc::MAP_GROWSDOWN,
+                )
+            } else if anon {
+                // The zero-filled tail of a binary's data segment.
+                match &prev_file {
+                    Some(path) => (format!("exec image .bss of {path}"), 0),
+                    None => continue,
+                }
+            } else if v.name.starts_with('/') {
+                let what = if v.name == exe {
+                    "exec image"
+                } else {
+                    "loader image"
+                };
+                (format!("{what} {}", v.name), 0)
+            } else {
+                // [vdso], [vvar]: the kernel's, not the program's.
+                continue;
+            };
+            prev_file = v.name.starts_with('/').then(|| v.name.clone());
+            let flags = libc::MAP_PRIVATE
+                | libc::MAP_FIXED
+                | extra
+                | if anon || v.name == "[stack]" {
+                    libc::MAP_ANONYMOUS
+                } else {
+                    0
+                };
+            let prot = [
+                (v.perms.read, libc::PROT_READ),
+                (v.perms.write, libc::PROT_WRITE),
+                (v.perms.exec, libc::PROT_EXEC),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |p, (_, bit)| p | bit);
+            let ev = Event {
+                time_ns: self.start_ns,
+                duration_ns: 0,
+                pid,
+                tid: pid,
+                call: Call::Mmap {
+                    addr: v.start,
+                    len: v.end - v.start,
+                    prot: prot as u32,
+                    flags: flags as u32,
+                    fd: if flags & libc::MAP_ANONYMOUS == 0 {
+                        0
+                    } else {
+                        -1
+                    },
+                    offset: v.offset,
+                },
+                result: v.start as i64,
+                stack_id: None,
+                ip: 0,
+                ret_addr: None,
+                user: None,
+                call_stack: Some(self.stacks.intern_label(&label)),
+            };
+            self.ledgers.entry(pid).or_default().apply(&ev);
+            seeded += 1;
+        }
+        seeded
+    }
+
     /// The live traced ranges of `pid`.
     pub fn ledger(&self, pid: u32) -> Option<&Ledger> {
         self.ledgers.get(&pid)
@@ -269,7 +357,7 @@ impl<S: EventSource> Session<S> {
         let Some(id) = ev.call_stack else {
             return CallStack::default();
         };
-        CallStack::symbolize(&mut self.symbolizer, self.stacks.get(id))
+        self.stacks.call_stack(id, &mut self.symbolizer)
     }
 
     /// The attributed report of `pid` now: its smaps joined with the
@@ -360,7 +448,7 @@ impl SiteStacks for Sites<'_> {
 
     fn stack_of(&mut self, origin: &Origin) -> CallStack {
         match origin.call_stack {
-            Some(id) => CallStack::symbolize(self.symbolizer, self.stacks.get(id)),
+            Some(id) => self.stacks.call_stack(id, self.symbolizer),
             None => CallStack::default(),
         }
     }

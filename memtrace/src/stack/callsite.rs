@@ -28,6 +28,9 @@ pub struct StackTable {
     index: HashMap<Arc<[Loc]>, u32>,
     /// Call site of each stack, by stack id.
     sites: Vec<u32>,
+    /// Stacks that stand for memory no call made (what exec mapped),
+    /// named instead: by stack id.
+    labels: HashMap<u32, Arc<str>>,
     site_index: HashMap<Vec<SiteFrame>, u32>,
 }
 
@@ -36,6 +39,7 @@ pub struct StackTable {
 enum SiteFrame {
     InModule(Arc<str>, u64),
     Address(u64),
+    Label(Arc<str>),
 }
 
 impl StackTable {
@@ -58,6 +62,51 @@ impl StackTable {
         self.stacks.push(stack.clone());
         self.index.insert(stack, id);
         id
+    }
+
+    /// A stack that is only a name, for memory that no traced call made
+    /// (e.g. "exec image .bss of /bin/x"); one per distinct label.
+    pub fn intern_label(&mut self, label: &str) -> u32 {
+        let key = vec![SiteFrame::Label(Arc::from(label))];
+        if let Some(site) = self.site_index.get(&key)
+            && let Some((id, _)) = self
+                .labels
+                .iter()
+                .find(|(id, _)| self.sites.get(**id as usize) == Some(site))
+        {
+            return *id;
+        }
+        let id = self.stacks.len() as u32;
+        let next_site = self.site_index.len() as u32;
+        let site = *self.site_index.entry(key).or_insert(next_site);
+        self.sites.push(site);
+        self.stacks.push(Arc::from(Vec::new()));
+        self.labels.insert(id, Arc::from(label));
+        id
+    }
+
+    /// The name of a labelled stack ([`StackTable::intern_label`]).
+    pub fn label(&self, id: u32) -> Option<&str> {
+        self.labels.get(&id).map(|l| &**l)
+    }
+
+    /// The symbolized stack `id`: a labelled stack is one frame bearing
+    /// its label.
+    pub fn call_stack(&self, id: u32, sym: &mut Symbolizer) -> CallStack {
+        match self.label(id) {
+            Some(label) => CallStack {
+                frames: vec![Frame {
+                    address: 0,
+                    function: Some(label.to_owned()),
+                    file: None,
+                    line: None,
+                    module: None,
+                    module_offset: None,
+                    inlined: false,
+                }],
+            },
+            None => CallStack::symbolize(sym, self.get(id)),
+        }
     }
 
     /// The call site of stack `id`.
