@@ -33,7 +33,6 @@ use std::{
 use memtrace_common::EventKind;
 use serde::Serialize;
 
-use super::report::SiteCategory;
 use crate::stack::{callsite::CallStack, symbolize::Frame};
 
 /// A language runtime or a malloc implementation: whose memory it is.
@@ -409,6 +408,52 @@ const fn class(
 
 use Cond::*;
 use Runtime as R;
+/// What kind of memory a call site makes: the top-level categories, each
+/// split into the sub-categories of [`RULES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteCategory {
+    /// Ranges named with `prctl(PR_SET_VMA_ANON_NAME)`.
+    NamedRegions,
+    /// pthread stacks, goroutine stacks.
+    ThreadStacks,
+    /// Executable anonymous memory: JIT compilers, code caches, trampolines.
+    JitCode,
+    /// Language runtimes' own heaps (Go, JVM, V8, CPython's pymalloc).
+    RuntimeHeaps,
+    /// malloc implementations: glibc arenas and brk heap, jemalloc,
+    /// tcmalloc, mimalloc (with the runtime that asked, when one did).
+    AllocatorArenas,
+    /// Everything else mapped by a known call site.
+    OtherCallSites,
+    /// Memory mapped before tracing began.
+    Untraced,
+}
+
+impl SiteCategory {
+    pub const ALL: [SiteCategory; 7] = [
+        SiteCategory::NamedRegions,
+        SiteCategory::AllocatorArenas,
+        SiteCategory::ThreadStacks,
+        SiteCategory::RuntimeHeaps,
+        SiteCategory::JitCode,
+        SiteCategory::OtherCallSites,
+        SiteCategory::Untraced,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SiteCategory::NamedRegions => "named regions",
+            SiteCategory::ThreadStacks => "thread stacks",
+            SiteCategory::JitCode => "JIT / executable anonymous",
+            SiteCategory::RuntimeHeaps => "runtime heaps (Go, JVM, V8, CPython)",
+            SiteCategory::AllocatorArenas => "allocator arenas (malloc)",
+            SiteCategory::OtherCallSites => "other call sites",
+            SiteCategory::Untraced => "untraced (mapped before tracing)",
+        }
+    }
+}
+
 use SiteCategory as C;
 
 const THREAD_STACK_FUNCS: &[&str] = &["allocate_stack", "pthread_create", "__pthread_create"];

@@ -183,16 +183,6 @@ impl CallStack {
         CallStack { frames }
     }
 
-    /// The first frame of the program itself: outside libc, the dynamic
-    /// loader and allocation machinery (Rust's `alloc` shims, malloc
-    /// implementations, language runtimes' allocators: see
-    /// [`crate::attribution::classify::caller`]). For memory malloc or a
-    /// runtime mapped, this is the code that asked for it. Falls back to
-    /// [`CallStack::call_site`].
-    pub fn user_site(&self) -> Option<&Frame> {
-        crate::attribution::classify::caller(self).call_site
-    }
-
     /// The first frame that is not a libc or loader syscall wrapper: the
     /// call site users care about.
     pub fn call_site(&self) -> Option<&Frame> {
@@ -212,56 +202,6 @@ pub fn event_raw_stack(ev: &Event, stack_of: impl FnOnce(u32) -> Vec<u64>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(function: &str, module: &str) -> Frame {
-        Frame {
-            address: 1,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            module: Some(module.into()),
-            module_offset: Some(0),
-            inlined: false,
-        }
-    }
-
-    #[test]
-    fn user_site_skips_libc_and_allocator_plumbing() {
-        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
-        let exe = "/srv/app";
-        let stack = CallStack {
-            frames: vec![
-                frame("__GI___mmap64", libc),
-                frame("sysmalloc", libc),
-                frame("__libc_calloc", libc),
-                frame("<alloc::raw_vec::RawVecInner>::try_allocate_in", exe),
-                frame(
-                    "<T as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
-                    exe,
-                ),
-                frame("app::load_table", exe),
-                frame("app::main", exe),
-            ],
-        };
-        assert_eq!(
-            stack.user_site().and_then(|f| f.function.as_deref()),
-            Some("app::load_table")
-        );
-        assert_eq!(
-            stack.call_site().and_then(|f| f.function.as_deref()),
-            Some("sysmalloc")
-        );
-        let only_libc = CallStack {
-            frames: vec![
-                frame("__GI___mmap64", libc),
-                frame("_dl_map_segments", "/lib/ld-linux-x86-64.so.2"),
-            ],
-        };
-        assert_eq!(
-            only_libc.user_site().and_then(|f| f.function.as_deref()),
-            Some("_dl_map_segments")
-        );
-    }
 
     #[test]
     fn one_call_site_across_layouts() {

@@ -545,3 +545,48 @@ fn the_table_is_consistent_and_documented() {
         );
     }
 }
+
+/// One named frame in `module`.
+fn one_frame(function: &str, module: &str) -> Frame {
+    stack(&[(Some(function), module)]).frames.remove(0)
+}
+
+#[test]
+fn the_caller_is_past_libc_and_allocator_plumbing() {
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let exe = "/srv/app";
+    let stack = CallStack {
+        frames: vec![
+            one_frame("__GI___mmap64", libc),
+            one_frame("sysmalloc", libc),
+            one_frame("__libc_calloc", libc),
+            one_frame("<alloc::raw_vec::RawVecInner>::try_allocate_in", exe),
+            one_frame(
+                "<T as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+                exe,
+            ),
+            one_frame("app::load_table", exe),
+            one_frame("app::main", exe),
+        ],
+    };
+    assert_eq!(
+        caller(&stack).call_site.and_then(|f| f.function.as_deref()),
+        Some("app::load_table")
+    );
+    assert_eq!(
+        stack.call_site().and_then(|f| f.function.as_deref()),
+        Some("sysmalloc")
+    );
+    let only_libc = CallStack {
+        frames: vec![
+            one_frame("__GI___mmap64", libc),
+            one_frame("_dl_map_segments", "/lib/ld-linux-x86-64.so.2"),
+        ],
+    };
+    assert_eq!(
+        caller(&only_libc)
+            .call_site
+            .and_then(|f| f.function.as_deref()),
+        Some("_dl_map_segments")
+    );
+}
