@@ -131,12 +131,12 @@ fn merged_vma_is_split_by_pagemap() {
 
     let at = join::attribute(&vmas, &ledger, &mut pagemap);
     assert_eq!(
-        at.attributed_rss_bytes + at.untraced_rss_bytes,
-        at.anon_rss_bytes,
+        at.totals.attributed_rss_bytes + at.totals.untraced_rss_bytes,
+        at.totals.anon_rss_bytes,
         "attributed + untraced must equal the anonymous total: {at:?}"
     );
     assert_eq!(
-        at.anon_rss_bytes,
+        at.totals.anon_rss_bytes,
         vmas.iter().map(|v| v.anonymous).sum::<u64>()
     );
     assert_eq!(at.pagemap_failures, 0, "{:?}", at.pagemap_error);
@@ -151,7 +151,7 @@ fn merged_vma_is_split_by_pagemap() {
     assert_eq!(site(2).rss_bytes, 7 * P, "second mmap: 7 pages");
     assert_eq!(site(1).virtual_bytes, N * P);
     assert_eq!(site(2).mappings, 1);
-    assert_eq!(at.attributed_rss_bytes, 10 * P);
+    assert_eq!(at.totals.attributed_rss_bytes, 10 * P);
 
     // The same join run while smaps is read, batch by batch.
     let live = join::attribute_live(pid, &ledger).expect("stream own smaps");
@@ -169,8 +169,8 @@ fn merged_vma_is_split_by_pagemap() {
         "streamed join: {live:?}"
     );
     assert_eq!(
-        live.attributed_rss_bytes + live.untraced_rss_bytes,
-        live.anon_rss_bytes
+        live.totals.attributed_rss_bytes + live.totals.untraced_rss_bytes,
+        live.totals.anon_rss_bytes
     );
 
     // SAFETY: unmapping the reservation made above, which nothing else uses.

@@ -63,12 +63,11 @@ use crate::proc::pagemap::{PageCounter, Pagemap};
 use crate::proc::smaps::{SmapsStream, Vma, stream_smaps};
 use crate::proc::{PAGE_SIZE, ProcError};
 
-/// Resident anonymous memory of one process, by call site.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Attribution {
-    /// The process. [`attribute`] leaves it 0 for the caller to set;
-    /// [`attribute_process`] sets it.
-    pub pid: u32,
+/// A process's resident anonymous memory and how much of it is attributed
+/// to traced call sites: the totals the attribution, the report and its
+/// JSON line all carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AnonTotals {
     /// Anonymous resident bytes in the process (sum of [`Vma::anonymous`]).
     pub anon_rss_bytes: u64,
     /// The part of `anon_rss_bytes` attributed to traced call sites.
@@ -86,6 +85,17 @@ pub struct Attribution {
     /// `shared_attributed_rss_bytes + shared_untraced_rss_bytes ==
     /// shared_anon_rss_bytes`, always.
     pub shared_untraced_rss_bytes: u64,
+}
+
+/// Resident anonymous memory of one process, by call site.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Attribution {
+    /// The process. [`attribute`] leaves it 0 for the caller to set;
+    /// [`attribute_process`] sets it.
+    pub pid: u32,
+    /// Resident memory and how much of it is attributed.
+    #[serde(flatten)]
+    pub totals: AnonTotals,
     /// One entry per origin with at least one live range, by resident
     /// bytes ([`SiteUsage::resident_bytes`]) descending, then
     /// `virtual_bytes` descending, then origin id.
@@ -104,10 +114,10 @@ impl Attribution {
     /// Fraction of anonymous resident memory attributed to a call site;
     /// 1.0 when there is none.
     pub fn coverage(&self) -> f64 {
-        if self.anon_rss_bytes == 0 {
+        if self.totals.anon_rss_bytes == 0 {
             1.0
         } else {
-            self.attributed_rss_bytes as f64 / self.anon_rss_bytes as f64
+            self.totals.attributed_rss_bytes as f64 / self.totals.anon_rss_bytes as f64
         }
     }
 }
@@ -319,12 +329,7 @@ impl<'l> Join<'l> {
             named,
             out: Attribution {
                 pid: 0,
-                anon_rss_bytes: 0,
-                attributed_rss_bytes: 0,
-                untraced_rss_bytes: 0,
-                shared_anon_rss_bytes: 0,
-                shared_attributed_rss_bytes: 0,
-                shared_untraced_rss_bytes: 0,
+                totals: AnonTotals::default(),
                 sites: Vec::new(),
                 pagemap_vmas: 0,
                 pagemap_failures: 0,
@@ -348,8 +353,8 @@ impl<'l> Join<'l> {
         } else {
             0
         };
-        self.out.anon_rss_bytes += vma.anonymous;
-        self.out.shared_anon_rss_bytes += shared;
+        self.out.totals.anon_rss_bytes += vma.anonymous;
+        self.out.totals.shared_anon_rss_bytes += shared;
         let ranges = &self.ranges;
         if vma.start < self.prev_end {
             // Out of order (not smaps order): find the place again.
@@ -415,19 +420,19 @@ impl<'l> Join<'l> {
         let acc = owner.and_then(|o| self.accs.get_mut(o.as_u32() as usize)?.as_mut());
         match (pool, owner) {
             (Pool::Private, Some(_)) => {
-                out.attributed_rss_bytes += bytes;
+                out.totals.attributed_rss_bytes += bytes;
                 if let Some(acc) = acc {
                     acc.rss += bytes;
                 }
             }
-            (Pool::Private, None) => out.untraced_rss_bytes += bytes,
+            (Pool::Private, None) => out.totals.untraced_rss_bytes += bytes,
             (Pool::Shared, Some(_)) => {
-                out.shared_attributed_rss_bytes += bytes;
+                out.totals.shared_attributed_rss_bytes += bytes;
                 if let Some(acc) = acc {
                     acc.shared += bytes;
                 }
             }
-            (Pool::Shared, None) => out.shared_untraced_rss_bytes += bytes,
+            (Pool::Shared, None) => out.totals.shared_untraced_rss_bytes += bytes,
         }
     }
 
@@ -729,26 +734,26 @@ mod tests {
     fn run(vmas: &[Vma], l: &Ledger, pages: &mut FakePages) -> Attribution {
         let at = attribute(vmas, l, pages);
         assert_eq!(
-            at.attributed_rss_bytes + at.untraced_rss_bytes,
-            at.anon_rss_bytes,
+            at.totals.attributed_rss_bytes + at.totals.untraced_rss_bytes,
+            at.totals.anon_rss_bytes,
             "attributed + untraced must equal anonymous: {at:?}"
         );
         assert_eq!(
-            at.anon_rss_bytes,
+            at.totals.anon_rss_bytes,
             vmas.iter().map(|v| v.anonymous).sum::<u64>()
         );
         assert_eq!(
             at.sites.iter().map(|s| s.rss_bytes).sum::<u64>(),
-            at.attributed_rss_bytes
+            at.totals.attributed_rss_bytes
         );
         assert_eq!(
-            at.shared_attributed_rss_bytes + at.shared_untraced_rss_bytes,
-            at.shared_anon_rss_bytes,
+            at.totals.shared_attributed_rss_bytes + at.totals.shared_untraced_rss_bytes,
+            at.totals.shared_anon_rss_bytes,
             "the same for shared anonymous memory: {at:?}"
         );
         assert_eq!(
             at.sites.iter().map(|s| s.shared_rss_bytes).sum::<u64>(),
-            at.shared_attributed_rss_bytes
+            at.totals.shared_attributed_rss_bytes
         );
         at
     }
@@ -782,7 +787,7 @@ mod tests {
         let mut pages = FakePages::default();
         let at = run(&[vma(0, 10, 6)], &l, &mut pages);
         assert_eq!(rss(&l, &at), vec![(1, 6)]);
-        assert_eq!(at.untraced_rss_bytes, 0);
+        assert_eq!(at.totals.untraced_rss_bytes, 0);
         assert_eq!(at.pagemap_vmas, 0);
         assert!(pages.queries.is_empty());
         assert_eq!(at.sites[0].virtual_bytes, 10 * P);
@@ -799,7 +804,7 @@ mod tests {
         let mut pages = FakePages::with([0, 1, 5, 8, 9, 10, 11, 12, 13, 15]);
         let at = run(&[vma(0, 16, 10)], &l, &mut pages);
         assert_eq!(rss(&l, &at), vec![(2, 7), (1, 3)]);
-        assert_eq!(at.untraced_rss_bytes, 0);
+        assert_eq!(at.totals.untraced_rss_bytes, 0);
         assert_eq!(at.pagemap_vmas, 1);
         assert_eq!(pages.queries, vec![(a(0), a(8)), (a(8), a(16))]);
     }
@@ -812,8 +817,8 @@ mod tests {
         let mut pages = FakePages::with([0, 1, 4]);
         let at = run(&[vma(0, 8, 3)], &l, &mut pages);
         assert_eq!(rss(&l, &at), vec![(1, 1)]);
-        assert_eq!(at.untraced_rss_bytes, 2 * P);
-        assert_eq!(at.attributed_rss_bytes, P);
+        assert_eq!(at.totals.untraced_rss_bytes, 2 * P);
+        assert_eq!(at.totals.attributed_rss_bytes, P);
         assert!((at.coverage() - 1.0 / 3.0).abs() < 1e-12);
     }
 
@@ -856,7 +861,7 @@ mod tests {
         let mut pages = FakePages::default();
         let at = run(&[vma(0, 4, 2), vma(10, 20, 5)], &l, &mut pages);
         assert!(at.sites.is_empty());
-        assert_eq!(at.untraced_rss_bytes, 7 * P);
+        assert_eq!(at.totals.untraced_rss_bytes, 7 * P);
         assert_eq!(at.coverage(), 0.0);
         assert!(pages.queries.is_empty());
     }
@@ -864,7 +869,7 @@ mod tests {
     #[test]
     fn empty_process() {
         let at = run(&[], &Ledger::new(), &mut FakePages::default());
-        assert_eq!(at.anon_rss_bytes, 0);
+        assert_eq!(at.totals.anon_rss_bytes, 0);
         assert_eq!(at.coverage(), 1.0);
     }
 
@@ -881,7 +886,7 @@ mod tests {
         let at = run(&[vma(0, 8, 5), vma(10, 12, 2)], &l, &mut pages);
         assert_eq!(at.pagemap_vmas, 1);
         assert_eq!(at.pagemap_failures, 1);
-        assert_eq!(at.untraced_rss_bytes, 5 * P);
+        assert_eq!(at.totals.untraced_rss_bytes, 5 * P);
         // The single-origin VMA is still attributed.
         assert_eq!(rss(&l, &at), vec![(3, 2), (1, 0), (2, 0)]);
         let msg = at.pagemap_error.expect("error recorded");
@@ -894,7 +899,7 @@ mod tests {
         mmap(&mut l, 0, 4, 1);
         mmap(&mut l, 4, 4, 2);
         let at = run(&[vma(0, 8, 3)], &l, &mut FakePages::default());
-        assert_eq!(at.untraced_rss_bytes, 3 * P);
+        assert_eq!(at.totals.untraced_rss_bytes, 3 * P);
         assert_eq!(at.pagemap_failures, 0);
     }
 
@@ -1005,12 +1010,12 @@ mod tests {
         let mut pages = FakePages::default();
         let at = run(&[shared_vma(0, 16, 16), vma(20, 24, 2)], &l, &mut pages);
         assert!(pages.queries.is_empty(), "one part: no pagemap");
-        assert_eq!(at.shared_anon_rss_bytes, 16 * P);
-        assert_eq!(at.shared_attributed_rss_bytes, 16 * P);
+        assert_eq!(at.totals.shared_anon_rss_bytes, 16 * P);
+        assert_eq!(at.totals.shared_attributed_rss_bytes, 16 * P);
         assert_eq!(shared(&l, &at), vec![(1, 16), (2, 0)]);
         // The private totals are untouched by it.
         assert_eq!(rss(&l, &at), vec![(1, 0), (2, 2)]);
-        assert_eq!(at.anon_rss_bytes, 2 * P);
+        assert_eq!(at.totals.anon_rss_bytes, 2 * P);
         assert_eq!(at.coverage(), 1.0);
         let json = serde_json::to_value(&at).expect("serializes");
         assert_eq!(json["sites"][0]["shared_rss_bytes"].as_u64(), Some(16 * P));
@@ -1031,9 +1036,9 @@ mod tests {
         assert_eq!(at.pagemap_vmas, 1);
         assert_eq!(pages.queries, vec![(a(0), a(4)), (a(4), a(8))]);
         assert_eq!(shared(&l, &at), vec![(1, 3)]);
-        assert_eq!(at.shared_untraced_rss_bytes, P);
-        assert_eq!(at.anon_rss_bytes, 0);
-        assert_eq!(at.untraced_rss_bytes, 0);
+        assert_eq!(at.totals.shared_untraced_rss_bytes, P);
+        assert_eq!(at.totals.anon_rss_bytes, 0);
+        assert_eq!(at.totals.untraced_rss_bytes, 0);
 
         // Two traced origins in one shared VMA, and a page pagemap no
         // longer sees: rounding keeps the VMA's total exact.
@@ -1046,7 +1051,7 @@ mod tests {
         };
         let at = run(&[shared_vma(0, 8, 5)], &l, &mut pages);
         assert_eq!(shared(&l, &at), vec![(2, 4), (1, 1)]);
-        assert_eq!(at.shared_untraced_rss_bytes, 0);
+        assert_eq!(at.totals.shared_untraced_rss_bytes, 0);
     }
 
     #[test]
@@ -1060,8 +1065,8 @@ mod tests {
         };
         let at = run(&[shared_vma(0, 8, 6)], &l, &mut pages);
         assert_eq!(at.pagemap_failures, 1);
-        assert_eq!(at.shared_untraced_rss_bytes, 6 * P);
-        assert_eq!(at.untraced_rss_bytes, 0);
+        assert_eq!(at.totals.shared_untraced_rss_bytes, 6 * P);
+        assert_eq!(at.totals.untraced_rss_bytes, 0);
     }
 
     #[test]
@@ -1074,7 +1079,7 @@ mod tests {
         v.perms.shared = false;
         v.anonymous = 2 * P;
         let at = run(&[v], &l, &mut FakePages::default());
-        assert_eq!(at.shared_anon_rss_bytes, 0);
+        assert_eq!(at.totals.shared_anon_rss_bytes, 0);
         assert_eq!(rss(&l, &at), vec![(1, 2)]);
     }
 

@@ -17,7 +17,7 @@ use std::{collections::HashMap, fmt::Write as _, io};
 use serde::Serialize;
 
 use super::classify::{self, MemoryClass, Runtime, Shape};
-use super::join::Attribution;
+use super::join::{AnonTotals, Attribution};
 use super::ledger::{Ledger, Origin, OriginId};
 use crate::{
     schema,
@@ -198,15 +198,8 @@ pub struct SubcategoryUsage {
 #[derive(Clone, Debug)]
 pub struct AttributedReport {
     pub pid: u32,
-    pub anon_rss_bytes: u64,
-    pub attributed_rss_bytes: u64,
-    pub untraced_rss_bytes: u64,
-    /// Resident shared anonymous bytes, not part of `anon_rss_bytes`.
-    pub shared_anon_rss_bytes: u64,
-    /// `shared_attributed_rss_bytes + shared_untraced_rss_bytes ==
-    /// shared_anon_rss_bytes`.
-    pub shared_attributed_rss_bytes: u64,
-    pub shared_untraced_rss_bytes: u64,
+    /// Resident memory and how much of it is attributed.
+    pub totals: AnonTotals,
     /// Share of (private) anonymous RSS attributed to a call site (0..=1).
     pub coverage: f64,
     pub categories: Vec<CategoryUsage>,
@@ -335,8 +328,8 @@ pub fn build(
         c.1 += site.shared_rss_bytes;
     }
     let untraced = by_class.entry(classify::UNTRACED.name).or_default();
-    untraced.0 += attribution.untraced_rss_bytes;
-    untraced.1 += attribution.shared_untraced_rss_bytes;
+    untraced.0 += attribution.totals.untraced_rss_bytes;
+    untraced.1 += attribution.totals.shared_untraced_rss_bytes;
     let classes = classify::all_classes();
     let categories = SiteCategory::ALL
         .iter()
@@ -376,12 +369,7 @@ pub fn build(
     });
     AttributedReport {
         pid: attribution.pid,
-        anon_rss_bytes: attribution.anon_rss_bytes,
-        attributed_rss_bytes: attribution.attributed_rss_bytes,
-        untraced_rss_bytes: attribution.untraced_rss_bytes,
-        shared_anon_rss_bytes: attribution.shared_anon_rss_bytes,
-        shared_attributed_rss_bytes: attribution.shared_attributed_rss_bytes,
-        shared_untraced_rss_bytes: attribution.shared_untraced_rss_bytes,
+        totals: attribution.totals,
         coverage: attribution.coverage(),
         categories,
         call_sites: sites,
@@ -414,17 +402,17 @@ impl AttributedReport {
             s,
             "coverage: {:.1}% of {} anonymous RSS attributed to a call site ({} untraced)\n",
             self.coverage * 100.0,
-            units::human(self.anon_rss_bytes),
-            units::human(self.untraced_rss_bytes)
+            units::human(self.totals.anon_rss_bytes),
+            units::human(self.totals.untraced_rss_bytes)
         );
-        if self.shared_anon_rss_bytes > 0 {
+        if self.totals.shared_anon_rss_bytes > 0 {
             let _ = writeln!(
                 s,
                 "shared anonymous: {} ({} attributed, {} untraced), counted apart from the \
                  anonymous RSS above\n",
-                units::human(self.shared_anon_rss_bytes),
-                units::human(self.shared_attributed_rss_bytes),
-                units::human(self.shared_untraced_rss_bytes)
+                units::human(self.totals.shared_anon_rss_bytes),
+                units::human(self.totals.shared_attributed_rss_bytes),
+                units::human(self.totals.shared_untraced_rss_bytes)
             );
         }
         if self.lost_events > 0 {
@@ -528,13 +516,8 @@ fn shared_note(bytes: u64, before: &str, after: &str) -> String {
 pub struct ReportLine<'a> {
     pub schema_version: u32,
     pub pid: u32,
-    pub anon_rss_bytes: u64,
-    pub attributed_rss_bytes: u64,
-    pub untraced_rss_bytes: u64,
-    /// See [`AttributedReport::shared_anon_rss_bytes`].
-    pub shared_anon_rss_bytes: u64,
-    pub shared_attributed_rss_bytes: u64,
-    pub shared_untraced_rss_bytes: u64,
+    #[serde(flatten)]
+    pub totals: &'a AnonTotals,
     /// Share of anonymous RSS attributed to a call site (0..=1).
     pub coverage: f64,
     pub categories: &'a [CategoryUsage],
@@ -566,12 +549,7 @@ impl<'a> ReportLine<'a> {
         ReportLine {
             schema_version: schema::SCHEMA_VERSION,
             pid: r.pid,
-            anon_rss_bytes: r.anon_rss_bytes,
-            attributed_rss_bytes: r.attributed_rss_bytes,
-            untraced_rss_bytes: r.untraced_rss_bytes,
-            shared_anon_rss_bytes: r.shared_anon_rss_bytes,
-            shared_attributed_rss_bytes: r.shared_attributed_rss_bytes,
-            shared_untraced_rss_bytes: r.shared_untraced_rss_bytes,
+            totals: &r.totals,
             coverage: r.coverage,
             categories: &r.categories,
             call_site_count: r.call_sites.len(),
@@ -629,8 +607,9 @@ pub fn folded(report: &AttributedReport) -> Vec<String> {
         lines.push(format!("{} {weight}", frames.join(";")));
     }
     let untraced = report
+        .totals
         .untraced_rss_bytes
-        .saturating_add(report.shared_untraced_rss_bytes);
+        .saturating_add(report.totals.shared_untraced_rss_bytes);
     if untraced > 0 {
         lines.push(format!("[untraced] {untraced}"));
     }
@@ -813,18 +792,18 @@ mod tests {
         let r = build(&at, &l, ReportOptions { ranges: false }, &mut Stacks);
         assert_eq!(
             (
-                r.anon_rss_bytes,
-                r.attributed_rss_bytes,
-                r.untraced_rss_bytes
+                r.totals.anon_rss_bytes,
+                r.totals.attributed_rss_bytes,
+                r.totals.untraced_rss_bytes
             ),
             (3 * P, 3 * P, 0),
             "the private totals do not include shared memory"
         );
         assert_eq!(
             (
-                r.shared_anon_rss_bytes,
-                r.shared_attributed_rss_bytes,
-                r.shared_untraced_rss_bytes
+                r.totals.shared_anon_rss_bytes,
+                r.totals.shared_attributed_rss_bytes,
+                r.totals.shared_untraced_rss_bytes
             ),
             (18 * P, 16 * P, 2 * P)
         );

@@ -29,6 +29,10 @@ use crate::{
 /// "schema_version":…,…}` (schema: `docs/json-schema.md`).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a borrowed view built per line and serialized at once, never stored"
+)]
 pub enum TraceLine<'a> {
     Event(EventLine<'a>),
     Report(ReportLine<'a>),
