@@ -59,6 +59,27 @@ impl Log {
         f.write_all(line.as_bytes())
             .unwrap_or_else(|e| fail(&format!("write log: {e}")));
     }
+
+    /// Record an mmap by `func` of `len` bytes at `p` that should hold
+    /// `rss` resident bytes (`extra`: more JSON fields, each with a leading
+    /// comma); fail the fixture if the mmap failed.
+    pub fn site(&self, func: &str, p: *mut libc::c_void, len: usize, rss: usize, extra: &str) {
+        self.step(
+            func,
+            func,
+            "mmap",
+            p as u64,
+            len as u64,
+            raw_result(p),
+            &format!(",\"expected_rss\":{rss},\"expected_virtual\":{len}{extra}"),
+        );
+        if p == libc::MAP_FAILED {
+            fail(&format!(
+                "{func}: mmap failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
 }
 
 /// With `--wait`: print `ready PID` and block until a line arrives on

@@ -22,7 +22,7 @@ use std::{
 };
 
 use libc::{MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_READ, PROT_WRITE, c_void};
-use memtrace_tests::{Log, fail, raw_result, touch, wait_if_asked};
+use memtrace_tests::{Log, fail, touch, wait_if_asked};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -46,28 +46,10 @@ macro_rules! map_anon {
     };
 }
 
-fn log_site(log: &Log, func: &str, p: *mut c_void, len: usize, rss: usize, extra: &str) {
-    log.step(
-        func,
-        func,
-        "mmap",
-        p as u64,
-        len as u64,
-        raw_result(p),
-        &format!(",\"expected_rss\":{rss},\"expected_virtual\":{len}{extra}"),
-    );
-    if p == libc::MAP_FAILED {
-        fail(&format!(
-            "{func}: mmap failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-}
-
 #[inline(never)]
 fn cache_alpha(log: &Log) -> *mut c_void {
     let p = map_anon!(null_mut(), 8 * MIB, 0);
-    log_site(log, "cache_alpha", p, 8 * MIB, 6 * MIB, "");
+    log.site("cache_alpha", p, 8 * MIB, 6 * MIB, "");
     touch(p, 6 * MIB);
     p
 }
@@ -75,7 +57,7 @@ fn cache_alpha(log: &Log) -> *mut c_void {
 #[inline(never)]
 fn cache_beta(log: &Log) -> *mut c_void {
     let p = map_anon!(null_mut(), 4 * MIB, 0);
-    log_site(log, "cache_beta", p, 4 * MIB, 3 * MIB, "");
+    log.site("cache_beta", p, 4 * MIB, 3 * MIB, "");
     touch(p, 3 * MIB);
     p
 }
@@ -95,8 +77,7 @@ fn find_hole() -> *mut c_void {
 #[inline(never)]
 fn adjacent_one(log: &Log, hint: *mut c_void) -> *mut c_void {
     let p = map_anon!(hint, MIB, 0);
-    log_site(
-        log,
+    log.site(
         "adjacent_one",
         p,
         MIB,
@@ -111,7 +92,7 @@ fn adjacent_one(log: &Log, hint: *mut c_void) -> *mut c_void {
 fn adjacent_two(log: &Log, after: *mut c_void) -> *mut c_void {
     let at = (after as usize + MIB) as *mut c_void;
     let p = map_anon!(at, MIB, MAP_FIXED_NOREPLACE);
-    log_site(log, "adjacent_two", p, MIB, 768 * KIB, "");
+    log.site("adjacent_two", p, MIB, 768 * KIB, "");
     touch(p, 768 * KIB);
     p
 }

@@ -19,27 +19,9 @@ use std::{
 };
 
 use libc::{MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE, c_void};
-use memtrace_tests::{Log, fail, raw_result, touch, wait_if_asked};
+use memtrace_tests::{Log, touch, wait_if_asked};
 
 const MIB: usize = 1 << 20;
-
-fn log_site(log: &Log, func: &str, p: *mut c_void, len: usize, rss: usize) {
-    log.step(
-        func,
-        func,
-        "mmap",
-        p as u64,
-        len as u64,
-        raw_result(p),
-        &format!(",\"expected_rss\":{rss},\"expected_virtual\":{len}"),
-    );
-    if p == libc::MAP_FAILED {
-        fail(&format!(
-            "{func}: mmap failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-}
 
 #[inline(never)]
 fn map_shared_anon(log: &Log) -> *mut c_void {
@@ -54,7 +36,7 @@ fn map_shared_anon(log: &Log) -> *mut c_void {
             0,
         )
     };
-    log_site(log, "map_shared_anon", p, 64 * MIB, 64 * MIB);
+    log.site("map_shared_anon", p, 64 * MIB, 64 * MIB, "");
     touch(p, 64 * MIB);
     p
 }
@@ -72,7 +54,7 @@ fn map_private_anon(log: &Log) -> *mut c_void {
             0,
         )
     };
-    log_site(log, "map_private_anon", p, 2 * MIB, MIB);
+    log.site("map_private_anon", p, 2 * MIB, MIB, "");
     touch(p, MIB);
     p
 }
