@@ -76,7 +76,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = setup::ensure().and_then(|()| match cli.command {
         Cmd::Setup => setup::ensure_runtimes()
-            .and_then(|()| setup::ensure_programs(setup::MONITORING, "the Prometheus tests"))
+            .and_then(|()| {
+                setup::ensure_programs(setup::MONITORING, "the Prometheus and deploy tests")
+            })
             .map(|()| ExitCode::SUCCESS),
         Cmd::Build => build_release().map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run(args),
@@ -163,7 +165,7 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
         bail!("the test suite loads eBPF programs and traces processes: run it as root");
     }
     setup::ensure_runtimes()?;
-    setup::ensure_programs(setup::MONITORING, "the Prometheus tests")?;
+    setup::ensure_programs(setup::MONITORING, "the Prometheus and deploy tests")?;
     // Without the `ebpf` feature the library (proc, snapshot, serve) must
     // still build, with neither nightly nor bpf-linker.
     run_checked(cargo().args([
