@@ -30,7 +30,7 @@ pub struct Args {
     /// Call sites with a series of their own at /metrics (with --trace);
     /// the rest are summed into site="other", so the number of series
     /// stays bounded.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, default_value_t = memtrace::export::metrics::DEFAULT_TOP_SITES as u64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_sites: u64,
 }
 
