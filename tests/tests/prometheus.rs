@@ -1,5 +1,7 @@
 //! `GET /metrics` scraped by a real Prometheus server: the series it
-//! stores hold the values memtrace's own JSON report and the kernel give.
+//! stores hold the values memtrace's own JSON report and the kernel give,
+//! label values with quotes, backslashes, `<>`, `::` and newlines come
+//! back as they were, and promtool's linter finds nothing to say.
 //!
 //! Needs the `prometheus` binary (Debian package `prometheus`, which
 //! `cargo xtask test` installs); fails naming the package when it is
@@ -17,7 +19,55 @@ use std::{
 };
 
 use common::{Waiting, memtrace_bin, read_jsonl, require_root, require_tool, temp_path};
+use memtrace::export::metrics::{self, AttributionInput, MetricsInput, SiteRss};
 use serde_json::Value;
+
+/// A call-site name with everything the text format must escape.
+const HOSTILE_SITE: &str = "<ns::Cache<T> as Grow>::grow \"fast\" C:\\dir\nλ next";
+
+/// Serve `body` as the response to every request on a loopback port, from
+/// a thread of its own; the address.
+fn serve_text(body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                metrics::CONTENT_TYPE,
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// `promtool check metrics` (parse and lint) on `text`: no complaint.
+fn assert_lint_clean(what: &str, text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics on {what}: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
 
@@ -172,6 +222,7 @@ fn rollup_rss(pid: u32) -> f64 {
 fn prometheus_scrapes_call_sites_and_categories() {
     require_root();
     require_tool("prometheus", "prometheus");
+    require_tool("promtool", "prometheus");
     let out = temp_path("prometheus-gt");
     let dir = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&dir);
@@ -188,28 +239,67 @@ fn prometheus_scrapes_call_sites_and_categories() {
     w.expect_line("done");
     // From here on the fixture's memory stays as it is until it exits.
 
+    // memtrace's rendering of a hostile call-site name, served as is.
+    let hostile = metrics::render(&MetricsInput {
+        pid: 1,
+        attribution: Some(AttributionInput {
+            sites: vec![SiteRss {
+                site: HOSTILE_SITE.to_owned(),
+                category: "other_call_sites".into(),
+                subcategory: "call_site".into(),
+                rss_bytes: 4096,
+                shared_rss_bytes: 0,
+            }],
+            ..AttributionInput::default()
+        }),
+        top_sites: 20,
+        ..MetricsInput::default()
+    })
+    .expect("render");
+    assert_lint_clean("the hostile site", &hostile);
+    let hostile_addr = serve_text(hostile);
+
     let (prometheus, prom) = start_prometheus(
         &dir,
-        &[("memtrace", &traced_addr), ("snapshot", &snap_addr)],
+        &[
+            ("memtrace", &traced_addr),
+            ("snapshot", &snap_addr),
+            ("hostile", &hostile_addr),
+        ],
     );
     children.0.push(prometheus);
     // Two successful scrapes of each job.
     let start = Instant::now();
     loop {
         let done = TcpStream::connect(&prom).is_ok()
-            && query(&prom, "count_over_time(memtrace_target_info[1m]) >= 2").len() == 2;
+            && query(&prom, "count_over_time(memtrace_target_info[1m]) >= 2").len() == 3;
         if done {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "Prometheus did not scrape both jobs twice within 20 s; up: {:?}; log: {}",
+            "Prometheus did not scrape every job twice within 20 s; up: {:?}; log: {}",
             TcpStream::connect(&prom)
                 .is_ok()
                 .then(|| query(&prom, "up")),
             std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The label value Prometheus stored is the name memtrace was given.
+    let stored = query(&prom, "memtrace_site_rss_bytes{job=\"hostile\"}");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|(l, v)| (l["site"].as_str(), *v))
+            .collect::<Vec<_>>(),
+        [(HOSTILE_SITE, 4096.0)]
+    );
+    for addr in [&traced_addr, &snap_addr] {
+        let (code, text) = get(addr, "/metrics");
+        assert_eq!(code, 200, "{text}");
+        assert_lint_clean(addr, &text);
     }
 
     let (code, body) = get(&traced_addr, "/debug/memory/attributed.json?top=0");
