@@ -102,9 +102,10 @@ pub struct Args {
     pub report_at: Option<ReportAtArg>,
 
     /// Longest time the target is held at its exit for the final report
-    /// (it waits in a ptrace stop meanwhile); events not applied by then
-    /// are left out and the report says so. 0: never hold it (no report at
-    /// exit).
+    /// and for its last events to be applied while its memory is still
+    /// there (it waits in a ptrace stop meanwhile); events not applied by
+    /// then are left out and the report says so. 0: never hold it (no
+    /// report at exit).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_hold)]
     pub exit_hold: Duration,
 

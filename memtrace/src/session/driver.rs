@@ -229,12 +229,19 @@ impl<S: EventSource> Run<'_, S> {
         tracee: &Launched,
         out: &mut Output<W>,
     ) -> io::Result<()> {
-        let Some(hold) = self.hold().filter(|_| !self.opts.no_report) else {
+        let Some(hold) = self.hold() else {
             tracee.resume_exit();
             return Ok(());
         };
         let deadline = Instant::now() + hold;
+        // Applied while the target is held even without a report: applying
+        // reads from its memory what the kernel side could not (region
+        // names in untouched pages), which is gone once it is released.
         let (events, complete) = self.session.drain_until(Some(deadline));
+        if self.opts.no_report {
+            tracee.resume_exit();
+            return self.emit(&events, out);
+        }
         let captured = self.session.capture_report(self.target);
         tracee.resume_exit();
         if !complete {
