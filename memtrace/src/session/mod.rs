@@ -300,9 +300,13 @@ impl<S: EventSource> Session<S> {
             if maps_may_change(&ev) {
                 self.dirty.insert(ev.pid);
             }
-            if let Call::Fork { child_pid } = ev.call {
-                // Thread creation fires the fork tracepoint too.
-                if !is_new_process(ev.pid, child_pid, &self.active) {
+            if let Call::Fork {
+                child_pid,
+                new_process,
+            } = ev.call
+            {
+                // The kernel side drops thread creation when it can tell.
+                if !new_process && !is_new_process(ev.pid, child_pid, &self.active) {
                     self.tracer.remove_pid(child_pid);
                     continue;
                 }
