@@ -474,3 +474,33 @@ fn jvm_heap_direct_buffers_and_metaspace() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Our fixture JIT (`tests/src/bin/jit.rs`): machine code in anonymous
+/// memory calls mmap itself; its perf map names it, and grows between the
+/// two calls. Both call sites are the JIT functions, named from the map.
+#[test]
+fn jit_code_is_named_from_the_perf_map() {
+    const JIT: &str = env!("CARGO_BIN_EXE_jit");
+    let run = run_launch(&["--json", "--quiet"], JIT, &[]);
+    let report = report_of(&run).clone();
+    let pid = report["pid"].as_u64().unwrap_or(0);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    assert_eq!(run.status, 0, "the jit fixture's status; {}", run.stderr);
+    check_schema("jit", &report);
+    print_top("jit", &report, 4);
+    for name in ["JIT:firstBuffer", "JIT:secondBuffer"] {
+        let site = report["call_sites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["call_site"]["function"] == name)
+            .unwrap_or_else(|| panic!("no call site named {name} in {report}"));
+        assert_eq!(
+            site["call_site"]["module"], "[perf-map]",
+            "a frame named from the perf map says so: {site}"
+        );
+        let rss = site["rss_bytes"].as_u64().unwrap_or(0);
+        assert_eq!(rss, 32 * MIB, "{name} mapped and touched 32 MiB: {site}");
+        assert_eq!(site["via"], Value::Null, "the JIT code called mmap itself");
+    }
+}

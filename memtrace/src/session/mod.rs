@@ -35,6 +35,7 @@ use crate::{
     },
     stack::{
         callsite::{self, CallStack, StackTable},
+        perfmap::PerfMaps,
         symbolize::Symbolizer,
         unwind::Unwinder,
     },
@@ -62,6 +63,8 @@ pub struct Session<S: EventSource = Tracer> {
     pub tracer: S,
     pub symbolizer: Symbolizer,
     pub unwinder: Unwinder,
+    /// The traced processes' perf maps, naming JIT code in stacks.
+    perf_maps: PerfMaps,
     /// Raw call stacks of all events, by `Event::call_stack`.
     pub stacks: StackTable,
     pub summary: Summary,
@@ -104,6 +107,7 @@ impl<S: EventSource> Session<S> {
             tracer: source,
             symbolizer: Symbolizer::new(),
             unwinder: Unwinder::new(),
+            perf_maps: PerfMaps::default(),
             stacks: StackTable::default(),
             summary: Summary::default(),
             start_ns: monotonic_ns(),
@@ -288,7 +292,8 @@ impl<S: EventSource> Session<S> {
                 let stack = callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
                     tracer.stack(id)
                 });
-                let located = maps::locate(maps, &stack);
+                let mut located = maps::locate(maps, &stack);
+                self.perf_maps.name_jit(ev.pid, &mut located);
                 ev.call_stack = Some(self.stacks.intern(located));
                 ev.user = None;
             }
@@ -321,12 +326,14 @@ impl<S: EventSource> Session<S> {
             match ev.call {
                 Call::Exec { .. } => {
                     self.unwinder.forget(ev.pid);
+                    self.perf_maps.forget(ev.pid);
                     self.maps.remove(&ev.pid);
                 }
                 Call::Exit { .. } => {
                     // Nothing of a process outlives it here: its report was
                     // taken at its exit stop, before this event.
                     self.unwinder.forget(ev.pid);
+                    self.perf_maps.forget(ev.pid);
                     self.pids.remove(&ev.pid);
                     self.ledgers.remove(&ev.pid);
                     self.maps.remove(&ev.pid);
