@@ -459,6 +459,15 @@ impl SiteStacks for Sites<'_> {
             None => CallStack::default(),
         }
     }
+
+    fn reservation_site(&self, origin: &Origin) -> Option<u32> {
+        origin.reserved_by.and_then(|id| self.stacks.site(id))
+    }
+
+    fn reservation_stack(&mut self, origin: &Origin) -> Option<CallStack> {
+        let id = origin.reserved_by?;
+        Some(self.stacks.call_stack(id, self.symbolizer))
+    }
 }
 
 /// When an event's change to the address space is known to have happened,
