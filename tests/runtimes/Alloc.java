@@ -2,6 +2,8 @@
 // malloc'd by the JVM for Java code. At the end, the JVM's own figures:
 // `VM.native_memory summary` (run with -XX:NativeMemoryTracking=summary),
 // asked in-process through the DiagnosticCommand MBean (what jcmd calls).
+// Before the direct buffers, `Compiler.perfmap` writes /tmp/perf-PID.map,
+// naming the interpreter and the compiled code the stacks go through.
 import java.lang.management.ManagementFactory;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
@@ -30,15 +32,20 @@ public class Alloc {
         }
     }
 
+    static String diagnostic(String command, String... args) throws Exception {
+        return (String) ManagementFactory.getPlatformMBeanServer().invoke(
+                new ObjectName("com.sun.management:type=DiagnosticCommand"),
+                command,
+                new Object[] {args},
+                new String[] {String[].class.getName()});
+    }
+
     public static void main(String[] args) throws Exception {
         fillHeap();
+        diagnostic("compilerPerfmap");
         fillDirect();
         System.out.println("kept " + KEPT.size());
-        String nmt = (String) ManagementFactory.getPlatformMBeanServer().invoke(
-                new ObjectName("com.sun.management:type=DiagnosticCommand"),
-                "vmNativeMemory",
-                new Object[] {new String[] {"summary"}},
-                new String[] {String[].class.getName()});
+        String nmt = diagnostic("vmNativeMemory", "summary");
         System.out.println(nmt);
         System.out.flush();
         // Exit at once, before the heap shrinks: the report shows it.

@@ -597,6 +597,8 @@ fn jvm_heap_direct_buffers_and_metaspace() {
             "Alloc",
         ],
     );
+    let pid = report["pid"].as_u64().unwrap_or(0);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     print_top("java", &report, 8);
     println!("java took {:?}", started.elapsed());
     assert_top("java", &report, "jvm_heap", "runtime_heaps", "jvm");
@@ -625,6 +627,20 @@ fn jvm_heap_direct_buffers_and_metaspace() {
         ),
         (Some("Unsafe_AllocateMemory0"), Some(true)),
         "the JNI entry that malloc'd, via the VM's malloc: {direct_site}"
+    );
+    // Past it, the Java frames: code in the code cache, named from the
+    // perf map the workload had the JVM write (`Compiler.perfmap`).
+    let jit: Vec<&str> = direct_site["stack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["module"] == "[perf-map]")
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    println!("java: frames named from the perf map: {jit:?}");
+    assert!(
+        !jit.is_empty(),
+        "the direct buffers' stack reaches Java code, named from the JVM's perf map: {direct_site}"
     );
     for sub in ["jvm_metaspace", "jvm_code_cache"] {
         assert!(subcategory_bytes(&report, sub) > 0, "{sub} holds memory");

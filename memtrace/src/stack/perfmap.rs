@@ -26,7 +26,6 @@ use std::{
     io::{Read as _, Seek as _, SeekFrom},
     os::unix::fs::MetadataExt as _,
     sync::Arc,
-    time::{Duration, Instant},
 };
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -43,11 +42,6 @@ pub const MAX_BYTES: u64 = 256 << 20;
 /// Longest line kept: longer ones are skipped (names are at most a few
 /// KiB, even for Java's generic signatures).
 const MAX_LINE: usize = 64 << 10;
-
-/// How often a missing file is looked for again: a JIT writes its map
-/// from its first compilation on, which may come after the first frames
-/// in anonymous memory.
-const RETRY_OPEN: Duration = Duration::from_millis(100);
 
 /// A piece of JIT code: where it ends and its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,28 +182,64 @@ pub enum PerfMapError {
     },
 }
 
-impl PerfMap {
-    /// Open process `pid`'s perf map (see the module doc for the checks)
-    /// and read what it holds so far.
-    pub fn open(pid: u32) -> Result<PerfMap, PerfMapError> {
+/// Where a process's perf map is and who may own it, found once per
+/// process: the open root directory it lives under, its pid there and its
+/// user.
+#[derive(Debug)]
+pub struct Target {
+    pid: u32,
+    ns_pid: u32,
+    uid: u32,
+    root: File,
+}
+
+impl Target {
+    /// Process `pid`'s root, namespace pid and user (the owner of its
+    /// `/proc` directory).
+    pub fn of(pid: u32) -> Result<Target, PerfMapError> {
         let proc_err = |source| PerfMapError::Proc { pid, source };
-        // The process's user: the owner of its /proc directory.
         let uid = std::fs::metadata(format!("/proc/{pid}"))
             .map_err(proc_err)?
             .uid();
         let ns_pid = pid::ns_tgid(pid).map_err(proc_err)?;
         let root = File::open(format!("/proc/{pid}/root")).map_err(proc_err)?;
+        Ok(Target {
+            pid,
+            ns_pid,
+            uid,
+            root,
+        })
+    }
+}
+
+impl PerfMap {
+    /// Open process `pid`'s perf map (see the module doc for the checks)
+    /// and read what it holds so far.
+    pub fn open(pid: u32) -> Result<PerfMap, PerfMapError> {
+        PerfMap::open_in(&Target::of(pid)?)
+    }
+
+    /// Open the perf map of `target`.
+    pub fn open_in(target: &Target) -> Result<PerfMap, PerfMapError> {
+        let Target {
+            pid,
+            ns_pid,
+            uid,
+            ref root,
+        } = *target;
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let path = format!("tmp/perf-{ns_pid}.map");
-        let fd = openat2(&root, path.as_str(), how).map_err(|source| PerfMapError::Open {
+        let fd = openat2(root, path.as_str(), how).map_err(|source| PerfMapError::Open {
             pid,
             ns_pid,
             source,
         })?;
         let file = File::from(fd);
-        let meta = file.metadata().map_err(proc_err)?;
+        let meta = file
+            .metadata()
+            .map_err(|source| PerfMapError::Proc { pid, source })?;
         if !meta.is_file() {
             return Err(PerfMapError::NotRegular { pid, ns_pid });
         }
@@ -284,37 +314,33 @@ pub struct PerfMaps {
 #[derive(Debug)]
 enum Slot {
     Open(PerfMap),
-    /// Not there (or refused) when last looked for.
-    Missing(Instant),
+    /// No map yet (a JIT writes it from its first compilation on, or when
+    /// asked, as `jcmd PID Compiler.perfmap`): looked for again, one
+    /// `openat2`, for each stack that needs it.
+    Missing(Target),
+    /// Not a process memtrace can look into (gone, or no access).
+    Unreachable,
 }
 
 impl PerfMaps {
-    /// The name of the JIT code at `addr` in process `pid`, and the
-    /// offset of `addr` in it.
-    pub fn find(&mut self, pid: u32, addr: u64) -> Option<(Arc<str>, u64)> {
-        let slot = self
-            .maps
-            .entry(pid)
-            .or_insert_with(|| Slot::Missing(Instant::now() - RETRY_OPEN));
-        if let Slot::Missing(since) = slot
-            && since.elapsed() >= RETRY_OPEN
-        {
-            *slot = match PerfMap::open(pid) {
-                Ok(map) => Slot::Open(map),
-                Err(_) => Slot::Missing(Instant::now()),
-            };
-        }
-        match slot {
-            Slot::Open(map) => map.find(addr),
-            Slot::Missing(_) => None,
-        }
-    }
-
     /// Name the frames of `stack` (of process `pid`) that lie in anonymous
     /// memory and that its perf map knows.
     pub fn name_jit(&mut self, pid: u32, stack: &mut [crate::proc::maps::Loc]) {
+        if stack.iter().all(|l| l.module.is_some()) {
+            return;
+        }
+        let slot = self
+            .maps
+            .entry(pid)
+            .or_insert_with(|| Target::of(pid).map_or(Slot::Unreachable, Slot::Missing));
+        if let Slot::Missing(target) = slot
+            && let Ok(map) = PerfMap::open_in(target)
+        {
+            *slot = Slot::Open(map);
+        }
+        let Slot::Open(map) = slot else { return };
         for loc in stack.iter_mut().filter(|l| l.module.is_none()) {
-            loc.jit = self.find(pid, loc.addr).map(|(name, _)| name);
+            loc.jit = map.find(loc.addr).map(|(name, _)| name);
         }
     }
 
