@@ -15,7 +15,7 @@
 //!   that root only, never the last component, never `/proc` magic links;
 //! - it must be a regular file owned by the target's user or by root;
 //! - malformed lines are skipped and counted, and reading stops at
-//!   [`MAX_BYTES`].
+//!   [`MAX_BYTES`] and [`MAX_ENTRIES`].
 //!
 //! The descriptor is kept, so names resolve after the target is gone; the
 //! file is read again where it grew when an address misses.
@@ -35,9 +35,17 @@ use crate::proc::pid;
 /// Module name of frames named from a perf map.
 pub const MODULE: &str = "[perf-map]";
 
-/// Most bytes read from one perf map (a long-running JVM's map is tens of
+/// Most bytes read from one perf map (a long-running JVM's map is a few
 /// MiB; a target could grow its file without end).
-pub const MAX_BYTES: u64 = 256 << 20;
+pub const MAX_BYTES: u64 = 64 << 20;
+
+/// Most pieces of code kept from one map (a large JVM names ~100k): with
+/// [`MAX_BYTES`] this bounds what a hostile map costs memtrace to about
+/// 100 MiB.
+pub const MAX_ENTRIES: usize = 512 << 10;
+
+/// Bytes read at a time.
+const CHUNK: u64 = 1 << 20;
 
 /// Longest line kept: longer ones are skipped (names are at most a few
 /// KiB, even for Java's generic signatures).
@@ -93,7 +101,10 @@ impl Entries {
 
     fn line(&mut self, line: &[u8]) {
         match parse_line(line) {
-            Some((start, size, name)) if line.len() <= MAX_LINE => {
+            Some((start, size, name))
+                if line.len() <= MAX_LINE
+                    && (self.code.len() < MAX_ENTRIES || self.code.contains_key(&start)) =>
+            {
                 let end = start.saturating_add(size);
                 self.code.insert(
                     start,
@@ -277,15 +288,20 @@ impl PerfMap {
         {
             return false;
         }
+        let mut any = false;
         let mut buf = Vec::new();
-        let want = until - self.entries.consumed;
-        match (&self.file).take(want).read_to_end(&mut buf) {
-            Ok(0) | Err(_) => false,
-            Ok(_) => {
-                self.entries.feed(&buf);
-                true
+        while self.entries.consumed < until {
+            buf.clear();
+            let want = (until - self.entries.consumed).min(CHUNK);
+            match (&self.file).take(want).read_to_end(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    self.entries.feed(&buf);
+                    any = true;
+                }
             }
         }
+        any
     }
 
     /// The code holding `addr`, reading the file again if it grew.
@@ -392,6 +408,20 @@ mod tests {
         e.feed(b"100 100 blob\n140 10 stub\n100 100 reused\n");
         assert_eq!(e.find(0x145).map(|h| h.0), Some(Arc::from("stub")));
         assert_eq!(e.find(0x160).map(|h| h.0), Some(Arc::from("reused")));
+    }
+
+    #[test]
+    fn entries_are_bounded() {
+        let mut e = Entries::default();
+        let mut text = Vec::new();
+        for i in 0..MAX_ENTRIES as u64 + 10 {
+            text.extend_from_slice(format!("{:x} 1 f\n", i * 16).as_bytes());
+        }
+        e.feed(&text);
+        assert_eq!(e.len(), MAX_ENTRIES);
+        // A later line for a known start still replaces it.
+        e.feed(b"0 1 g\n");
+        assert_eq!(e.find(0).map(|h| h.0), Some(Arc::from("g")));
     }
 
     #[test]
