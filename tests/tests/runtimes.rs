@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Background, report_of, run_launch};
+use common::{Background, Waiting, report_of, require_tool, run_attached, run_launch};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -759,4 +759,71 @@ fn nmt_committed(summary: &str) -> std::collections::HashMap<String, u64> {
         }
     }
     out
+}
+
+/// The JIT calls of a report: (call site function, module, RSS) of the
+/// rows named `JIT:*`.
+fn jit_rows(report: &Value) -> Vec<(String, String, u64)> {
+    report["call_sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let f = s["call_site"]["function"].as_str()?;
+            f.starts_with("JIT:").then(|| {
+                (
+                    f.to_owned(),
+                    s["call_site"]["module"].as_str().unwrap_or("").to_owned(),
+                    s["rss_bytes"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The fixture JIT in PID and mount namespaces of its own, memtrace on
+/// the host: the JIT is pid 1 there and writes `/tmp/perf-1.map` into a
+/// tmpfs only it sees. memtrace finds the map through the process's root,
+/// by the pid the process has in its namespace.
+#[test]
+fn a_perf_map_in_the_targets_own_namespaces_is_read() {
+    require_tool("unshare", "util-linux");
+    const JIT: &str = env!("CARGO_BIN_EXE_jit");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs memtrace-test /tmp && exec "$1" --wait"#,
+        "sh",
+        JIT,
+    ]);
+    let mut w = Waiting::spawn(cmd);
+    assert_eq!(w.pid, 1, "the JIT is pid 1 in its namespace");
+    // Its pid on the host: the child unshare forked.
+    let unshare = w.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .unwrap_or_else(|e| panic!("children of unshare ({unshare}): {e}"));
+    w.pid = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unshare ({unshare}) has no child: {children:?}"));
+    let run = run_attached(&["--json", "--quiet"], w, |w| w.go());
+    assert_eq!(run.status, 0, "memtrace: {}", run.stderr);
+    let report = report_of(&run);
+    print_top("jit in namespaces", report, 3);
+    let rows = jit_rows(report);
+    assert_eq!(
+        rows,
+        vec![
+            ("JIT:firstBuffer".into(), "[perf-map]".into(), 32 * MIB),
+            ("JIT:secondBuffer".into(), "[perf-map]".into(), 32 * MIB),
+        ],
+        "both JIT functions named from the map in the target's /tmp: {report}"
+    );
 }

@@ -4,7 +4,8 @@
 //! `mmap` itself for 32 MiB, which `main` then touches.
 //!
 //! The perf map also holds a malformed line and a second name appended
-//! after the first call, as a JIT's map grows while it runs.
+//! after the first call, as a JIT's map grows while it runs. With
+//! `--wait`, it prints `ready PID` and waits for a line on stdin first.
 
 use std::io::Write as _;
 
@@ -41,6 +42,7 @@ fn main() {
     if !cfg!(target_arch = "x86_64") {
         fail("the generated code is x86-64");
     }
+    memtrace_tests::wait_if_asked("ready");
     // SAFETY: a fresh private anonymous mapping.
     let page = unsafe {
         libc::mmap(
