@@ -438,7 +438,8 @@ mod tests {
     }
 
     /// Our own process, with a perf map written under `/tmp` as a JIT
-    /// would: read, grown, refused when it is a symlink.
+    /// would: read, grown, rewritten; refused when it is a symlink, a FIFO
+    /// or owned by another user.
     #[test]
     fn own_perf_map_is_read_grows_and_symlinks_are_refused() {
         use std::io::Write as _;
@@ -453,7 +454,23 @@ mod tests {
         assert_eq!(map.find(0x2000), None);
         f.write_all(b"2000 10 second\n").expect("write");
         assert_eq!(map.find(0x2004), Some((Arc::from("second"), 4)));
+        // Rewritten shorter: read again from the start.
+        f.set_len(0).expect("truncate");
+        (&f).seek(SeekFrom::Start(0)).expect("seek");
+        f.write_all(b"3000 10 third\n").expect("write");
+        assert_eq!(map.find(0x3000).map(|h| h.0), Some(Arc::from("third")));
+        assert_eq!(map.find(0x1000), None, "the old entries are gone");
         drop(f);
+
+        // Owned by another user than the process's (ours is root's): refused.
+        std::os::unix::fs::chown(&path, Some(4242), None)
+            .expect("chown (the test suite runs as root)");
+        let err = PerfMap::open(me).expect_err("a map owned by another user must be refused");
+        assert!(
+            matches!(err, PerfMapError::Owner { owner: 4242, .. }),
+            "{err}"
+        );
+        std::os::unix::fs::chown(&path, Some(0), None).expect("chown back");
 
         // A symlink planted at the name (to a file of ours) is refused.
         let target = format!("/tmp/perf-{ns}.target");
