@@ -519,6 +519,12 @@ fn redis_memory_is_jemalloc_arenas() {
         String::from_utf8_lossy(&populate.stdout),
         String::from_utf8_lossy(&populate.stderr)
     );
+    // redis's own figures: INFO memory. allocator_active is jemalloc's
+    // stats.active, the pages of its extents in use (touched, here).
+    // allocator_resident (stats.resident) is an upper bound by jemalloc's
+    // own account, above the process's whole anonymous RSS here.
+    let info = redis(&["INFO", "memory"]);
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
     // SHUTDOWN NOSAVE exits at once, keeping the data in memory for the
     // report at exit.
     drop(shutdown);
@@ -539,6 +545,28 @@ fn redis_memory_is_jemalloc_arenas() {
     assert!(
         jemalloc >= 50 * MIB,
         "the populated keys live in jemalloc's arenas: {jemalloc} bytes"
+    );
+    let info_field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in INFO memory:\n{info}"))
+    };
+    compare_figures(
+        "redis-server",
+        report,
+        &[Figure {
+            category: "jemalloc arenas",
+            runtime: info_field("allocator_active"),
+            source: "INFO allocator_active",
+            memtrace: jemalloc,
+            subcategories: "jemalloc",
+        }],
     );
     let top = top_site(report);
     let frames = functions(top);
