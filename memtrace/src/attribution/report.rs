@@ -218,6 +218,25 @@ pub struct AttributedReport {
     /// Every delivered event was applied when the report was taken. False
     /// when the exit hold ran out first: the newest changes are missing.
     pub complete: bool,
+    /// The moment it describes.
+    pub at: ReportAt,
+}
+
+/// The moment a report describes (JSON `"at"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportAt {
+    /// Asked for (an HTTP request).
+    #[default]
+    Request,
+    /// `--report-every`.
+    Periodic,
+    /// The highest anonymous RSS seen while tracing (`--report-at`).
+    Peak,
+    /// The target's exit stop: its memory just before it exited.
+    Exit,
+    /// Tracing ended (Ctrl-C, `--duration`) with the process alive.
+    End,
 }
 
 /// How to build the report.
@@ -390,6 +409,7 @@ pub fn build(
         traced_ranges,
         lost_events: 0,
         complete: true,
+        at: ReportAt::default(),
     }
 }
 
@@ -409,8 +429,13 @@ impl AttributedReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "\n=== Resident anonymous memory by call site: pid {} ===",
-            self.pid
+            "\n=== Resident anonymous memory by call site: pid {}{} ===",
+            self.pid,
+            match self.at {
+                ReportAt::Peak => ", at its peak",
+                ReportAt::Exit => ", at exit",
+                _ => "",
+            }
         );
         let _ = writeln!(
             s,
@@ -542,6 +567,8 @@ pub struct ReportLine<'a> {
     pub lost_events: u64,
     /// See [`AttributedReport::complete`].
     pub complete: bool,
+    /// See [`AttributedReport::at`].
+    pub at: ReportAt,
     /// The ledger's anonymous ranges, adjacent ones coalesced (`--ranges`).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -570,6 +597,7 @@ impl<'a> ReportLine<'a> {
             call_sites: r.top_sites(top),
             lost_events: r.lost_events,
             complete: r.complete,
+            at: r.at,
             traced_ranges: r.traced_ranges.as_deref(),
         }
     }
