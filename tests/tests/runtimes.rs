@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Background, Waiting, report_of, require_tool, run_attached, run_launch};
+use common::{Background, Waiting, require_tool, run_attached, run_launch};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -144,6 +144,21 @@ fn assert_top(what: &str, report: &Value, subcategory: &str, category: &str, rt:
     );
 }
 
+/// The report at the target's exit (`"at": "exit"`; a report at the peak
+/// may come first): what the runtimes' figures, printed just before
+/// exiting, describe.
+fn exit_report(run: &common::Run) -> &Value {
+    run.others
+        .iter()
+        .find(|v| v["type"] == "report" && v["at"] == "exit")
+        .unwrap_or_else(|| {
+            panic!(
+                "memtrace printed no JSON report at exit (status {}); other objects: {:?}; stderr:\n{}",
+                run.status, run.others, run.stderr
+            )
+        })
+}
+
 /// Launch `cmd args` under memtrace and return its JSON report.
 fn launch(what: &str, cmd: &Path, args: &[&str]) -> Value {
     launch_run(what, cmd, args).0
@@ -159,7 +174,7 @@ fn launch_run(what: &str, cmd: &Path, args: &[&str]) -> (Value, common::Run) {
         "{what}: memtrace's status (the workload's); stderr:\n{}",
         run.stderr
     );
-    let report = report_of(&run).clone();
+    let report = exit_report(&run).clone();
     check_schema(what, &report);
     (report, run)
 }
@@ -530,7 +545,7 @@ fn redis_memory_is_jemalloc_arenas() {
     drop(shutdown);
     let run = mt.finish(Duration::from_secs(60));
     assert_eq!(run.status, 0, "memtrace: {}", run.stderr);
-    let report = report_of(&run);
+    let report = exit_report(&run);
     check_schema("redis-server", report);
     print_top("redis-server", report, 6);
     println!("redis took {:?}", started.elapsed());
@@ -741,7 +756,7 @@ fn jvm_heap_direct_buffers_and_metaspace() {
 fn jit_code_is_named_from_the_perf_map() {
     const JIT: &str = env!("CARGO_BIN_EXE_jit");
     let run = run_launch(&["--json", "--quiet"], JIT, &[]);
-    let report = report_of(&run).clone();
+    let report = exit_report(&run).clone();
     let pid = report["pid"].as_u64().unwrap_or(0);
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     assert_eq!(run.status, 0, "the jit fixture's status; {}", run.stderr);
@@ -843,7 +858,7 @@ fn a_perf_map_in_the_targets_own_namespaces_is_read() {
         .unwrap_or_else(|| panic!("unshare ({unshare}) has no child: {children:?}"));
     let run = run_attached(&["--json", "--quiet"], w, |w| w.go());
     assert_eq!(run.status, 0, "memtrace: {}", run.stderr);
-    let report = report_of(&run);
+    let report = exit_report(&run);
     print_top("jit in namespaces", report, 3);
     let rows = jit_rows(report);
     assert_eq!(
