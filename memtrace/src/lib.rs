@@ -14,6 +14,8 @@
 //! - [`attribution`]: the ledger of traced ranges, its join with smaps, the
 //!   attributed report.
 //! - [`session`]: a tracing session and its live event stream.
+//! - [`history`]: the attributed report sampled over time, growth and
+//!   `--alert` rules.
 //! - [`serve`]: the reports over HTTP.
 //! - [`schema`]: the JSON output contract (version, address convention).
 //! - [`text`]: names from the target made safe for a terminal.
@@ -25,6 +27,7 @@
 //! loading the tracer fails with an error that says the programs are missing.
 
 pub mod attribution;
+pub mod history;
 pub mod proc;
 pub mod schema;
 pub mod serve;

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+pub mod history;
 pub mod serve;
 pub mod snapshot;
 pub mod trace;

@@ -26,6 +26,10 @@ pub struct Args {
     /// call site at /debug/memory/attributed (and .json).
     #[arg(long)]
     pub trace: bool,
+    /// With --trace: the report is sampled into a history served at
+    /// /debug/memory/history.json; alerts are logged on stderr.
+    #[command(flatten)]
+    pub history: super::history::HistoryArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -42,8 +46,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     serve::check_listen_addrs(&addrs, args.allow_remote)?;
     // Fail now, not on the first request, if the process cannot be read.
     snapshot::capture(args.pid)?;
+    let watch = args.history.watch_options()?;
     let tracing = if args.trace {
-        Some(serve::TracingHandle::start(args.pid)?)
+        Some(serve::TracingHandle::start_with(args.pid, &watch)?)
     } else {
         None
     };

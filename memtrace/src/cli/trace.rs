@@ -112,6 +112,15 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub event_buffer: usize,
 
+    #[command(flatten)]
+    pub history: super::history::HistoryArgs,
+
+    /// Once an --alert rule trips: stop tracing, write the report and exit
+    /// with status 3 (ALERT_EXIT_STATUS), e.g. to fail a CI load test. A
+    /// launched command is left running.
+    #[arg(long, requires = "alerts")]
+    pub exit_on_alert: bool,
+
     /// Command to launch and trace from its first instruction (after `--`).
     ///
     /// memtrace exits with its status. Signals sent to memtrace are passed
@@ -230,6 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             identity.pid
         );
     }
+    let watch = args.history.watch_options()?;
     let opts = TracerOptions {
         follow_forks: args.follow_forks,
         ring_bytes: Some(args.ring_buffer_size),
@@ -300,6 +310,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ranges: args.ranges,
         launched,
         exit_hold: Some(args.exit_hold),
+        watch: Some(watch),
+        exit_on_alert: args.exit_on_alert,
     };
     let format = if args.json {
         Format::Json
@@ -337,8 +349,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("memtrace: {e:#}");
         }
     }
+    if args.exit_on_alert && outcome.alerted {
+        return Ok(ExitCode::from(ALERT_EXIT_STATUS));
+    }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
+
+/// Exit status with `--exit-on-alert` when an alert tripped.
+pub const ALERT_EXIT_STATUS: u8 = 3;
 
 /// `--folded` and `--flamegraph` files, created before tracing starts so a
 /// bad path is reported at once, not after the whole trace.

@@ -14,6 +14,7 @@ pub use super::relay::StopFlags;
 use super::{Session, output::Output, relay::Relay};
 use crate::{
     attribution::report::{AttributedReport, ReportOptions},
+    history::{Watch, WatchOptions},
     proc::pid::process_exists,
     trace::{
         launch::{ChildEvent, Launched},
@@ -45,6 +46,11 @@ pub struct DriveOptions {
     /// Longest time the target is held at its exit stop for the final
     /// report; `None` (or zero) lets it go at once, without a report.
     pub exit_hold: Option<Duration>,
+    /// Sample the report into a history every so often, list what grew
+    /// and evaluate `--alert` rules ([`crate::history`]).
+    pub watch: Option<WatchOptions>,
+    /// Stop tracing (with the final report) once an alert trips.
+    pub exit_on_alert: bool,
 }
 
 /// Default of [`DriveOptions::exit_hold`].
@@ -60,6 +66,8 @@ pub struct Outcome {
     /// The output was closed (`memtrace … | head`): tracing ended there,
     /// without a report or summary.
     pub output_closed: bool,
+    /// Some `--alert` rule tripped.
+    pub alerted: bool,
 }
 
 /// Trace `target` until it exits, a stop is requested, or the duration
@@ -82,6 +90,8 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
         notes,
         exit_code: 0,
         report: None,
+        watch: opts.watch.as_ref().map(Watch::new),
+        alerted: false,
     };
     match run.trace(&mut tracee, out, stop) {
         Ok(()) => {}
@@ -90,6 +100,7 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
                 exit_code: run.exit_code,
                 report: run.report,
                 output_closed: true,
+                alerted: run.alerted,
             });
         }
         Err(e) => return Err(e),
@@ -98,6 +109,7 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
         exit_code: run.exit_code,
         report: run.report,
         output_closed: false,
+        alerted: run.alerted,
     })
 }
 
@@ -108,6 +120,8 @@ struct Run<'a, S: EventSource> {
     notes: &'a mut dyn Notes,
     exit_code: i32,
     report: Option<AttributedReport>,
+    watch: Option<Watch>,
+    alerted: bool,
 }
 
 impl<S: EventSource> Run<'_, S> {
@@ -121,6 +135,8 @@ impl<S: EventSource> Run<'_, S> {
         let mut last_report = Instant::now();
         let mut reported_lost = 0;
         let mut relay = Relay::default();
+        // The first sample at once: growth is measured from the start.
+        let mut last_sample: Option<Instant> = None;
         loop {
             let events = self.session.poll(POLL);
             self.emit(&events, out)?;
@@ -135,6 +151,19 @@ impl<S: EventSource> Run<'_, S> {
                 if let Some(report) = self.take_report() {
                     // Dropped rather than waited for when the reader lags.
                     out.report(&report, false)?;
+                }
+            }
+            if let Some(every) = self.watch.as_ref().map(Watch::every)
+                && last_sample.is_none_or(|t| t.elapsed() >= every)
+            {
+                last_sample = Some(Instant::now());
+                if let Some(report) = self.take_report() {
+                    self.sample(&report, out)?;
+                }
+                if self.alerted && self.opts.exit_on_alert {
+                    self.notes
+                        .note("an alert tripped (--exit-on-alert): stopping with a report");
+                    break;
                 }
             }
             if let Some(kind) = out.error() {
@@ -183,8 +212,18 @@ impl<S: EventSource> Run<'_, S> {
         if self.report.is_none() && !self.opts.no_report && process_exists(self.target) {
             self.report = self.take_report();
         }
+        if let Some(report) = self.report.take() {
+            // The end is a sample too: the "Growing" list as of the end.
+            self.sample(&report, out)?;
+            self.report = Some(report);
+        }
         match &self.report {
-            Some(report) => out.report(report, true)?,
+            Some(report) => {
+                out.report(report, true)?;
+                if let Some(w) = &self.watch {
+                    out.text_block(&w.growing_text())?;
+                }
+            }
             None if !self.opts.no_report => self.notes.note(if self.hold().is_none() {
                 "no report: holding the target at exit is disabled (--exit-hold 0)"
             } else {
@@ -244,6 +283,24 @@ impl<S: EventSource> Run<'_, S> {
                 .note(&format!("no report for pid {}: {e}", self.target)),
         }
         result
+    }
+
+    /// Add `report` to the history; write an alert line for each rule that
+    /// tripped.
+    fn sample<W: Write + Send + 'static>(
+        &mut self,
+        report: &AttributedReport,
+        out: &mut Output<W>,
+    ) -> io::Result<()> {
+        let Some(watch) = &mut self.watch else {
+            return Ok(());
+        };
+        let events = self.session.summary.events.values().sum();
+        for alert in watch.record(report, events) {
+            self.alerted = true;
+            out.alert(report.pid, &alert)?;
+        }
+        Ok(())
     }
 
     /// The full report (all call sites), or `None` with a note.
