@@ -9,7 +9,10 @@
 //! - The slope is fitted from *since* to now (all of the window when the
 //!   minimum is its last sample), so a site that was flat and then started
 //!   to leak gets the leak's rate, not one diluted by the flat part.
-//! - *monotone*: the series never fell over the window.
+//! - *monotone*: the series never fell over the window by more than
+//!   [`MONOTONE_SLACK`] of its peak from one sample to the next (a running
+//!   process moves a few pages between call sites that share a VMA between
+//!   the smaps and pagemap reads of one sample: noise, not a fall).
 
 use std::time::Duration;
 
@@ -26,11 +29,15 @@ pub struct Growth {
     pub growth_bytes: i64,
     /// Least-squares slope from `since_unix_ms` to now.
     pub bytes_per_minute: f64,
-    /// Never fell over the window.
+    /// Never fell over the window (beyond [`MONOTONE_SLACK`]).
     pub monotone: bool,
     /// The last sample at the window's minimum: when the rise began.
     pub since_unix_ms: u64,
 }
+
+/// The fall between two samples, as a share of the series' peak, that
+/// still counts as monotone.
+pub const MONOTONE_SLACK: f64 = 0.01;
 
 /// A call site whose RSS rose by more than the threshold (the "Growing"
 /// list; `growing` in `history.json`).
@@ -60,9 +67,19 @@ pub fn growth(times_ms: &[u64], values: &[u64]) -> Option<Growth> {
         now_bytes: now,
         growth_bytes: now as i64 - start as i64,
         bytes_per_minute: slope,
-        monotone: values.windows(2).all(|w| w[1] >= w[0]),
+        monotone: monotone(values),
         since_unix_ms: times_ms[since],
     })
+}
+
+/// Whether `values` never fell by more than [`MONOTONE_SLACK`] of their
+/// peak from one sample to the next.
+fn monotone(values: &[u64]) -> bool {
+    let peak = values.iter().copied().max().unwrap_or(0);
+    let slack = (peak as f64 * MONOTONE_SLACK) as u64;
+    values
+        .windows(2)
+        .all(|w| w[1].saturating_add(slack) >= w[0])
 }
 
 /// Least-squares slope of `values` over `times_ms`, per millisecond (0
@@ -145,6 +162,8 @@ mod tests {
         let times = [0, 1000, 2000, 3000];
         let g = growth(&times, &[10, 30, 20, 40]).expect("growth");
         assert!(!g.monotone);
+        let dip = growth(&times, &[1000, 2000, 1990, 3000]).expect("growth");
+        assert!(dip.monotone, "a dip within 1% of the peak is noise");
         assert_eq!((g.growth_bytes, g.since_unix_ms), (30, 0));
         let g = growth(&times, &[40, 30, 20, 10]).expect("growth");
         assert_eq!(g.growth_bytes, -30);

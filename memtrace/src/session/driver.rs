@@ -153,7 +153,10 @@ impl<S: EventSource> Run<'_, S> {
                     out.report(&report, false)?;
                 }
             }
+            // Not once the exit report is taken: the process is being torn
+            // down, its memory half gone.
             if let Some(every) = self.watch.as_ref().map(Watch::every)
+                && self.report.is_none()
                 && last_sample.is_none_or(|t| t.elapsed() >= every)
             {
                 last_sample = Some(Instant::now());

@@ -128,7 +128,7 @@ fn main() {
         grown += chunk;
         say(&format!("grew {grown} {}", unix_ms()));
         n += 1;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             scratch = recycle_scratch(scratch);
         }
         // On a fixed schedule, so the rate does not drift with the work.
