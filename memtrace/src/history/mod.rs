@@ -242,11 +242,11 @@ impl History {
         History {
             config,
             capacity: config.capacity(),
-            totals: VecDeque::new(),
-            categories: VecDeque::new(),
+            totals: VecDeque::with_capacity(config.capacity()),
+            categories: VecDeque::with_capacity(config.capacity()),
             sites: Vec::new(),
             index: HashMap::new(),
-            other: VecDeque::new(),
+            other: VecDeque::with_capacity(config.capacity()),
         }
     }
 
@@ -345,7 +345,10 @@ impl History {
     }
 
     fn insert(&mut self, point: SitePoint, at: usize) {
-        let mut values: VecDeque<u64> = std::iter::repeat_n(ABSENT, at + 1).collect();
+        // The whole window at once: a series never reallocates (no
+        // garbage left behind as it fills).
+        let mut values: VecDeque<u64> = VecDeque::with_capacity(self.capacity);
+        values.extend(std::iter::repeat_n(ABSENT, at + 1));
         values[at] = point.rss_bytes;
         self.index.insert(point.key.clone(), self.sites.len());
         self.sites.push(Series {
