@@ -23,11 +23,12 @@ pub struct Args {
     #[arg(long)]
     pub allow_remote: bool,
     /// Also trace the process with eBPF (root) and serve resident memory by
-    /// call site at /debug/memory/attributed (and .json).
+    /// call site at /debug/memory/attributed (and .json), and its history
+    /// (sampled as the options below say) at /debug/memory/history.json.
     #[arg(long)]
     pub trace: bool,
-    /// With --trace: the report is sampled into a history served at
-    /// /debug/memory/history.json; alerts are logged on stderr.
+    // With --trace: the report is sampled into a history served at
+    // /debug/memory/history.json; alerts are logged on stderr.
     #[command(flatten)]
     pub history: super::history::HistoryArgs,
 }
@@ -44,9 +45,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?
         .collect();
     serve::check_listen_addrs(&addrs, args.allow_remote)?;
+    let watch = args.history.watch_options()?;
     // Fail now, not on the first request, if the process cannot be read.
     snapshot::capture(args.pid)?;
-    let watch = args.history.watch_options()?;
     let tracing = if args.trace {
         Some(serve::TracingHandle::start_with(args.pid, &watch)?)
     } else {

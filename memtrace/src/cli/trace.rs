@@ -116,7 +116,7 @@ pub struct Args {
     pub history: super::history::HistoryArgs,
 
     /// Once an --alert rule trips: stop tracing, write the report and exit
-    /// with status 3 (ALERT_EXIT_STATUS), e.g. to fail a CI load test. A
+    /// with status 3, e.g. to fail a CI load test. A
     /// launched command is left running.
     #[arg(long, requires = "alerts")]
     pub exit_on_alert: bool,
@@ -226,6 +226,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              `memtrace snapshot --pid PID` needs no eBPF"
         );
     }
+    // Flags that do not fit together fail before anything starts.
+    let watch = args.history.watch_options()?;
     // Pinned from the first moment: the pid may name another process by
     // the time the tracer is loaded.
     let pinned = args.pid.map(pid::resolve_target).transpose()?;
@@ -239,7 +241,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             identity.pid
         );
     }
-    let watch = args.history.watch_options()?;
     let opts = TracerOptions {
         follow_forks: args.follow_forks,
         ring_bytes: Some(args.ring_buffer_size),
