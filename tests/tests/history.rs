@@ -331,6 +331,18 @@ fn history_json_names_the_growing_site_with_its_rate() {
     );
     assert_eq!(leak["category"], "other_call_sites", "{leak}");
 
+    // Its category grew as much.
+    let category = last["category_growth"]
+        .as_array()
+        .expect("category_growth")
+        .iter()
+        .find(|c| c["category"] == "other_call_sites")
+        .unwrap_or_else(|| panic!("other_call_sites grew: {last}"));
+    assert!(
+        category["growth_bytes"].as_u64() >= leak["growth_bytes"].as_u64(),
+        "{category} vs {leak}"
+    );
+
     // Identity: the flat site kept its key; the remapped site is one
     // series, resident in every sample, though its ranges are new ones.
     assert_eq!(

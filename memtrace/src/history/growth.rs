@@ -51,6 +51,15 @@ pub struct GrowingSite {
     pub growth: Growth,
 }
 
+/// Growth of one category over the window (`category_growth` in
+/// `history.json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CategoryGrowth {
+    pub category: SiteCategory,
+    #[serde(flatten)]
+    pub growth: Growth,
+}
+
 /// Growth of `values` sampled at `times_ms` (same length, oldest first);
 /// `None` with fewer than two samples or mismatched lengths.
 pub fn growth(times_ms: &[u64], values: &[u64]) -> Option<Growth> {

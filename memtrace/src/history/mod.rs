@@ -501,6 +501,11 @@ impl History {
             samples,
             sites,
             growing: self.growing(grow_threshold),
+            category_growth: self
+                .category_growth()
+                .into_iter()
+                .map(|(category, growth)| growth::CategoryGrowth { category, growth })
+                .collect(),
             alerts: alerts.to_vec(),
         }
     }
@@ -655,6 +660,9 @@ pub struct HistoryDoc {
     /// Largest now first; "other" last.
     pub sites: Vec<SiteDoc>,
     pub growing: Vec<growth::GrowingSite>,
+    /// Growth of each category that holds or held memory, in
+    /// [`SiteCategory::ALL`] order.
+    pub category_growth: Vec<growth::CategoryGrowth>,
     pub alerts: Vec<alert::AlertState>,
 }
 
