@@ -15,6 +15,8 @@
 //!   attributed report.
 //! - [`export`]: renderings of the reports for other tools (Prometheus).
 //! - [`session`]: a tracing session and its live event stream.
+//! - [`history`]: the attributed report sampled over time, growth and
+//!   `--alert` rules.
 //! - [`serve`]: the reports over HTTP.
 //! - [`schema`]: the JSON output contract (version, address convention).
 //! - [`text`]: names from the target made safe for a terminal.
@@ -27,6 +29,7 @@
 
 pub mod attribution;
 pub mod export;
+pub mod history;
 pub mod proc;
 pub mod schema;
 pub mod serve;

@@ -4,6 +4,8 @@ mod cli;
 
 use std::process::ExitCode;
 
+use cli::say;
+
 use clap::Parser as _;
 
 fn main() -> ExitCode {
@@ -12,7 +14,7 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("memtrace: {err:#}");
+            say!("memtrace: {err:#}");
             ExitCode::FAILURE
         }
     }

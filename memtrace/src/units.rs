@@ -4,6 +4,9 @@
 //! 1 KiB the exact byte count is shown, so a small nonzero region never
 //! prints as 0, and a value never rounds up to `1024.0` of a unit (it moves
 //! to the next unit instead).
+//!
+//! [`parse_size`] and [`parse_duration`] read what users write in flags and
+//! alert rules (`2GiB`, `512KiB`, `10m`, `500ms`).
 
 use std::fmt;
 
@@ -49,9 +52,107 @@ impl fmt::Display for Human {
     }
 }
 
+/// Parse a byte size: a whole or decimal number with an optional binary
+/// unit (`B`, `K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`), e.g. `2GiB`,
+/// `1.5G`, `65536`. Decimal units (`MB`, `GB`) are refused rather than
+/// guessed.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 2GiB, 100MiB, 512KiB)"))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KiB" | "k" => 1024.0,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "T" | "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}` (use B, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    // 2^63: far beyond any address space, and exact in f64.
+    if !bytes.is_finite() || bytes > 9.223_372_036_854_776e18 {
+        return Err(format!("`{s}` is too large"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parse a duration: a number with a unit `ms`, `s`, `m` (or `min`) or
+/// `h` (a bare number is seconds), e.g. `500ms`, `10s`, `5m`, `1h`. Zero
+/// and negative durations are refused.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 10s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!(
+            "`{s}` is out of range (more than 0, at most 1e9 s)"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_or_say_why_not() {
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(
+            parse_size("2GB")
+                .expect_err("refused")
+                .contains("unknown size unit `GB`")
+        );
+        assert!(
+            parse_size("lots")
+                .expect_err("refused")
+                .contains("not a size")
+        );
+        assert!(
+            parse_size("99999999999TiB")
+                .expect_err("refused")
+                .contains("too large")
+        );
+        use std::time::Duration;
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(
+            parse_duration("5y")
+                .expect_err("refused")
+                .contains("unknown duration unit")
+        );
+    }
 
     #[test]
     fn units() {

@@ -230,8 +230,21 @@ fn prometheus_scrapes_call_sites_and_categories() {
 
     let mut w = Waiting::start(GROUND_TRUTH, &["--out", out.to_str().expect("utf8")]);
     let pid = w.pid.to_string();
-    let (traced, traced_addr) =
-        serve(&["--trace", "--pid", &pid, "--metrics-sites", METRICS_SITES]);
+    let (traced, traced_addr) = serve(&[
+        "--trace",
+        "--pid",
+        &pid,
+        "--metrics-sites",
+        METRICS_SITES,
+        "--sample-every",
+        "100ms",
+        "--history",
+        "1m",
+        "--alert",
+        "rss>1KiB",
+        "--alert",
+        "rss>1TiB",
+    ]);
     let mut children = Killed(vec![traced]);
     let (snap, snap_addr) = serve(&["--pid", &pid]);
     children.0.push(snap);
@@ -461,6 +474,14 @@ fn prometheus_scrapes_call_sites_and_categories() {
         query(&prom, "memtrace_target_info{job=\"snapshot\"}")[0].0["pid"],
         pid
     );
+
+    // The --alert rules of the history: one firing, one not.
+    let alerts: HashMap<String, f64> = query(&prom, "memtrace_alert_firing{job=\"memtrace\"}")
+        .into_iter()
+        .map(|(labels, v)| (labels["rule"].clone(), v))
+        .collect();
+    assert_eq!(alerts.get("rss>1KiB"), Some(&1.0), "{alerts:?}");
+    assert_eq!(alerts.get("rss>1TiB"), Some(&0.0), "{alerts:?}");
 
     assert_eq!(w.finish(), 0);
     drop(children);

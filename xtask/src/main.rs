@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_attribution;
+mod bench_history;
 mod bench_overhead;
 mod bench_snapshot;
 mod setup;
@@ -70,6 +71,14 @@ enum Bench {
     /// Attributed report vs `cat /proc/PID/smaps` with 100,000 traced
     /// mappings in 60,000 VMAs; memtrace's peak RSS.
     Attribution,
+    /// CPU per history sample (serve --trace, every 100 ms) vs one raw
+    /// smaps read, 1,000 call sites and 100,000 traced mappings; memtrace's
+    /// RSS growth over the run.
+    History {
+        /// How long to sample.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +96,7 @@ fn main() -> ExitCode {
             Bench::Snapshot => bench_snapshot::run(),
             Bench::Overhead => bench_overhead::run(),
             Bench::Attribution => bench_attribution::run(),
+            Bench::History { secs } => bench_history::run(secs),
         }
         .map(|()| ExitCode::SUCCESS),
     });

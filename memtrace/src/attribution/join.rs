@@ -87,6 +87,17 @@ pub struct AnonTotals {
     pub shared_untraced_rss_bytes: u64,
 }
 
+/// The whole process's resident and swapped memory, summed over the same
+/// smaps read as the attribution (no second read for the history's
+/// samples).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessTotals {
+    /// Resident bytes of every VMA, file-backed too (`Rss`).
+    pub rss_bytes: u64,
+    /// Swapped-out bytes (`Swap`).
+    pub swap_bytes: u64,
+}
+
 /// Resident anonymous memory of one process, by call site.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Attribution {
@@ -96,6 +107,9 @@ pub struct Attribution {
     /// Resident memory and how much of it is attributed.
     #[serde(flatten)]
     pub totals: AnonTotals,
+    /// Resident and swapped memory of the whole process.
+    #[serde(skip)]
+    pub process: ProcessTotals,
     /// One entry per origin with at least one live range, by resident
     /// bytes ([`SiteUsage::resident_bytes`]) descending, then
     /// `virtual_bytes` descending, then origin id.
@@ -330,6 +344,7 @@ impl<'l> Join<'l> {
             out: Attribution {
                 pid: 0,
                 totals: AnonTotals::default(),
+                process: ProcessTotals::default(),
                 sites: Vec::new(),
                 pagemap_vmas: 0,
                 pagemap_failures: 0,
@@ -354,6 +369,8 @@ impl<'l> Join<'l> {
             0
         };
         self.out.totals.anon_rss_bytes += vma.anonymous;
+        self.out.process.rss_bytes += vma.rss;
+        self.out.process.swap_bytes += vma.swap;
         self.out.totals.shared_anon_rss_bytes += shared;
         let ranges = &self.ranges;
         if vma.start < self.prev_end {

@@ -17,7 +17,7 @@ use std::{collections::HashMap, fmt::Write as _, io};
 use serde::Serialize;
 
 use super::classify::{self, MemoryClass, Runtime, Shape};
-use super::join::{AnonTotals, Attribution};
+use super::join::{AnonTotals, Attribution, ProcessTotals};
 use super::ledger::{Ledger, Origin, OriginId};
 use crate::{
     schema,
@@ -143,6 +143,19 @@ impl SiteReport {
         }
     }
 
+    /// The row's identity across reports, for the history
+    /// ([`crate::history`]): a hash of what makes it a row (class, call
+    /// site and `via`, in full), so the same code keeps the same key in
+    /// every report of a session — whichever origins, threads or ranges
+    /// it holds now, and after its ranges were unmapped and mapped again.
+    pub fn key(&self) -> String {
+        use std::hash::{Hash as _, Hasher as _};
+        // SipHash with fixed keys: the same in every report of a run.
+        let mut h = std::hash::DefaultHasher::new();
+        self.row_key().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
     /// What makes two parts one row: they read the same, in full.
     fn row_key(&self) -> (&'static str, String, String) {
         let full = |f: &Option<Frame>| f.as_ref().map(Frame::display).unwrap_or_default();
@@ -202,6 +215,9 @@ pub struct AttributedReport {
     pub pid: u32,
     /// Resident memory and how much of it is attributed.
     pub totals: AnonTotals,
+    /// Resident and swapped memory of the whole process (not in the JSON
+    /// line: the history samples it).
+    pub process: ProcessTotals,
     /// Share of (private) anonymous RSS attributed to a call site (0..=1).
     pub coverage: f64,
     pub categories: Vec<CategoryUsage>,
@@ -403,6 +419,7 @@ pub fn build(
     AttributedReport {
         pid: attribution.pid,
         totals: attribution.totals,
+        process: attribution.process,
         coverage: attribution.coverage(),
         categories,
         call_sites: sites,
@@ -899,6 +916,41 @@ mod tests {
             json["categories"][6]["shared_rss_bytes"].as_u64(),
             Some(2 * P)
         );
+    }
+
+    #[test]
+    fn a_call_site_keeps_its_key_when_its_ranges_change() {
+        use crate::proc::smaps::Vma;
+        let vma = |page: u64, pages: u64| Vma {
+            start: BASE + page * P,
+            end: BASE + (page + pages) * P,
+            rss: pages * P,
+            anonymous: pages * P,
+            ..Vma::default()
+        };
+        let key_of = |r: &AttributedReport, f: &str| {
+            r.call_sites
+                .iter()
+                .find(|s| s.label().contains(f))
+                .map(SiteReport::key)
+                .unwrap_or_else(|| panic!("no {f} in the report"))
+        };
+        // Site 1 maps at page 0; later (a fresh ledger: its first range is
+        // gone) site 2 maps first and site 1 maps again elsewhere, under
+        // another origin.
+        let mut before = Ledger::new();
+        before.apply(&mmap_event(0, 4, libc::MAP_PRIVATE, 1));
+        let at = super::super::join::attribute(&[vma(0, 4)], &before, &mut NoPages);
+        let r1 = build(&at, &before, ReportOptions { ranges: false }, &mut Stacks);
+        let mut after = Ledger::new();
+        after.apply(&mmap_event(0, 4, libc::MAP_PRIVATE, 2));
+        after.apply(&mmap_event(50, 8, libc::MAP_PRIVATE, 1));
+        let vmas = [vma(0, 4), vma(50, 8)];
+        let at = super::super::join::attribute(&vmas, &after, &mut NoPages);
+        let r2 = build(&at, &after, ReportOptions { ranges: false }, &mut Stacks);
+        assert_ne!(r1.call_sites[0].origin, r2.call_sites[0].origin);
+        assert_eq!(key_of(&r1, "app::site1"), key_of(&r2, "app::site1"));
+        assert_ne!(key_of(&r2, "app::site1"), key_of(&r2, "app::site2"));
     }
 
     #[test]

@@ -1,5 +1,17 @@
 //! Command-line definitions and dispatch.
 
+pub mod history;
+/// `eprintln!` that shrugs off a closed stderr: memtrace's messages must
+/// not end a trace (or the target's exit hold) because the log pipe went
+/// away; `eprintln!` panics then.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 pub mod serve;
 pub mod snapshot;
 pub mod trace;

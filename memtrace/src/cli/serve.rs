@@ -24,7 +24,8 @@ pub struct Args {
     #[arg(long)]
     pub allow_remote: bool,
     /// Also trace the process with eBPF (root) and serve resident memory by
-    /// call site at /debug/memory/attributed (and .json).
+    /// call site at /debug/memory/attributed (and .json), and its history
+    /// (sampled as the options below say) at /debug/memory/history.json.
     #[arg(long)]
     pub trace: bool,
     /// Call sites with a series of their own at /metrics (with --trace);
@@ -32,6 +33,10 @@ pub struct Args {
     /// stays bounded.
     #[arg(long, default_value_t = memtrace::export::metrics::DEFAULT_TOP_SITES as u64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub metrics_sites: u64,
+    // With --trace: the report is sampled into a history served at
+    // /debug/memory/history.json; alerts are logged on stderr.
+    #[command(flatten)]
+    pub history: super::history::HistoryArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,10 +51,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?
         .collect();
     serve::check_listen_addrs(&addrs, args.allow_remote)?;
+    let watch = args.history.watch_options()?;
     // Fail now, not on the first request, if the process cannot be read.
     snapshot::capture(args.pid)?;
     let tracing = if args.trace {
-        Some(serve::TracingHandle::start(args.pid)?)
+        Some(serve::TracingHandle::start_with(args.pid, &watch)?)
     } else {
         None
     };
@@ -64,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = listener.local_addr().context("listener address")?;
-        eprintln!(
+        say!(
             "memtrace: serving pid {} on http://{local}/debug/memory (and /debug/memory.json)",
             args.pid
         );

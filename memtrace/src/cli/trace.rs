@@ -122,6 +122,15 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub event_buffer: usize,
 
+    #[command(flatten)]
+    pub history: super::history::HistoryArgs,
+
+    /// Once an --alert rule trips: stop tracing, write the report and exit
+    /// with status 3, e.g. to fail a CI load test. A
+    /// launched command is left running.
+    #[arg(long, requires = "alerts")]
+    pub exit_on_alert: bool,
+
     /// Command to launch and trace from its first instruction (after `--`).
     ///
     /// memtrace exits with its status. Signals sent to memtrace are passed
@@ -235,6 +244,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              `memtrace snapshot --pid PID` needs no eBPF"
         );
     }
+    // Flags that do not fit together fail before anything starts.
+    let watch = args.history.watch_options()?;
     // Pinned from the first moment: the pid may name another process by
     // the time the tracer is loaded.
     let pinned = args.pid.map(pid::resolve_target).transpose()?;
@@ -243,7 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         thread: Some(tid),
     }) = &pinned
     {
-        eprintln!(
+        say!(
             "memtrace: {tid} is a thread of process {}; tracing the process",
             identity.pid
         );
@@ -295,9 +306,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if !process_exists(target) {
                     bail!("process {target} exited before tracing started");
                 }
-                eprintln!(
-                    "memtrace: warning: {e}; a report at the target's exit will not be possible"
-                );
+                say!("memtrace: warning: {e}; a report at the target's exit will not be possible");
                 None
             }
         },
@@ -305,7 +314,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let launched = !args.command.is_empty();
     // Always said (on stderr): scripts wait for it before driving the target.
-    eprintln!(
+    say!(
         "memtrace: tracing pid {target}{}; Ctrl-C to stop",
         if launched { " (launched)" } else { "" }
     );
@@ -325,6 +334,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None if launched => ReportWhen::Both,
             None => ReportWhen::Exit,
         },
+        watch: Some(watch),
+        exit_on_alert: args.exit_on_alert,
     };
     let format = if args.json {
         Format::Json
@@ -345,7 +356,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &drive_opts,
         &mut out,
         &stop,
-        &mut |m: &str| eprintln!("memtrace: {m}"),
+        &mut |m: &str| say!("memtrace: {m}"),
     )
     .context("writing the output")?;
     drop(session);
@@ -353,17 +364,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(_) => {}
         // `memtrace … | head`: not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(e) => eprintln!("memtrace: writing the output: {e}"),
+        Err(e) => say!("memtrace: writing the output: {e}"),
     }
     if let Some(report) = &outcome.report {
         // A file that cannot be written costs that file, not the report
         // already printed nor the child's exit status.
         if let Err(e) = files.write(report) {
-            eprintln!("memtrace: {e:#}");
+            say!("memtrace: {e:#}");
         }
+    }
+    if args.exit_on_alert && outcome.alerted {
+        return Ok(ExitCode::from(ALERT_EXIT_STATUS));
     }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
+
+/// Exit status with `--exit-on-alert` when an alert tripped.
+pub const ALERT_EXIT_STATUS: u8 = 3;
 
 /// `--folded` and `--flamegraph` files, created before tracing starts so a
 /// bad path is reported at once, not after the whole trace.

@@ -57,7 +57,11 @@ fn scrape(state: &ServeState) -> Result<MetricsInput, ServeError> {
         regions: Vec::new(),
         attribution: Some(AttributionInput::new(&report, &summary)),
         top_sites: state.metrics_sites,
-        alerts: Vec::new(),
+        alerts: tracing
+            .alerts()
+            .into_iter()
+            .map(|a| (a.rule, a.firing))
+            .collect(),
         own: OwnUsage::now(),
     })
 }

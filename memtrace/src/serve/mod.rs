@@ -3,7 +3,9 @@
 //! - `GET /debug/memory?top=N&all=1&bytes=1`: the text report (`text/plain`).
 //! - `GET /debug/memory.json?top=N&all=1`: the JSON report (see [`crate::snapshot::report::JsonReport`]).
 //! - with tracing (`memtrace serve --trace`): `GET /debug/memory/attributed?top=N`
-//!   and `/debug/memory/attributed.json`: resident memory by call site.
+//!   and `/debug/memory/attributed.json`: resident memory by call site;
+//!   `GET /debug/memory/history.json`: the sampled history, what grew and
+//!   the alerts ([`history`]).
 //! - `GET /metrics`: Prometheus metrics ([`metrics`]).
 //!
 //! Each request captures a fresh snapshot on a blocking thread. A process
@@ -18,8 +20,12 @@
 //! one-line response body. Setting up (listen address, tracing) fails with
 //! a [`StartError`].
 
+pub mod history;
+
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::{io, sync::mpsc, time::Duration};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::{io, sync::mpsc, time::Duration, time::Instant};
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -29,6 +35,7 @@ use axum::routing::get;
 
 use crate::attribution::join;
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
+use crate::history::{HistoryDoc, Watch, WatchOptions, alert::AlertState};
 use crate::proc::{self, ProcError, smaps};
 use crate::session::stream::Summary;
 use crate::session::{ReportInput, Session, output::TraceLine};
@@ -100,6 +107,9 @@ pub enum ServeError {
     /// The tracing session is gone (500).
     #[error("the tracing session has ended")]
     TracingEnded,
+    /// The answer could not be serialized (500).
+    #[error("serializing the answer: {0}")]
+    Serialize(String),
     /// The tracing session did not answer in time (500).
     #[error("the tracing session did not answer")]
     TracingTimeout,
@@ -124,9 +134,10 @@ impl ServeError {
             | ServeError::UnknownParameter { .. } => StatusCode::BAD_REQUEST,
             ServeError::NotFound | ServeError::TracingOff => StatusCode::NOT_FOUND,
             ServeError::Proc(e) => status_for(e),
-            ServeError::TracingEnded | ServeError::TracingTimeout | ServeError::Task { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ServeError::TracingEnded
+            | ServeError::TracingTimeout
+            | ServeError::Serialize(_)
+            | ServeError::Task { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -191,18 +202,34 @@ pub struct ServeState {
 /// session's counters at that moment.
 type ReportReply = mpsc::Sender<Result<(AttributedReport, Summary), ProcError>>;
 
-/// Asks the thread that owns a tracing [`Session`] for attributed reports.
+/// Asks the thread that owns a tracing [`Session`] for attributed reports,
+/// and reads the history that thread samples.
 #[derive(Debug, Clone)]
 pub struct TracingHandle {
     requests: mpsc::Sender<ReportReply>,
+    pid: u32,
+    /// The history and alerts, sampled by the session thread every
+    /// `sample_every`; handlers read it (briefly: the thread waits).
+    watch: Arc<Mutex<Watch>>,
 }
 
 impl TracingHandle {
     /// Load the tracer, trace `pid` and keep its ledger current on a
-    /// thread of its own until the handle (and every clone) is dropped.
+    /// thread of its own until the handle (and every clone) is dropped;
+    /// the history with the default options.
     pub fn start(pid: u32) -> Result<TracingHandle, StartError> {
+        TracingHandle::start_with(pid, &WatchOptions::default())
+    }
+
+    /// [`TracingHandle::start`], sampling the report into a history as
+    /// `watch` says (`--sample-every`, `--history`, `--alert`…); an alert
+    /// that trips is one line on stderr.
+    pub fn start_with(pid: u32, watch: &WatchOptions) -> Result<TracingHandle, StartError> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TraceError>>();
         let (req_tx, req_rx) = mpsc::channel::<ReportReply>();
+        let shared = Arc::new(Mutex::new(Watch::new(watch)));
+        let every = watch.config.sample_every;
+        let history = shared.clone();
         std::thread::Builder::new()
             .name("memtrace-session".into())
             .spawn(move || {
@@ -226,7 +253,17 @@ impl TracingHandle {
                 // burst is taken up before much of it queues; and all of
                 // them before a report.
                 let mut idle = Duration::ZERO;
+                let mut next_sample = Instant::now();
                 loop {
+                    if Instant::now() >= next_sample {
+                        next_sample += every;
+                        // Late (a long report): the next one a full
+                        // interval from now, not a burst to catch up.
+                        next_sample = next_sample.max(Instant::now() + every / 2);
+                        sample(&mut session, pid, &history);
+                    }
+                    // Never sleep past the next sample.
+                    idle = idle.min(next_sample.saturating_duration_since(Instant::now()));
                     let request = if idle.is_zero() {
                         req_rx.try_recv().map_err(|e| match e {
                             mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
@@ -256,7 +293,33 @@ impl TracingHandle {
             })
             .map_err(StartError::Thread)?;
         ready_rx.recv().map_err(|_| StartError::ThreadEnded)??;
-        Ok(TracingHandle { requests: req_tx })
+        Ok(TracingHandle {
+            requests: req_tx,
+            pid,
+            watch: shared,
+        })
+    }
+
+    /// The history, its growing call sites and alerts, as served at
+    /// `/debug/memory/history.json`.
+    pub fn history_doc(&self) -> HistoryDoc {
+        self.watch().doc(self.pid)
+    }
+
+    /// Every `--alert` rule's state after the last sample (for `/metrics`).
+    pub fn alerts(&self) -> Vec<AlertState> {
+        self.watch().alerts.states().to_vec()
+    }
+
+    /// Read the history under its lock (keep it short: the session thread
+    /// waits for it to sample).
+    pub fn with_watch<R>(&self, f: impl FnOnce(&Watch) -> R) -> R {
+        f(&self.watch())
+    }
+
+    fn watch(&self) -> MutexGuard<'_, Watch> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The attributed report now (blocking).
@@ -274,6 +337,30 @@ impl TracingHandle {
         Ok(rx
             .recv_timeout(Duration::from_secs(60))
             .map_err(|_| ServeError::TracingTimeout)??)
+    }
+}
+
+/// Take one sample of `pid`'s report into the history; an alert that
+/// trips is one line on stderr (the server's log). A process that cannot
+/// be read is skipped: the history shows the gap.
+fn sample(session: &mut Session, pid: u32, watch: &Mutex<Watch>) {
+    let Ok(report) = attributed_report(session, pid) else {
+        return;
+    };
+    let events = session.summary.events.values().sum();
+    let tripped = watch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(&report, events);
+    for alert in tripped {
+        // Not eprintln!: a closed stderr (a log pipe gone) must not end
+        // the tracing thread; the alert stays in /metrics and history.json.
+        let _ = writeln!(
+            io::stderr(),
+            "memtrace: alert {}: {}",
+            crate::text::printable(&alert.rule),
+            alert.message
+        );
     }
 }
 
@@ -313,6 +400,7 @@ pub fn routes() -> Router<ServeState> {
         .route("/debug/memory/attributed", get(attributed_text))
         .route("/debug/memory/attributed.json", get(attributed_json))
         .route("/metrics", get(metrics::metrics))
+        .route("/debug/memory/history.json", get(history::history_json))
         .fallback(not_found)
 }
 

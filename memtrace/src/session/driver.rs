@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     attribution::report::{AttributedReport, ReportAt, ReportOptions},
+    history::{Watch, WatchOptions},
     proc::pid::process_exists,
     schema::SCHEMA_VERSION,
     trace::{
@@ -58,6 +59,11 @@ pub struct DriveOptions {
     /// Which reports the end prints: the final one, the one at the peak
     /// of anonymous RSS ([`super::peak`]), or both.
     pub report_at: ReportWhen,
+    /// Sample the report into a history every so often, list what grew
+    /// and evaluate `--alert` rules ([`crate::history`]).
+    pub watch: Option<WatchOptions>,
+    /// Stop tracing (with the final report) once an alert trips.
+    pub exit_on_alert: bool,
 }
 
 /// Default of [`DriveOptions::exit_hold`].
@@ -73,6 +79,8 @@ pub struct Outcome {
     /// The output was closed (`memtrace … | head`): tracing ended there,
     /// without a report or summary.
     pub output_closed: bool,
+    /// Some `--alert` rule tripped.
+    pub alerted: bool,
 }
 
 /// Trace `target` until it exits, a stop is requested, or the duration
@@ -97,6 +105,8 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
         report: None,
         printed: false,
         peak: (opts.report_at.wants_peak() && !opts.no_report).then(|| PeakWatch::new(target)),
+        watch: opts.watch.as_ref().map(Watch::new),
+        alerted: false,
     };
     match run.trace(&mut tracee, out, stop) {
         Ok(()) => {}
@@ -105,6 +115,7 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
                 exit_code: run.exit_code,
                 report: run.report,
                 output_closed: true,
+                alerted: run.alerted,
             });
         }
         Err(e) => return Err(e),
@@ -113,6 +124,7 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
         exit_code: run.exit_code,
         report: run.report,
         output_closed: false,
+        alerted: run.alerted,
     })
 }
 
@@ -126,6 +138,8 @@ struct Run<'a, S: EventSource> {
     /// The final reports were printed (at the exit stop, or at the end).
     printed: bool,
     peak: Option<PeakWatch>,
+    watch: Option<Watch>,
+    alerted: bool,
 }
 
 impl<S: EventSource> Run<'_, S> {
@@ -139,6 +153,8 @@ impl<S: EventSource> Run<'_, S> {
         let mut last_report = Instant::now();
         let mut reported_lost = 0;
         let mut relay = Relay::default();
+        // The first sample at once: growth is measured from the start.
+        let mut last_sample: Option<Instant> = None;
         loop {
             let events = self.session.poll(POLL);
             self.emit(&events, out)?;
@@ -156,6 +172,22 @@ impl<S: EventSource> Run<'_, S> {
                     report.at = ReportAt::Periodic;
                     // Dropped rather than waited for when the reader lags.
                     out.report(&report, false)?;
+                }
+            }
+            // Not once the exit report is taken: the process is being torn
+            // down, its memory half gone.
+            if let Some(every) = self.watch.as_ref().map(Watch::every)
+                && self.report.is_none()
+                && last_sample.is_none_or(|t| t.elapsed() >= every)
+            {
+                last_sample = Some(Instant::now());
+                if let Some(report) = self.take_report() {
+                    self.sample(&report, out)?;
+                }
+                if self.alerted && self.opts.exit_on_alert {
+                    self.notes
+                        .note("an alert tripped (--exit-on-alert): stopping with a report");
+                    break;
                 }
             }
             if let Some(kind) = out.error() {
@@ -312,6 +344,22 @@ impl<S: EventSource> Run<'_, S> {
         if std::mem::replace(&mut self.printed, true) || self.opts.no_report {
             return Ok(());
         }
+        if let Some(report) = self.report.take() {
+            // The end is a sample too: the "Growing" list as of the end.
+            self.sample(&report, out)?;
+            self.report = Some(report);
+        }
+        self.print_reports(out)?;
+        if self.report.is_some()
+            && let Some(w) = &self.watch
+        {
+            out.text_block(&w.growing_text())?;
+        }
+        Ok(())
+    }
+
+    /// The report at the peak and the final one, as `--report-at` asks.
+    fn print_reports<W: Write + Send + 'static>(&mut self, out: &mut Output<W>) -> io::Result<()> {
         let last = self.report.as_ref().map(|r| r.totals.anon_rss_bytes);
         // Watching ends here: the target is leaving or tracing ends.
         let peak = self
@@ -347,6 +395,24 @@ impl<S: EventSource> Run<'_, S> {
             } else {
                 "no report: the target exited before memtrace could stop it at exit"
             }),
+        }
+        Ok(())
+    }
+
+    /// Add `report` to the history; write an alert line for each rule that
+    /// tripped.
+    fn sample<W: Write + Send + 'static>(
+        &mut self,
+        report: &AttributedReport,
+        out: &mut Output<W>,
+    ) -> io::Result<()> {
+        let Some(watch) = &mut self.watch else {
+            return Ok(());
+        };
+        let events = self.session.summary.events.values().sum();
+        for alert in watch.record(report, events) {
+            self.alerted = true;
+            out.alert(report.pid, &alert)?;
         }
         Ok(())
     }

@@ -20,12 +20,13 @@ use serde::Serialize;
 use super::stream::{self, EventLine, Summary};
 use crate::{
     attribution::report::{AttributedReport, ReportLine},
+    history::alert::AlertState,
     schema::SCHEMA_VERSION,
     stack::callsite::CallStack,
     trace::event::Event,
 };
 
-/// One JSON line of `memtrace --json`: `{"type":"event"|"report"|"summary",
+/// One JSON line of `memtrace --json`: `{"type":"event"|"report"|"summary"|"alert",
 /// "schema_version":…,…}` (schema: `docs/json-schema.md`).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -38,6 +39,7 @@ pub enum TraceLine<'a> {
     Report(ReportLine<'a>),
     Summary(SummaryLine<'a>),
     Peak(PeakLine),
+    Alert(AlertLine<'a>),
 }
 
 /// A new peak of the target's anonymous RSS, whose report was captured
@@ -50,6 +52,15 @@ pub struct PeakLine {
     pub time_ns: u64,
     /// Anonymous RSS at the capture (smaps).
     pub anon_rss_bytes: u64,
+}
+
+/// An `--alert` rule that tripped, as a JSON line.
+#[derive(Debug, Serialize)]
+pub struct AlertLine<'a> {
+    pub schema_version: u32,
+    pub pid: u32,
+    #[serde(flatten)]
+    pub alert: &'a AlertState,
 }
 
 /// The session summary as a JSON line.
@@ -229,6 +240,35 @@ impl<W: Write + Send + 'static> Output<W> {
                 .to_owned(),
         };
         self.push(text, wait)
+    }
+
+    /// An `--alert` rule of `pid` that tripped; waits for room (alerts are
+    /// few and must not be lost).
+    pub fn alert(&mut self, pid: u32, alert: &AlertState) -> io::Result<()> {
+        let text = match self.format {
+            Format::Json => TraceLine::Alert(AlertLine {
+                schema_version: SCHEMA_VERSION,
+                pid,
+                alert,
+            })
+            .to_json(),
+            Format::Text => format!(
+                "!! alert {}: {}",
+                crate::text::printable(&alert.rule),
+                alert.message
+            ),
+        };
+        self.push(text, true)
+    }
+
+    /// Text only: a block of the text report (the "Growing" section);
+    /// waits for room.
+    pub fn text_block(&mut self, text: &str) -> io::Result<()> {
+        match self.format {
+            Format::Json => Ok(()),
+            Format::Text if text.trim().is_empty() => Ok(()),
+            Format::Text => self.push(text.trim_end_matches('\n').to_owned(), true),
+        }
     }
 
     /// The summary; waits for room.

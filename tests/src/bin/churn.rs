@@ -1,7 +1,9 @@
 //! Fixture: maps, touches and unmaps one page as fast as it can, and holds
 //! a touched 16 MiB region, until a line arrives on stdin; then exits.
 //!
-//! Usage: churn [--wait]   (`ready PID` on stdout, then the go line)
+//! Usage: churn [--wait] [--rate N]   (`ready PID` on stdout, then the go
+//! line; `--rate`: at most N map/unmap pairs a second, paced in batches of
+//! 100, instead of as fast as it can)
 
 use std::{
     io::BufRead as _,
@@ -63,7 +65,23 @@ fn main() {
         let _ = std::io::stdin().lock().read_line(&mut line);
         STOP.store(true, Ordering::SeqCst);
     });
+    let args: Vec<String> = std::env::args().collect();
+    let rate: Option<u32> = args.iter().position(|a| a == "--rate").map(|i| {
+        match args.get(i + 1).and_then(|r| r.parse().ok()) {
+            Some(r) if r > 0 => r,
+            _ => memtrace_tests::fail("--rate needs a positive number"),
+        }
+    });
+    let start = std::time::Instant::now();
+    let mut done: u64 = 0;
     while !STOP.load(Ordering::Relaxed) {
         churn_once();
+        done += 1;
+        if let Some(rate) = rate
+            && done.is_multiple_of(100)
+        {
+            let due = start + std::time::Duration::from_secs_f64(done as f64 / f64::from(rate));
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 }

@@ -1,0 +1,27 @@
+//! `GET /debug/memory/history.json` (with `--trace`): the report sampled
+//! over the history window, the call sites that grew, and the `--alert`
+//! rules' states ([`crate::history::HistoryDoc`]; schema:
+//! `docs/json-schema.md`). It takes no parameters.
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+
+use super::{ServeError, ServeState, json};
+
+pub(super) async fn history_json(
+    State(state): State<ServeState>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ServeError> {
+    if let Some((key, _)) = params.first() {
+        return Err(ServeError::UnknownParameter {
+            key: key.clone(),
+            expected: "no parameters",
+        });
+    }
+    let tracing = state.tracing.ok_or(ServeError::TracingOff)?;
+    let doc = tracing.history_doc();
+    // Plain numbers and strings: serializing cannot fail; should it ever,
+    // say so rather than send half a document.
+    let body = serde_json::to_string(&doc).map_err(|e| ServeError::Serialize(e.to_string()))?;
+    Ok(json(body))
+}

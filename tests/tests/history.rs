@@ -1,0 +1,527 @@
+//! History, growth and alerts on real traced processes: the `grower`
+//! fixture grows one call site (`grow_leaky_cache`) at a known rate while
+//! others stay flat (one of them unmapped and mapped again all along).
+//!
+//! - `serve --trace`: `/debug/memory/history.json` names the growing site,
+//!   and only it, within two sample intervals of its growth crossing the
+//!   threshold; its slope is within 10% of the rate the fixture logged; a
+//!   remapped site keeps one series.
+//! - `memtrace --alert … --exit-on-alert`: the alert line, the report, exit
+//!   status 3; the text report's "Growing" section.
+//! - A churning target sampled every 100 ms loses no event.
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Background, Waiting, memtrace_bin, require_root, wait_with_timeout};
+use serde_json::Value;
+
+const GROWER: &str = env!("CARGO_BIN_EXE_grower");
+const CHURN: &str = env!("CARGO_BIN_EXE_churn");
+
+const MIB: u64 = 1 << 20;
+/// The fixture's growth: 512 KiB every 25 ms, 20 MiB/s.
+const CHUNK_KIB: u64 = 512;
+const PERIOD_MS: u64 = 25;
+const SAMPLE_MS: u64 = 100;
+
+fn validator() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/memtrace.schema.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
+}
+
+fn check(validator: &jsonschema::Validator, v: &Value) {
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the schema rejects:\n  {}\nobject: {v}",
+        errors.join("\n  ")
+    );
+}
+
+/// GET `path`; (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to memtrace serve");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {head:?}"));
+    (code, body.to_string())
+}
+
+/// A `memtrace serve` killed when dropped, so a failed test leaves none
+/// behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    /// Stop it with SIGINT, as a user would; its exit status.
+    fn stop(mut self) -> i32 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        wait_with_timeout(&mut self.0, Duration::from_secs(20))
+    }
+}
+
+/// `memtrace serve --trace --pid PID ARGS`; the server and its address.
+fn serve(pid: u32, args: &[&str]) -> (Server, String) {
+    let mut serve = Command::new(memtrace_bin())
+        .args(["serve", "--trace", "--listen", "127.0.0.1:0", "--pid"])
+        .arg(pid.to_string())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn memtrace serve");
+    let mut err = BufReader::new(serve.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line)
+        .expect("serve says where it listens");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // Keep draining stderr (alert lines) so serve never blocks on it.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+    });
+    (Server(serve), addr)
+}
+
+fn history(addr: &str, validator: &jsonschema::Validator) -> Value {
+    let (code, body) = get(addr, "/debug/memory/history.json");
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("history is JSON");
+    check(validator, &doc);
+    doc
+}
+
+/// The series of the site whose label names `func`.
+fn site<'a>(doc: &'a Value, func: &str) -> Option<&'a Value> {
+    doc["sites"]
+        .as_array()?
+        .iter()
+        .find(|s| s["label"].as_str().is_some_and(|l| l.contains(func)))
+}
+
+fn growing_labels(doc: &Value) -> Vec<String> {
+    doc["growing"]
+        .as_array()
+        .expect("growing")
+        .iter()
+        .map(|g| g["label"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+fn newest_ms(doc: &Value) -> u64 {
+    doc["samples"]
+        .as_array()
+        .and_then(|s| s.last())
+        .and_then(|s| s["unix_ms"].as_u64())
+        .expect("a sample")
+}
+
+/// Least-squares slope of (ms, bytes) points, bytes per minute.
+fn slope_per_minute(points: &[(u64, u64)]) -> f64 {
+    let n = points.len() as f64;
+    let t0 = points[0].0;
+    let xs: Vec<f64> = points.iter().map(|p| (p.0 - t0) as f64).collect();
+    let ys: Vec<f64> = points.iter().map(|p| p.1 as f64).collect();
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    sxy / sxx * 60_000.0
+}
+
+#[test]
+fn history_json_names_the_growing_site_with_its_rate() {
+    require_root();
+    let validator = validator();
+    let mut w = Waiting::start(
+        GROWER,
+        &[
+            "--hold",
+            "--chunk-kib",
+            &CHUNK_KIB.to_string(),
+            "--period-ms",
+            &PERIOD_MS.to_string(),
+            "--grow-mib",
+            "80",
+        ],
+    );
+    let (server, addr) = serve(
+        w.pid,
+        &[
+            "--sample-every",
+            "100ms",
+            "--history",
+            "2s",
+            "--grow-threshold",
+            "8MiB",
+        ],
+    );
+    let threshold = 8 * MIB;
+    w.go();
+    w.expect_line("flat");
+
+    // Wait until the whole window holds the flat sites at their size: none
+    // of them may count as growth then.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let flat_key = loop {
+        assert!(Instant::now() < deadline, "the window never filled");
+        let doc = history(&addr, &validator);
+        let full = doc["samples"].as_array().is_some_and(|s| s.len() == 21);
+        let table = site(&doc, "flat_table");
+        if full
+            && let Some(t) = table
+            && t["rss_bytes"]
+                .as_array()
+                .is_some_and(|v| v.iter().all(|b| b.as_u64() == Some(24 * MIB)))
+        {
+            assert_eq!(doc["sample_every_ms"], 100);
+            assert_eq!(doc["window_ms"], 2000);
+            assert_eq!(growing_labels(&doc), Vec::<String>::new(), "{doc}");
+            break t["key"].clone();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // Grow; watch every sample as it comes.
+    w.go();
+    let mut docs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "growth never filled the window");
+        let doc = history(&addr, &validator);
+        let done = doc["growing"].as_array().is_some_and(|g| {
+            g.iter().any(|g| {
+                // The window holds only growth: its minimum is its first
+                // sample, and it grew at least 30 MiB.
+                g["label"]
+                    .as_str()
+                    .is_some_and(|l| l.contains("grow_leaky_cache"))
+                    && g["since_unix_ms"] == doc["samples"][0]["unix_ms"]
+                    && g["start_bytes"].as_u64().is_some_and(|b| b > 0)
+                    && g["growth_bytes"].as_u64().is_some_and(|b| b > 30 * MIB)
+            })
+        });
+        docs.push(doc);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+
+    // What the fixture did: bytes mapped and touched by when.
+    let mut grew: Vec<(u64, u64)> = Vec::new();
+    loop {
+        let l = w.expect_line("gr");
+        if l == "grown" {
+            break;
+        }
+        let mut f = l.split_whitespace().skip(1).map(|x| x.parse::<u64>());
+        match (f.next(), f.next()) {
+            (Some(Ok(bytes)), Some(Ok(ms))) => grew.push((ms, bytes)),
+            _ => panic!("bad fixture line {l:?}"),
+        }
+    }
+
+    // Only the leak is ever named, never a flat site.
+    for doc in &docs {
+        for label in growing_labels(doc) {
+            assert!(
+                label.contains("grow_leaky_cache"),
+                "{label} listed as growing: {doc}"
+            );
+        }
+    }
+    // Named within two sample intervals of crossing the threshold.
+    let crossed_ms = grew
+        .iter()
+        .find(|(_, b)| *b > threshold)
+        .map(|p| p.0)
+        .expect("the fixture crossed the threshold");
+    // The first document naming it; in it, the first sample past the
+    // threshold (documents are fetched every ~30 ms, samples come every
+    // 100 ms: a later document may be the first one fetched).
+    let first = docs
+        .iter()
+        .find(|d| !growing_labels(d).is_empty())
+        .expect("the leak was named");
+    let series: Vec<u64> = site(first, "grow_leaky_cache").expect("leak series")["rss_bytes"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .collect();
+    let at = series
+        .iter()
+        .position(|v| v - series[0] > threshold)
+        .expect("a sample past the threshold");
+    let named_ms = first["samples"][at]["unix_ms"].as_u64().expect("ms");
+    println!("threshold crossed at {crossed_ms}, named in the sample of {named_ms}");
+    assert!(
+        named_ms <= crossed_ms + 2 * SAMPLE_MS,
+        "named {} ms after the threshold was crossed (at most {})",
+        named_ms as i64 - crossed_ms as i64,
+        2 * SAMPLE_MS
+    );
+
+    // The slope over the window against the fixture's own rate over the
+    // same span.
+    let last = docs.last().expect("docs");
+    let leak = &last["growing"][0];
+    let (from, to) = (
+        last["samples"][0]["unix_ms"].as_u64().expect("ms"),
+        newest_ms(last),
+    );
+    let truth: Vec<(u64, u64)> = grew
+        .iter()
+        .copied()
+        .filter(|(ms, _)| (from..=to).contains(ms))
+        .collect();
+    let true_rate = slope_per_minute(&truth);
+    let rate = leak["bytes_per_minute"].as_f64().expect("rate");
+    println!(
+        "slope {:.1} MiB/min, fixture {:.1} MiB/min ({} points)",
+        rate / MIB as f64,
+        true_rate / MIB as f64,
+        truth.len()
+    );
+    assert!(
+        (rate - true_rate).abs() <= 0.10 * true_rate,
+        "slope {rate} vs true {true_rate}: {leak}"
+    );
+    assert_eq!(
+        leak["monotone"],
+        true,
+        "{leak}: {}",
+        site(last, "grow_leaky_cache").expect("leak")["rss_bytes"]
+    );
+    assert_eq!(leak["category"], "other_call_sites", "{leak}");
+
+    // Its category grew as much.
+    let category = last["category_growth"]
+        .as_array()
+        .expect("category_growth")
+        .iter()
+        .find(|c| c["category"] == "other_call_sites")
+        .unwrap_or_else(|| panic!("other_call_sites grew: {last}"));
+    assert!(
+        category["growth_bytes"].as_u64() >= leak["growth_bytes"].as_u64(),
+        "{category} vs {leak}"
+    );
+
+    // Identity: the flat site kept its key; the remapped site is one
+    // series, resident in every sample, though its ranges are new ones.
+    assert_eq!(
+        site(last, "flat_table").expect("flat_table")["key"],
+        flat_key
+    );
+    let scratch: Vec<&Value> = last["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .filter(|s| {
+            s["label"]
+                .as_str()
+                .is_some_and(|l| l.contains("recycle_scratch"))
+        })
+        .collect();
+    assert_eq!(scratch.len(), 1, "one series for recycle_scratch: {last}");
+    assert!(
+        scratch[0]["rss_bytes"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .all(|b| b.as_u64().is_some_and(|b| b >= 4 * MIB)),
+        "{}",
+        scratch[0]
+    );
+    // Samples carry process totals that hold the sites.
+    let s = &last["samples"][20];
+    assert!(
+        s["rss_bytes"].as_u64() >= s["anon_rss_bytes"].as_u64(),
+        "{s}"
+    );
+    assert!(
+        s["anon_rss_bytes"].as_u64().expect("anon") > 48 * MIB,
+        "{s}"
+    );
+    assert_eq!(s["lost_events"], 0, "{s}");
+
+    let (code, body) = get(&addr, "/debug/memory/history.json?top=3");
+    assert_eq!(code, 400, "{body}");
+
+    assert_eq!(w.finish(), 0);
+    assert_eq!(server.stop(), 0);
+}
+
+#[test]
+fn an_alert_stops_tracing_with_status_3_after_the_report() {
+    let validator = validator();
+    let run = Background::launch(
+        &[
+            "--json",
+            "--quiet",
+            "--sample-every",
+            "100ms",
+            "--history",
+            "5s",
+            "--alert",
+            "site-growth>32MiB/2s",
+            "--alert",
+            "rss>64GiB",
+            "--exit-on-alert",
+        ],
+        GROWER,
+        &["--grow-mib", "200"],
+    );
+    let target = run.target;
+    let run = run.finish(Duration::from_secs(60));
+    // The fixture runs on, detached; it is not needed any more.
+    // SAFETY: killing the fixture this test launched.
+    unsafe { libc::kill(target as i32, libc::SIGKILL) };
+    assert_eq!(run.status, 3, "--exit-on-alert: status 3; {}", run.stderr);
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    for l in &lines {
+        check(&validator, l);
+    }
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+    assert_eq!(types, ["alert", "report", "summary"], "{}", run.stdout);
+    let alert = &lines[0];
+    assert_eq!(alert["rule"], "site-growth>32MiB/2s");
+    assert_eq!(alert["pid"], target);
+    assert_eq!(alert["firing"], true);
+    // The flat sites (24 and 20 MiB, mapped at once) never trip it.
+    assert!(
+        alert["value"]
+            .as_f64()
+            .is_some_and(|v| v > (32 * MIB) as f64),
+        "{alert}"
+    );
+    assert!(
+        alert["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("grow_leaky_cache")),
+        "{alert}"
+    );
+    assert!(run.stderr.contains("--exit-on-alert"), "{}", run.stderr);
+}
+
+#[test]
+fn the_text_report_lists_what_grew() {
+    let run = common::run_launch(
+        &[
+            "--quiet",
+            "--sample-every",
+            "100ms",
+            "--history",
+            "30s",
+            "--grow-threshold",
+            "30MiB",
+            "--alert",
+            "rss>8MiB",
+        ],
+        GROWER,
+        &["--grow-mib", "40"],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let out = &run.stdout;
+    let growing = out
+        .split("\nGrowing (RSS up more than 30.0 MiB")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Growing section: {out}"));
+    let rows: Vec<&str> = growing
+        .lines()
+        .skip(2)
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("==="))
+        .collect();
+    assert_eq!(rows.len(), 1, "only the leak: {growing}");
+    assert!(rows[0].contains("grow_leaky_cache"), "{growing}");
+    assert!(
+        rows[0].contains("40.0 MiB") && rows[0].contains("yes"),
+        "{growing}"
+    );
+    // The alert line, once, in text.
+    assert_eq!(
+        out.matches("!! alert rss>8MiB: process RSS is").count(),
+        1,
+        "{out}"
+    );
+}
+
+#[test]
+fn sampling_every_100ms_loses_no_event_of_a_churning_target() {
+    require_root();
+    let validator = validator();
+    // Paced: on a machine shared with other work an unpaced churn can
+    // outrun memtrace sampled or not; 20,000 pairs a second is 40,000
+    // events a second, several seconds of the kernel ring's room.
+    let mut w = Waiting::start(CHURN, &["--rate", "20000"]);
+    let (server, addr) = serve(w.pid, &["--sample-every", "100ms", "--history", "10s"]);
+    w.go();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let doc = loop {
+        assert!(Instant::now() < deadline, "20 samples never came");
+        let doc = history(&addr, &validator);
+        if doc["samples"].as_array().is_some_and(|s| s.len() >= 20) {
+            break doc;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    w.go();
+    assert_eq!(w.finish(), 0);
+    assert_eq!(server.stop(), 0);
+    let samples = doc["samples"].as_array().expect("samples");
+    let events: Vec<u64> = samples
+        .iter()
+        .map(|s| s["events"].as_u64().expect("events"))
+        .collect();
+    println!("events at each sample: {events:?}");
+    assert!(
+        events.last() > events.first().map(|e| e + 10_000).as_ref(),
+        "the target churned meanwhile: {events:?}"
+    );
+    let lost: Vec<u64> = samples
+        .iter()
+        .map(|s| s["lost_events"].as_u64().expect("lost_events"))
+        .collect();
+    assert!(lost.iter().all(|&l| l == 0), "events lost: {lost:?}");
+}
