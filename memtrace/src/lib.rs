@@ -13,6 +13,7 @@
 //! - [`stack`]: unwind and symbolize call stacks, choose the call site.
 //! - [`attribution`]: the ledger of traced ranges, its join with smaps, the
 //!   attributed report.
+//! - [`export`]: renderings of reports for other tools (pprof).
 //! - [`session`]: a tracing session and its live event stream.
 //! - [`serve`]: the reports over HTTP.
 //! - [`schema`]: the JSON output contract (version, address convention).
@@ -25,6 +26,7 @@
 //! loading the tracer fails with an error that says the programs are missing.
 
 pub mod attribution;
+pub mod export;
 pub mod proc;
 pub mod schema;
 pub mod serve;

@@ -3,7 +3,8 @@
 //! - `GET /debug/memory?top=N&all=1&bytes=1`: the text report (`text/plain`).
 //! - `GET /debug/memory.json?top=N&all=1`: the JSON report (see [`crate::snapshot::report::JsonReport`]).
 //! - with tracing (`memtrace serve --trace`): `GET /debug/memory/attributed?top=N`
-//!   and `/debug/memory/attributed.json`: resident memory by call site.
+//!   and `/debug/memory/attributed.json`: resident memory by call site;
+//!   `GET /debug/pprof/memtrace`: the same as a gzipped pprof profile.
 //!
 //! Each request captures a fresh snapshot on a blocking thread. A process
 //! that has gone away gives `410 Gone` and the server keeps running.
@@ -16,6 +17,8 @@
 //! the HTTP status ([`ServeError::status`]) and whose `Display` is the
 //! one-line response body. Setting up (listen address, tracing) fails with
 //! a [`StartError`].
+
+mod pprof;
 
 use std::net::SocketAddr;
 use std::{io, sync::mpsc, time::Duration};
@@ -99,6 +102,9 @@ pub enum ServeError {
     /// The tracing session did not answer in time (500).
     #[error("the tracing session did not answer")]
     TracingTimeout,
+    /// The answer could not be encoded (500).
+    #[error("encoding the answer: {0}")]
+    Encode(#[source] io::Error),
     /// The blocking task building the answer failed (500).
     #[error("{what} failed: {source}")]
     Task {
@@ -120,9 +126,10 @@ impl ServeError {
             | ServeError::UnknownParameter { .. } => StatusCode::BAD_REQUEST,
             ServeError::NotFound | ServeError::TracingOff => StatusCode::NOT_FOUND,
             ServeError::Proc(e) => status_for(e),
-            ServeError::TracingEnded | ServeError::TracingTimeout | ServeError::Task { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ServeError::TracingEnded
+            | ServeError::TracingTimeout
+            | ServeError::Encode(_)
+            | ServeError::Task { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -296,6 +303,7 @@ pub fn routes() -> Router<ServeState> {
         .route("/debug/memory.json", get(memory_json))
         .route("/debug/memory/attributed", get(attributed_text))
         .route("/debug/memory/attributed.json", get(attributed_json))
+        .route("/debug/pprof/memtrace", get(pprof::memtrace_profile))
         .fallback(not_found)
 }
 

@@ -452,6 +452,10 @@ impl SiteStacks for Sites<'_> {
             None => CallStack::default(),
         }
     }
+
+    fn build_id(&mut self, module: &str) -> Option<String> {
+        self.symbolizer.build_id(module)
+    }
 }
 
 /// When an event's change to the address space is known to have happened,
