@@ -4,7 +4,8 @@
 //! - `GET /debug/memory.json?top=N&all=1`: the JSON report (see [`crate::snapshot::report::JsonReport`]).
 //! - with tracing (`memtrace serve --trace`): `GET /debug/memory/attributed?top=N`
 //!   and `/debug/memory/attributed.json`: resident memory by call site;
-//!   `GET /debug/pprof/memtrace`: the same as a gzipped pprof profile.
+//!   `GET /debug/pprof/memtrace`: the same as a gzipped pprof profile;
+//!   `GET /debug/memory/ui`: a live page of it ([`ui`]).
 //!
 //! Each request captures a fresh snapshot on a blocking thread. A process
 //! that has gone away gives `410 Gone` and the server keeps running.
@@ -19,6 +20,7 @@
 //! a [`StartError`].
 
 mod pprof;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::{io, sync::mpsc, time::Duration};
@@ -304,6 +306,8 @@ pub fn routes() -> Router<ServeState> {
         .route("/debug/memory/attributed", get(attributed_text))
         .route("/debug/memory/attributed.json", get(attributed_json))
         .route("/debug/pprof/memtrace", get(pprof::memtrace_profile))
+        .route("/debug/memory/ui", get(ui::ui_page))
+        .route("/debug/memory/flamegraph.svg", get(ui::flamegraph_svg))
         .fallback(not_found)
 }
 
