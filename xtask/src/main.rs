@@ -75,7 +75,11 @@ enum Bench {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = setup::ensure().and_then(|()| match cli.command {
-        Cmd::Setup => setup::ensure_runtimes().map(|()| ExitCode::SUCCESS),
+        Cmd::Setup => setup::ensure_runtimes()
+            .and_then(|()| {
+                setup::ensure_programs(setup::MONITORING, "the Prometheus and deploy tests")
+            })
+            .map(|()| ExitCode::SUCCESS),
         Cmd::Build => build_release().map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run(args),
         Cmd::Test { args } => test(args).map(|()| ExitCode::SUCCESS),
@@ -161,6 +165,7 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
         bail!("the test suite loads eBPF programs and traces processes: run it as root");
     }
     setup::ensure_runtimes()?;
+    setup::ensure_programs(setup::MONITORING, "the Prometheus and deploy tests")?;
     // Without the `ebpf` feature the library (proc, snapshot, serve) must
     // still build, with neither nightly nor bpf-linker.
     run_checked(cargo().args([

@@ -144,6 +144,14 @@ pub const RUNTIMES: &[(&str, &str)] = &[
     ("javac", "openjdk-17-jdk-headless"),
 ];
 
+/// Monitoring peers the tests run: Prometheus scrapes `/metrics`;
+/// promtool and systemd-analyze check the manifests in `deploy/`.
+pub const MONITORING: &[(&str, &str)] = &[
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
+];
+
 /// Install the runtimes the tests launch that are missing, with apt-get
 /// when there is one and we are root; otherwise say what to install (the
 /// tests then fail with the same command).

@@ -8,7 +8,8 @@ use memtrace::{serve, snapshot};
 
 /// Serve the snapshot report over HTTP.
 ///
-/// GET /debug/memory?top=N (text) and /debug/memory.json (JSON). Listens
+/// GET /debug/memory?top=N (text), /debug/memory.json (JSON) and /metrics
+/// (Prometheus). Listens
 /// on loopback only unless --allow-remote: the report reveals the
 /// process's address-space layout.
 #[derive(Debug, clap::Args)]
@@ -26,6 +27,11 @@ pub struct Args {
     /// call site at /debug/memory/attributed (and .json).
     #[arg(long)]
     pub trace: bool,
+    /// Call sites with a series of their own at /metrics (with --trace);
+    /// the rest are summed into site="other", so the number of series
+    /// stays bounded.
+    #[arg(long, default_value_t = memtrace::export::metrics::DEFAULT_TOP_SITES as u64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub metrics_sites: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -65,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let state = serve::ServeState {
             pid: args.pid,
             tracing,
+            metrics_sites: usize::try_from(args.metrics_sites).unwrap_or(usize::MAX),
         };
         let app = serve::routes().with_state(state);
         serve::serve_with(listener, app, serve::Limits::default(), async {

@@ -6,6 +6,7 @@
 //!   and `/debug/memory/attributed.json`: resident memory by call site;
 //!   `GET /debug/pprof/memtrace`: the same as a gzipped pprof profile;
 //!   `GET /debug/memory/ui`: a live page of it ([`ui`]).
+//! - `GET /metrics`: Prometheus metrics ([`metrics`]).
 //!
 //! Each request captures a fresh snapshot on a blocking thread. A process
 //! that has gone away gives `410 Gone` and the server keeps running.
@@ -34,10 +35,13 @@ use axum::routing::get;
 use crate::attribution::join;
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
 use crate::proc::{self, ProcError, smaps};
+use crate::session::stream::Summary;
 use crate::session::{ReportInput, Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
 use crate::snapshot::{self, Snapshot};
 use crate::trace::{TraceError, TracerOptions};
+
+pub mod metrics;
 
 /// Largest `top` served; larger values (up to [`MAX_TOP_ACCEPTED`]) are capped to this.
 pub const MAX_TOP: usize = 10_000;
@@ -187,10 +191,14 @@ pub struct ServeState {
     /// The tracing session behind `/debug/memory/attributed`, when serving
     /// with `--trace`.
     pub tracing: Option<TracingHandle>,
+    /// Call sites with a series of their own at `/metrics` (the rest are
+    /// `site="other"`).
+    pub metrics_sites: usize,
 }
 
-/// Where the tracing thread sends one attributed report.
-type ReportReply = mpsc::Sender<Result<AttributedReport, ProcError>>;
+/// Where the tracing thread sends one attributed report, with the
+/// session's counters at that moment.
+type ReportReply = mpsc::Sender<Result<(AttributedReport, Summary), ProcError>>;
 
 /// Asks the thread that owns a tracing [`Session`] for attributed reports.
 #[derive(Debug, Clone)]
@@ -240,7 +248,9 @@ impl TracingHandle {
                     };
                     match request {
                         Ok(reply) => {
-                            let _ = reply.send(attributed_report(&mut session, pid));
+                            let report = attributed_report(&mut session, pid)
+                                .map(|r| (r, session.summary.clone()));
+                            let _ = reply.send(report);
                         }
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         // Every handle is gone: stop tracing.
@@ -260,6 +270,12 @@ impl TracingHandle {
 
     /// The attributed report now (blocking).
     pub fn report(&self) -> Result<AttributedReport, ServeError> {
+        self.report_and_summary().map(|(report, _)| report)
+    }
+
+    /// The attributed report now and the session's counters (events by
+    /// kind, lost events) at the same moment (blocking).
+    pub fn report_and_summary(&self) -> Result<(AttributedReport, Summary), ServeError> {
         let (tx, rx) = mpsc::channel();
         self.requests
             .send(tx)
@@ -308,12 +324,17 @@ pub fn routes() -> Router<ServeState> {
         .route("/debug/pprof/memtrace", get(pprof::memtrace_profile))
         .route("/debug/memory/ui", get(ui::ui_page))
         .route("/debug/memory/flamegraph.svg", get(ui::flamegraph_svg))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
 }
 
 /// The ready-to-serve router for process `pid`.
 pub fn router(pid: u32) -> Router {
-    routes().with_state(ServeState { pid, tracing: None })
+    routes().with_state(ServeState {
+        pid,
+        tracing: None,
+        metrics_sites: crate::export::metrics::DEFAULT_TOP_SITES,
+    })
 }
 
 /// Serve [`router`]`(pid)` on `listener` with the default [`Limits`] until
