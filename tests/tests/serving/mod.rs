@@ -21,6 +21,11 @@ pub struct Served {
 
 impl Served {
     pub fn start(pid: u32) -> Served {
+        Served::start_with(pid, &[])
+    }
+
+    /// [`Served::start`] with more `serve` flags.
+    pub fn start_with(pid: u32, extra: &[&str]) -> Served {
         require_root();
         let mut child = Command::new(memtrace_bin())
             .args([
@@ -31,6 +36,7 @@ impl Served {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn memtrace serve");

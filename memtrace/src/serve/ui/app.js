@@ -85,11 +85,13 @@ async function getJson(url) {
 function localHistory(report) {
   const now = Date.now();
   const categories = {};
-  for (const c of report.categories || []) categories[c.name] = c.rss_bytes;
+  // Resident bytes, private + shared, as history.json counts them.
+  const resident = (x) => x.rss_bytes + (x.shared_rss_bytes || 0);
+  for (const c of report.categories || []) categories[c.name] = resident(c);
   const sites = {};
   for (const s of report.call_sites || []) {
     const key = siteLabel(s) + " | " + (s.subcategory || "");
-    sites[key] = { label: siteLabel(s), category: s.category, rss: (sites[key] ? sites[key].rss : 0) + s.rss_bytes };
+    sites[key] = { label: siteLabel(s), category: s.category, rss: (sites[key] ? sites[key].rss : 0) + resident(s) };
   }
   state.local.push({
     sample: {
