@@ -131,7 +131,7 @@ fn web_page_shows_charts_sites_and_flame_graph_in_a_browser() {
         .expect("memtrace serve --help");
     let history = String::from_utf8_lossy(&help.stdout).contains("--sample-every");
     let extra: &[&str] = if history {
-        &["--sample-every", "200ms"]
+        &["--sample-every", "200ms", "--history", "1m"]
     } else {
         &[]
     };
