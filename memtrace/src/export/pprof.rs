@@ -258,12 +258,16 @@ impl<'a> Builder<'a> {
         b
     }
 
+    /// The string's index in the table. Names come from the target and
+    /// pprof prints them to terminals: control characters are escaped.
     fn string(&mut self, s: &str) -> i64 {
         if let Some(&i) = self.strings.get(s) {
             return i;
         }
         let i = self.p.string_table.len() as i64;
-        self.p.string_table.push(s.to_owned());
+        self.p
+            .string_table
+            .push(crate::text::printable(s).into_owned());
         self.strings.insert(s.to_owned(), i);
         i
     }
@@ -528,7 +532,7 @@ mod tests {
             shared_rss_bytes: 0,
             virtual_bytes: virt,
             mappings: maps,
-            names: vec!["a<b>&\"c\"".into()],
+            names: vec!["a<b>&\"c\"".into(), "\x1b[2Jred".into()],
             category: class.category,
             subcategory: class.name,
             runtime: None,
@@ -671,6 +675,14 @@ mod tests {
             .map(|l| (s(l.key), s(l.str)))
             .collect();
         assert!(labels.contains(&("region", "a<b>&\"c\"")), "{labels:?}");
+        assert!(
+            labels.contains(&("region", "\\x1b[2Jred")),
+            "control characters escaped: {labels:?}"
+        );
+        assert!(
+            p.string_table.iter().all(|s| !s.contains('\x1b')),
+            "no escape sequence reaches a terminal through pprof"
+        );
         assert!(
             labels
                 .iter()
