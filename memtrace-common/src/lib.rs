@@ -102,6 +102,11 @@ pub mod event_flags {
     /// read it (its page was not resident: reads in eBPF cannot fault pages
     /// in). Userspace reads it from the process instead.
     pub const NAME_UNREAD: u32 = 1 << 3;
+    /// A fork record's child is a new process (it leads its own thread
+    /// group), as the kernel side saw it. Thread creation sends no record;
+    /// without this flag the kernel side could not tell, and userspace
+    /// asks `/proc`.
+    pub const NEW_PROCESS: u32 = 1 << 4;
 }
 
 /// The start of every ring-buffer record; `kind` says which record it
@@ -175,7 +180,7 @@ pub struct SetVmaNameEvent {
     pub name: [u8; NAME_LEN],
 }
 
-/// A traced process forked or made a thread.
+/// A traced process forked (see [`event_flags::NEW_PROCESS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForkEvent {

@@ -213,6 +213,12 @@ pub const TASK_THREAD_PID: KernelMember = KernelMember {
     ty: "task_struct",
     member: "thread_pid",
 };
+/// `struct task_struct` → `struct task_struct *group_leader`: the task
+/// itself for a new process, its process's first thread for a thread.
+pub const TASK_GROUP_LEADER: KernelMember = KernelMember {
+    ty: "task_struct",
+    member: "group_leader",
+};
 /// `struct pid` → `unsigned int level`: depth of the task's PID namespace.
 pub const PID_LEVEL: KernelMember = KernelMember {
     ty: "pid",
@@ -252,6 +258,8 @@ pub struct KernelLayout {
     pub upid_nr: u32,
     /// [`BPRM_FILENAME`].
     pub bprm_filename: u32,
+    /// [`TASK_GROUP_LEADER`].
+    pub task_group_leader: u32,
 }
 
 /// The PID namespace memtrace runs in, as `bpf_get_ns_current_pid_tgid`

@@ -94,6 +94,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     upid_size: 0,
     upid_nr: 0,
     bprm_filename: 0,
+    task_group_leader: 0,
 };
 
 #[inline(always)]
@@ -451,15 +452,32 @@ fn pid_nr_at(pid: u64, level: u32) -> u32 {
     unsafe { bpf_probe_read_kernel(at as *const u32) }.unwrap_or(0)
 }
 
+/// `task->group_leader`: the task itself for a new process; 0 when
+/// unreadable.
+#[inline(always)]
+fn task_group_leader(task: u64) -> u64 {
+    let at = task as usize + layout().task_group_leader as usize;
+    // SAFETY: as in `task_pid`.
+    unsafe { bpf_probe_read_kernel(at as *const u64) }.unwrap_or(0)
+}
+
 /// Raw tracepoint `sched_process_fork`. The parent is the current task.
 /// With `FOLLOW_FORKS` the child joins the traced set before it runs.
-/// Thread creation fires this too; userspace tells them apart and the exit
-/// program removes thread ids again.
+/// Thread creation fires this too: it is dropped here (a thread is traced
+/// through its process's id), and the record says the child is a new
+/// process. Only if the child's leader is unreadable does a record go out
+/// without saying so: userspace asks `/proc` then, and the exit program
+/// removes a thread id added as if it were a process.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let Some((tgid, tid)) = traced_ids() else {
         return 0;
     };
+    let child_task = arg!(&ctx, SCHED_PROCESS_FORK, "child");
+    let leader = task_group_leader(child_task);
+    if leader != 0 && leader != child_task {
+        return 0;
+    }
     // The child's id in memtrace's namespace: the parent passed the
     // namespace check, so it lives at that namespace's level, and its child
     // there or below.
@@ -468,7 +486,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     } else {
         pid_level(task_pid(arg!(&ctx, SCHED_PROCESS_FORK, "parent")))
     };
-    let child = pid_nr_at(task_pid(arg!(&ctx, SCHED_PROCESS_FORK, "child")), level);
+    let child = pid_nr_at(task_pid(child_task), level);
     // SAFETY: a plain read of a global set before load.
     let follow = unsafe { core::ptr::read_volatile(&FOLLOW_FORKS) } != 0;
     if child == 0 {
@@ -482,7 +500,14 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     }
     if let Some(mut entry) = reserve::<ForkEvent>() {
         entry.write(ForkEvent {
-            header: header(EventKind::Fork, tgid, tid, None),
+            header: EventHeader {
+                flags: if leader == child_task {
+                    event_flags::NEW_PROCESS
+                } else {
+                    0
+                },
+                ..header(EventKind::Fork, tgid, tid, None)
+            },
             child_pid: child,
             _pad: 0,
         });

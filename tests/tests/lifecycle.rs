@@ -47,6 +47,20 @@ fn launch_reports_a_worker_that_outlives_the_main_thread() {
 }
 
 #[test]
+fn thread_creation_is_not_a_fork() {
+    // The fixture starts threads and never forks: the kernel side drops
+    // thread creation, so no fork is reported (and no thread id is ever
+    // taken for a process).
+    let run = run_launch(&["--json"], THREAD_EXIT, &[]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let forks: Vec<_> = run.events.iter().filter(|e| e["kind"] == "fork").collect();
+    assert!(forks.is_empty(), "threads reported as forks: {forks:#?}");
+    assert_eq!(run.summary["events"]["fork"].as_u64().unwrap_or(0), 0);
+    let pid = report_of(&run)["pid"].as_u64().unwrap_or(0) as u32;
+    assert_worker_memory_reported(&run, pid);
+}
+
+#[test]
 fn pid_mode_reports_a_worker_that_outlives_the_main_thread() {
     // The worker thread exists before memtrace attaches: it must be seized
     // too, not only the main thread.

@@ -251,6 +251,25 @@ pub struct AttributedReport {
     /// GNU build ids (lowercase hex) of the modules in the call sites'
     /// stacks that have one, by module path (for pprof profiles).
     pub build_ids: BTreeMap<String, String>,
+    /// The moment it describes.
+    pub at: ReportAt,
+}
+
+/// The moment a report describes (JSON `"at"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportAt {
+    /// Asked for (an HTTP request).
+    #[default]
+    Request,
+    /// `--report-every`.
+    Periodic,
+    /// The highest anonymous RSS seen while tracing (`--report-at`).
+    Peak,
+    /// The target's exit stop: its memory just before it exited.
+    Exit,
+    /// Tracing ended (Ctrl-C, `--duration`) with the process alive.
+    End,
 }
 
 /// How to build the report.
@@ -432,6 +451,7 @@ pub fn build(
         lost_events: 0,
         complete: true,
         build_ids,
+        at: ReportAt::default(),
     }
 }
 
@@ -451,8 +471,13 @@ impl AttributedReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "\n=== Resident anonymous memory by call site: pid {} ===",
-            self.pid
+            "\n=== Resident anonymous memory by call site: pid {}{} ===",
+            self.pid,
+            match self.at {
+                ReportAt::Peak => ", at its peak",
+                ReportAt::Exit => ", at exit",
+                _ => "",
+            }
         );
         let _ = writeln!(
             s,
@@ -584,6 +609,8 @@ pub struct ReportLine<'a> {
     pub lost_events: u64,
     /// See [`AttributedReport::complete`].
     pub complete: bool,
+    /// See [`AttributedReport::at`].
+    pub at: ReportAt,
     /// The ledger's anonymous ranges, adjacent ones coalesced (`--ranges`).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -612,6 +639,7 @@ impl<'a> ReportLine<'a> {
             call_sites: r.top_sites(top),
             lost_events: r.lost_events,
             complete: r.complete,
+            at: r.at,
             traced_ranges: r.traced_ranges.as_deref(),
         }
     }

@@ -14,7 +14,7 @@ use memtrace::{
     proc::pid::{self, Target, process_exists},
     session::{
         Session,
-        driver::{self, DriveOptions, StopFlags},
+        driver::{self, DriveOptions, ReportWhen, StopFlags},
         output::{Format, Output},
     },
     trace::{
@@ -98,10 +98,20 @@ pub struct Args {
     #[arg(long)]
     pub no_report: bool,
 
+    /// Which attributed reports to print at the end: `exit` (the target's
+    /// memory at its exit, or when tracing ends), `peak` (at the highest
+    /// anonymous RSS seen while tracing), or `both` (the peak report only
+    /// when memory was higher then than at the end). Default: both when
+    /// launching CMD, exit with --pid (each new peak costs a smaps read of
+    /// the running process).
+    #[arg(long, value_enum, value_name = "WHEN", conflicts_with = "no_report")]
+    pub report_at: Option<ReportAtArg>,
+
     /// Longest time the target is held at its exit for the final report
-    /// (it waits in a ptrace stop meanwhile); events not applied by then
-    /// are left out and the report says so. 0: never hold it (no report at
-    /// exit).
+    /// and for its last events to be applied while its memory is still
+    /// there (it waits in a ptrace stop meanwhile); events not applied by
+    /// then are left out and the report says so. 0: never hold it (no
+    /// report at exit).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_hold)]
     pub exit_hold: Duration,
 
@@ -127,6 +137,14 @@ pub struct Args {
     /// memtrace at once and leaves the command running.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `--report-at` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ReportAtArg {
+    Exit,
+    Peak,
+    Both,
 }
 
 /// Parse a byte count: `65536`, `64KiB`, `64MiB`, `1GiB` (K/M/G also mean
@@ -306,6 +324,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ranges: args.ranges,
         launched,
         exit_hold: Some(args.exit_hold),
+        report_at: match args.report_at {
+            Some(ReportAtArg::Exit) => ReportWhen::Exit,
+            Some(ReportAtArg::Peak) => ReportWhen::Peak,
+            Some(ReportAtArg::Both) => ReportWhen::Both,
+            None if launched => ReportWhen::Both,
+            None => ReportWhen::Exit,
+        },
     };
     let format = if args.json {
         Format::Json

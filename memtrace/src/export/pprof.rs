@@ -591,6 +591,7 @@ mod tests {
             lost_events: 0,
             complete: true,
             build_ids: BTreeMap::from([(BIN.to_owned(), "0123abcd".to_owned())]),
+            at: Default::default(),
         }
     }
 

@@ -10,11 +10,18 @@ use std::{
 };
 
 pub use super::output::Notes;
+pub use super::peak::ReportWhen;
 pub use super::relay::StopFlags;
-use super::{Session, output::Output, relay::Relay};
+use super::{
+    Session, monotonic_ns,
+    output::{Output, PeakLine},
+    peak::PeakWatch,
+    relay::Relay,
+};
 use crate::{
-    attribution::report::{AttributedReport, ReportOptions},
+    attribution::report::{AttributedReport, ReportAt, ReportOptions},
     proc::pid::process_exists,
+    schema::SCHEMA_VERSION,
     trace::{
         launch::{ChildEvent, Launched},
         source::EventSource,
@@ -24,6 +31,9 @@ use crate::{
 /// How long one poll waits for events: also how late the target's exit
 /// stop may be noticed, which the target spends waiting.
 const POLL: Duration = Duration::from_millis(20);
+
+/// Time per poll spent symbolizing new stacks ahead of the report.
+const WARM_BUDGET: Duration = Duration::from_millis(5);
 
 /// What ends or shapes a trace.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +55,9 @@ pub struct DriveOptions {
     /// Longest time the target is held at its exit stop for the final
     /// report; `None` (or zero) lets it go at once, without a report.
     pub exit_hold: Option<Duration>,
+    /// Which reports the end prints: the final one, the one at the peak
+    /// of anonymous RSS ([`super::peak`]), or both.
+    pub report_at: ReportWhen,
 }
 
 /// Default of [`DriveOptions::exit_hold`].
@@ -82,6 +95,8 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
         notes,
         exit_code: 0,
         report: None,
+        printed: false,
+        peak: (opts.report_at.wants_peak() && !opts.no_report).then(|| PeakWatch::new(target)),
     };
     match run.trace(&mut tracee, out, stop) {
         Ok(()) => {}
@@ -108,6 +123,9 @@ struct Run<'a, S: EventSource> {
     notes: &'a mut dyn Notes,
     exit_code: i32,
     report: Option<AttributedReport>,
+    /// The final reports were printed (at the exit stop, or at the end).
+    printed: bool,
+    peak: Option<PeakWatch>,
 }
 
 impl<S: EventSource> Run<'_, S> {
@@ -128,11 +146,14 @@ impl<S: EventSource> Run<'_, S> {
                 reported_lost = self.session.summary.lost_events;
                 out.lost_so_far(reported_lost)?;
             }
+            self.watch_peak(out)?;
+            self.session.warm_symbols(WARM_BUDGET);
             if let Some(every) = self.opts.report_every
                 && last_report.elapsed() >= every
             {
                 last_report = Instant::now();
-                if let Some(report) = self.take_report() {
+                if let Some(mut report) = self.take_report() {
+                    report.at = ReportAt::Periodic;
                     // Dropped rather than waited for when the reader lags.
                     out.report(&report, false)?;
                 }
@@ -182,16 +203,11 @@ impl<S: EventSource> Run<'_, S> {
         self.emit(&events, out)?;
         if self.report.is_none() && !self.opts.no_report && process_exists(self.target) {
             self.report = self.take_report();
+            if let Some(r) = &mut self.report {
+                r.at = ReportAt::End;
+            }
         }
-        match &self.report {
-            Some(report) => out.report(report, true)?,
-            None if !self.opts.no_report => self.notes.note(if self.hold().is_none() {
-                "no report: holding the target at exit is disabled (--exit-hold 0)"
-            } else {
-                "no report: the target exited before memtrace could stop it at exit"
-            }),
-            None => {}
-        }
+        self.print_final(out)?;
         if !self.opts.no_report {
             self.report_live_children(out)?;
         }
@@ -213,12 +229,19 @@ impl<S: EventSource> Run<'_, S> {
         tracee: &Launched,
         out: &mut Output<W>,
     ) -> io::Result<()> {
-        let Some(hold) = self.hold().filter(|_| !self.opts.no_report) else {
+        let Some(hold) = self.hold() else {
             tracee.resume_exit();
             return Ok(());
         };
         let deadline = Instant::now() + hold;
+        // Applied while the target is held even without a report: applying
+        // reads from its memory what the kernel side could not (region
+        // names in untouched pages), which is gone once it is released.
         let (events, complete) = self.session.drain_until(Some(deadline));
+        if self.opts.no_report {
+            tracee.resume_exit();
+            return self.emit(&events, out);
+        }
         let captured = self.session.capture_report(self.target);
         tracee.resume_exit();
         if !complete {
@@ -237,13 +260,95 @@ impl<S: EventSource> Run<'_, S> {
                 };
                 let mut report = self.session.build_report_from(&input, opts);
                 report.complete = complete;
+                report.at = ReportAt::Exit;
                 self.report = Some(report);
             }
             Err(e) => self
                 .notes
                 .note(&format!("no report for pid {}: {e}", self.target)),
         }
-        result
+        result?;
+        // Printed now, not after the target's teardown (~100 ms for a few
+        // hundred MB): it describes the exit stop, before the exit event.
+        self.print_final(out)
+    }
+
+    /// Sample the target's anonymous RSS; at a new peak, bring the ledger
+    /// up to now and capture the report input ([`super::peak`]).
+    fn watch_peak<W: Write + Send + 'static>(&mut self, out: &mut Output<W>) -> io::Result<()> {
+        if !self.peak.as_mut().is_some_and(|w| w.sample(POLL)) {
+            return Ok(());
+        }
+        let events = self.session.drain();
+        self.emit(&events, out)?;
+        let t = Instant::now();
+        let captured = self.session.capture_report(self.target);
+        let took = t.elapsed();
+        let lost = self.session.summary.lost_events;
+        let Some(watch) = self.peak.as_mut() else {
+            return Ok(());
+        };
+        match captured {
+            Ok(input) => {
+                let line = PeakLine {
+                    schema_version: SCHEMA_VERSION,
+                    pid: self.target,
+                    time_ns: monotonic_ns(),
+                    anon_rss_bytes: input.attribution.totals.anon_rss_bytes,
+                };
+                if watch.keep(input, line.time_ns, lost, took) && !self.opts.quiet {
+                    out.peak(line, self.session.start_ns)?;
+                }
+            }
+            // The target is exiting; its exit stop or end comes next.
+            Err(_) => watch.failed(took),
+        }
+        Ok(())
+    }
+
+    /// Print the final report, and before it the peak report when memory
+    /// was higher then (`--report-at`); once.
+    fn print_final<W: Write + Send + 'static>(&mut self, out: &mut Output<W>) -> io::Result<()> {
+        if std::mem::replace(&mut self.printed, true) || self.opts.no_report {
+            return Ok(());
+        }
+        let last = self.report.as_ref().map(|r| r.totals.anon_rss_bytes);
+        // Watching ends here: the target is leaving or tracing ends.
+        let peak = self
+            .peak
+            .take()
+            .and_then(|mut w| w.take())
+            .filter(|p| last.is_none_or(|l| p.anon_rss_bytes() > l));
+        let peak_only = self.opts.report_at == ReportWhen::Peak;
+        if let Some(p) = peak {
+            let opts = ReportOptions {
+                ranges: self.opts.ranges,
+            };
+            let mut report = self.session.build_report_from(&p.input, opts);
+            report.at = ReportAt::Peak;
+            report.lost_events = p.lost_events;
+            out.report(&report, true)?;
+            if peak_only {
+                // The report files get the report printed.
+                self.report = Some(report);
+                return Ok(());
+            }
+        }
+        match &mut self.report {
+            Some(report) => {
+                if peak_only {
+                    // Memory was highest at the end: that is the peak.
+                    report.at = ReportAt::Peak;
+                }
+                out.report(report, true)?;
+            }
+            None => self.notes.note(if self.hold().is_none() {
+                "no report: holding the target at exit is disabled (--exit-hold 0)"
+            } else {
+                "no report: the target exited before memtrace could stop it at exit"
+            }),
+        }
+        Ok(())
     }
 
     /// The full report (all call sites), or `None` with a note.

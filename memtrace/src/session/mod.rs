@@ -6,6 +6,7 @@
 //!   interned, ledgers kept per process, attributed reports out.
 //! - [`driver`]: the tracing loop of `memtrace --pid`/`-- CMD`.
 //! - [`output`]: where the loop writes (text or typed JSON lines).
+//! - [`peak`]: the highest anonymous RSS while tracing, and its report.
 //! - [`relay`]: signals sent to memtrace, passed on to a launched target.
 //! - [`stream`]: one event as a line; the summary.
 //!
@@ -20,6 +21,7 @@ use std::{
 
 pub mod driver;
 pub mod output;
+pub mod peak;
 pub mod relay;
 pub mod stream;
 
@@ -87,6 +89,8 @@ pub struct Session<S: EventSource = Tracer> {
     /// startup, exec): their maps are read again right before their next
     /// event, so events before an exec still resolve in the old image.
     dirty: HashSet<u32>,
+    /// Stacks up to this id were symbolized ahead ([`Session::warm_symbols`]).
+    warmed: usize,
 }
 
 impl Session<Tracer> {
@@ -115,6 +119,7 @@ impl<S: EventSource> Session<S> {
             backlog: VecDeque::new(),
             active: HashSet::new(),
             dirty: HashSet::new(),
+            warmed: 0,
         }
     }
 
@@ -295,9 +300,13 @@ impl<S: EventSource> Session<S> {
             if maps_may_change(&ev) {
                 self.dirty.insert(ev.pid);
             }
-            if let Call::Fork { child_pid } = ev.call {
-                // Thread creation fires the fork tracepoint too.
-                if !is_new_process(ev.pid, child_pid, &self.active) {
+            if let Call::Fork {
+                child_pid,
+                new_process,
+            } = ev.call
+            {
+                // The kernel side drops thread creation when it can tell.
+                if !new_process && !is_new_process(ev.pid, child_pid, &self.active) {
                     self.tracer.remove_pid(child_pid);
                     continue;
                 }
@@ -350,6 +359,20 @@ impl<S: EventSource> Session<S> {
     pub fn reap_dead(&mut self) -> bool {
         self.pids.retain(|pid| pid::process_exists(*pid));
         !self.pids.is_empty()
+    }
+
+    /// Symbolize the stacks interned since the last call, for at most
+    /// about `budget`: the first lookups in a module (blazesym parsing its
+    /// symbols and line tables, ~40 ms for a Rust binary) then happen while
+    /// tracing, not in the final report, which the target waits for
+    /// (`--quiet` symbolizes nothing else before it).
+    pub fn warm_symbols(&mut self, budget: Duration) {
+        let deadline = Instant::now() + budget;
+        while self.warmed < self.stacks.len() && Instant::now() < deadline {
+            let id = self.warmed as u32;
+            self.warmed += 1;
+            let _ = self.stacks.call_stack(id, &mut self.symbolizer);
+        }
     }
 
     /// The symbolized call stack of an event.

@@ -37,6 +37,19 @@ pub enum TraceLine<'a> {
     Event(EventLine<'a>),
     Report(ReportLine<'a>),
     Summary(SummaryLine<'a>),
+    Peak(PeakLine),
+}
+
+/// A new peak of the target's anonymous RSS, whose report was captured
+/// (`--report-at peak|both`); the report itself comes at the end.
+#[derive(Debug, Serialize)]
+pub struct PeakLine {
+    pub schema_version: u32,
+    pub pid: u32,
+    /// CLOCK_MONOTONIC ns, like the events' `time_ns`.
+    pub time_ns: u64,
+    /// Anonymous RSS at the capture (smaps).
+    pub anon_rss_bytes: u64,
 }
 
 /// The session summary as a JSON line.
@@ -174,6 +187,24 @@ impl<W: Write + Send + 'static> Output<W> {
             Format::Text => stream::event_line(ev, stack, start_ns, self.verbose),
         };
         self.push(line, false)
+    }
+
+    /// A new peak was captured; dropped (and counted) when the queue is
+    /// full, like an event line.
+    pub fn peak(&mut self, line: PeakLine, start_ns: u64) -> io::Result<()> {
+        let text = match self.format {
+            Format::Json => TraceLine::Peak(line).to_json(),
+            Format::Text => format!(
+                "{t:10.6} {pid:>7} {kind:<12} {range:<31} {size:>9} anonymous resident: \
+                 new peak, report captured",
+                t = line.time_ns.saturating_sub(start_ns) as f64 / 1e9,
+                pid = line.pid,
+                kind = "peak",
+                range = "",
+                size = crate::units::human(line.anon_rss_bytes),
+            ),
+        };
+        self.push(text, false)
     }
 
     /// Text only: a notice that `lost` events are lost so far.

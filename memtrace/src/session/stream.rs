@@ -292,7 +292,7 @@ impl<'a> EventLine<'a> {
                 }
                 line.name_refused = Some(ev.failed());
             }
-            Call::Fork { child_pid } => line.child_pid = Some(*child_pid),
+            Call::Fork { child_pid, .. } => line.child_pid = Some(*child_pid),
             Call::Exec { filename } => line.filename = Some(filename),
             Call::Munmap { .. } | Call::Brk { .. } | Call::Exit { .. } => {}
         }
@@ -355,7 +355,7 @@ pub fn event_line(ev: &Event, stack: &CallStack, start_ns: u64, verbose: bool) -
                 format!("name {n}")
             }
         }
-        Call::Fork { child_pid } => format!("child {child_pid}"),
+        Call::Fork { child_pid, .. } => format!("child {child_pid}"),
         Call::Exec { filename } => printable(filename).into_owned(),
         Call::Exit { .. } => "process exit".into(),
         Call::Munmap { .. } | Call::Brk { .. } => String::new(),

@@ -51,6 +51,10 @@ pub enum Call {
     },
     Fork {
         child_pid: u32,
+        /// The kernel side saw the child lead its own thread group: a new
+        /// process for sure. False: it could not tell (userspace asks
+        /// `/proc`).
+        new_process: bool,
     },
     Exec {
         filename: String,
@@ -221,6 +225,7 @@ impl Event {
                     &ev.header,
                     Call::Fork {
                         child_pid: ev.child_pid,
+                        new_process: ev.header.flags & event_flags::NEW_PROCESS != 0,
                     },
                 )
             }
@@ -505,7 +510,7 @@ mod tests {
     #[test]
     fn lifecycle_records_are_small_and_have_no_call_site() {
         let fork = ForkEvent {
-            header: header(EventKind::Fork, 0),
+            header: header(EventKind::Fork, event_flags::NEW_PROCESS),
             child_pid: 99,
             _pad: 0,
         };
@@ -518,7 +523,13 @@ mod tests {
         };
         let decoded = [bytes_of(&fork), bytes_of(&exec), bytes_of(&exit)]
             .map(|b| Event::from_raw(&b).expect("decodes"));
-        assert_eq!(decoded[0].call, Call::Fork { child_pid: 99 });
+        assert_eq!(
+            decoded[0].call,
+            Call::Fork {
+                child_pid: 99,
+                new_process: true
+            }
+        );
         assert_eq!(
             decoded[1].call,
             Call::Exec {

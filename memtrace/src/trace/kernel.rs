@@ -7,7 +7,7 @@ use std::{fs, os::unix::fs::MetadataExt as _};
 
 use memtrace_common::tracepoints::{
     BPRM_FILENAME, KernelLayout, KernelMember, PID_LEVEL, PID_NUMBERS, PidNamespace,
-    RAW_TRACEPOINTS, TASK_THREAD_PID, UPID_NR, pt_regs,
+    RAW_TRACEPOINTS, TASK_GROUP_LEADER, TASK_THREAD_PID, UPID_NR, pt_regs,
 };
 
 use super::{TraceError, btf::Btf};
@@ -58,6 +58,7 @@ pub fn check_and_layout(btf: &Btf) -> Result<KernelLayout, TraceError> {
             })?,
         upid_nr: offset(UPID_NR)?,
         bprm_filename: offset(BPRM_FILENAME)?,
+        task_group_leader: offset(TASK_GROUP_LEADER)?,
     })
 }
 

@@ -639,7 +639,14 @@ fn fork_child_clones_except_dontfork() {
         advice: libc::MADV_DONTFORK,
     };
     l.apply(&ev(call, 0, 0));
-    l.apply(&ev(Call::Fork { child_pid: 200 }, 200, 0));
+    l.apply(&ev(
+        Call::Fork {
+            child_pid: 200,
+            new_process: true,
+        },
+        200,
+        0,
+    ));
     assert_eq!(view(&l), vec![(0, 2, 1), (2, 4, 1), (10, 12, 2)]);
     let child = l.fork_child();
     assert_eq!(view(&child), vec![(0, 2, 1), (10, 12, 2)]);
