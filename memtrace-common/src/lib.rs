@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + NAME_LEN);
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>());
         assert_eq!(size_of::<PendingCall>(), 8 + 8 * 6 + 4 * 2);
-        assert_eq!(size_of::<tracepoints::KernelLayout>(), 4 * 6);
+        assert_eq!(size_of::<tracepoints::KernelLayout>(), 4 * 7);
         assert_eq!(size_of::<tracepoints::PidNamespace>(), 8 * 2);
     }
 

@@ -381,6 +381,9 @@ pub enum Cond {
     Calls(&'static [&'static str]),
     /// Some frame belongs to this runtime.
     Within(Runtime),
+    /// Committed into a reservation whose stack has a frame starting with
+    /// one of these ([`crate::attribution::ledger::Origin::reserved_by`]).
+    ReservedBy(&'static [&'static str]),
 }
 
 /// All conditions hold → this class.
@@ -514,6 +517,9 @@ const JVM_GC: &[&str] = &[
     "ShenandoahMarkBitMap",
     "ZMarkStack",
 ];
+/// Reservations of GC data committed like the heap (G1's mark bitmaps,
+/// block offset table, card table and card counts).
+const JVM_GC_RESERVATIONS: &[&str] = &["G1CollectedHeap::create_aux_memory_mapper"];
 const JVM_HEAP: &[&str] = &[
     "G1",
     "HeapRegion",
@@ -648,6 +654,18 @@ pub const RULES: &[Rule] = &[
             Some(R::Jvm),
             "JVM metaspace and class space",
             "JVM metaspace",
+        ),
+    },
+    // G1 commits its mark bitmaps and other per-region data through the
+    // same code as the heap itself; only their reservations differ.
+    Rule {
+        when: &[Owner(R::Jvm), ReservedBy(JVM_GC_RESERVATIONS)],
+        class: class(
+            "jvm_gc",
+            C::RuntimeHeaps,
+            Some(R::Jvm),
+            "JVM GC data (card table, bitmaps, remsets)",
+            "JVM GC data",
         ),
     },
     Rule {
@@ -887,10 +905,26 @@ pub struct Shape {
 
 /// The class of a call site: the first rule whose conditions all hold.
 pub fn classify(stack: &CallStack, shape: Shape) -> &'static MemoryClass {
+    classify_reserved(stack, None, shape)
+}
+
+/// The class of a call site that committed into a reservation made by
+/// `reservation` (when it did).
+pub fn classify_reserved(
+    stack: &CallStack,
+    reservation: Option<&CallStack>,
+    shape: Shape,
+) -> &'static MemoryClass {
     let view = View::new(stack);
+    let reserved = reservation.map(View::new);
     RULES
         .iter()
-        .find(|r| r.when.iter().all(|c| view.holds(c, shape)))
+        .find(|r| {
+            r.when.iter().all(|c| match c {
+                ReservedBy(prefixes) => reserved.as_ref().is_some_and(|v| v.calls(prefixes)),
+                c => view.holds(c, shape),
+            })
+        })
         .map_or(&UNTRACED, |r| &r.class)
 }
 
@@ -931,6 +965,8 @@ impl<'a> View<'a> {
             OwnerIsAllocator => self.owner().is_some_and(Runtime::is_allocator),
             Calls(prefixes) => self.calls(prefixes),
             Within(rt) => self.runtimes.contains(&Some(*rt)),
+            // Decided with the reservation's stack (`classify_reserved`).
+            ReservedBy(_) => false,
         }
     }
 }

@@ -84,6 +84,7 @@ use crate::trace::event::{Call, Event, VmaName};
 const MAP_SHARED: u32 = libc::MAP_SHARED as u32;
 const MAP_PRIVATE: u32 = libc::MAP_PRIVATE as u32;
 const MAP_ANONYMOUS: u32 = libc::MAP_ANONYMOUS as u32;
+const MAP_FIXED: u32 = libc::MAP_FIXED as u32;
 const MAP_HUGETLB: u32 = libc::MAP_HUGETLB as u32;
 const MAP_HUGE_SHIFT: u32 = libc::MAP_HUGE_SHIFT as u32;
 const MAP_HUGE_MASK: u32 = libc::MAP_HUGE_MASK as u32;
@@ -145,6 +146,12 @@ pub struct Origin {
     pub time_ns: u64,
     /// How many range-creating events came from this call site.
     pub events: u64,
+    /// For memory committed into an inaccessible reservation (`MAP_FIXED`
+    /// over a traced `PROT_NONE` range, as the JVM, Go and others commit):
+    /// the reservation's call stack. It tells what the memory is for where
+    /// the commit path is shared (G1 commits its heap and its mark bitmaps
+    /// through the same code).
+    pub reserved_by: Option<u32>,
 }
 
 /// What makes two events the same call site.
@@ -155,6 +162,7 @@ struct OriginKey {
     call_stack: Option<u32>,
     ret_addr: Option<u64>,
     ip: u64,
+    reserved_by: Option<u32>,
 }
 
 /// One live traced address range `[start, end)` and its attributes.
@@ -455,7 +463,12 @@ impl Ledger {
         if start == end {
             return;
         }
-        let origin = self.intern_origin(ev);
+        let reserved_by = if flags & MAP_FIXED != 0 {
+            self.reservation_at(start)
+        } else {
+            None
+        };
+        let origin = self.intern_origin(ev, reserved_by);
         // The kernel ignores the offset of anonymous mappings.
         let offset = if flags & MAP_ANONYMOUS != 0 {
             0
@@ -574,7 +587,7 @@ impl Ledger {
     }
 
     fn brk_grow(&mut self, ev: &Event, start: u64, end: u64) {
-        let origin = self.intern_origin(ev);
+        let origin = self.intern_origin(ev, None);
         self.remove(start, end);
         // Offsets count within the traced contiguous heap.
         let offset = self
@@ -617,13 +630,25 @@ impl Ledger {
         });
     }
 
-    fn intern_origin(&mut self, ev: &Event) -> OriginId {
+    /// The reservation a `MAP_FIXED` mapping at `addr` commits into: the
+    /// traced range there, when it is inaccessible (its own call stack) or
+    /// was itself committed into a reservation (that one's; an uncommit
+    /// and a later commit keep the first reservation).
+    fn reservation_at(&self, addr: u64) -> Option<u32> {
+        let r = self.find(addr)?;
+        let o = self.origin(r.origin);
+        o.reserved_by
+            .or_else(|| (r.prot == 0 && r.flags & MAP_ANONYMOUS != 0).then_some(o.call_stack)?)
+    }
+
+    fn intern_origin(&mut self, ev: &Event, reserved_by: Option<u32>) -> OriginId {
         let key = OriginKey {
             kind: ev.kind(),
             stack_id: ev.stack_id,
             call_stack: ev.call_stack,
             ret_addr: ev.ret_addr,
             ip: ev.ip,
+            reserved_by,
         };
         if let Some(&id) = self.origin_ids.get(&key) {
             self.origins[id.0 as usize].events += 1;
@@ -640,6 +665,7 @@ impl Ledger {
             tid: ev.tid,
             time_ns: ev.time_ns,
             events: 1,
+            reserved_by,
         });
         self.origin_ids.insert(key, id);
         id

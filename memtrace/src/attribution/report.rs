@@ -59,10 +59,12 @@ pub fn classify_site(
     origin: &Origin,
     shape: SiteShape,
     stack: &CallStack,
+    reservation: Option<&CallStack>,
     named: bool,
 ) -> &'static MemoryClass {
-    classify::classify(
+    classify::classify_reserved(
         stack,
+        reservation,
         Shape {
             kind: Some(origin.kind),
             named,
@@ -290,6 +292,15 @@ pub trait SiteStacks {
     fn build_id(&mut self, _module: &str) -> Option<String> {
         None
     }
+    /// The call site of the reservation `origin` committed into, if any
+    /// ([`Origin::reserved_by`]).
+    fn reservation_site(&self, _origin: &Origin) -> Option<u32> {
+        None
+    }
+    /// The symbolized stack of that reservation.
+    fn reservation_stack(&mut self, _origin: &Origin) -> Option<CallStack> {
+        None
+    }
 }
 
 /// Build the report: origins of the same call site and shape are one part,
@@ -304,7 +315,8 @@ pub fn build(
     let shapes = site_shapes(ledger);
     // Parts keyed on the call site and what else decides the class (the
     // stack's functions are the same for one call site).
-    let mut part_index: HashMap<(Option<u32>, EventKind, bool, bool, bool), usize> = HashMap::new();
+    type PartKey = (Option<u32>, Option<u32>, EventKind, bool, bool, bool);
+    let mut part_index: HashMap<PartKey, usize> = HashMap::new();
     let mut parts: Vec<SiteReport> = Vec::new();
     for site in &attribution.sites {
         let origin = ledger.origin(site.origin);
@@ -312,6 +324,7 @@ pub fn build(
         let named = !site.names.is_empty();
         let key = (
             stacks.site_of(origin),
+            stacks.reservation_site(origin),
             origin.kind,
             named,
             shape.exec,
@@ -327,7 +340,8 @@ pub fn build(
             continue;
         }
         let stack = stacks.stack_of(origin);
-        let class = classify_site(origin, shape, &stack, named);
+        let reservation = stacks.reservation_stack(origin);
+        let class = classify_site(origin, shape, &stack, reservation.as_ref(), named);
         let who = classify::caller(&stack);
         let (call_site, via) = (who.call_site.cloned(), who.via.cloned());
         part_index.insert(key, parts.len());
@@ -727,6 +741,7 @@ mod tests {
             tid: 1,
             time_ns: 0,
             events: 1,
+            reserved_by: None,
         }
     }
 
@@ -947,7 +962,7 @@ mod tests {
         let mmap = origin(EventKind::Mmap);
         let plain = SiteShape::default();
         let cat = |o: &Origin, shape, funcs: &[&str], named| {
-            classify_site(o, shape, &stack(funcs), named).category
+            classify_site(o, shape, &stack(funcs), None, named).category
         };
         assert_eq!(
             cat(&mmap, plain, &["app::cache"], true),

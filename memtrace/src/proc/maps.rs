@@ -43,6 +43,9 @@ pub struct Loc {
     /// Where memtrace opens that file ([`Mapping::file`]); `None`: the
     /// module's path.
     pub file: Option<Arc<str>>,
+    /// For anonymous memory: the JIT code there, as the process's perf map
+    /// named it when the stack was captured ([`crate::stack::perfmap`]).
+    pub jit: Option<Arc<str>>,
 }
 
 /// Locate each address in `maps`.
@@ -55,6 +58,7 @@ pub fn locate(maps: &[Mapping], addrs: &[u64]) -> Vec<Loc> {
                 addr: *a,
                 module: m.map(|m| (m.path.clone(), m.file_offset(*a))),
                 file: m.filter(|m| m.file != m.path).map(|m| m.file.clone()),
+                jit: None,
             }
         })
         .collect()

@@ -225,6 +225,24 @@ pub fn status_field(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// The id process `pid` has in its own pid namespace (the last `NStgid`
+/// of `/proc/PID/status`; `pid` itself on kernels without the field).
+pub fn ns_tgid(pid: u32) -> std::io::Result<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let Some(ids) = status.lines().find_map(|l| l.strip_prefix("NStgid:")) else {
+        return Ok(pid);
+    };
+    ids.split_whitespace()
+        .next_back()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/status: malformed NStgid line {ids:?}"),
+            )
+        })
+}
+
 /// Whether `tid` is a thread (other than the main one) of process `pid`,
 /// as far as `/proc` still shows it.
 pub fn is_thread_of(pid: u32, tid: u32) -> bool {

@@ -37,6 +37,7 @@ use crate::{
     },
     stack::{
         callsite::{self, CallStack, StackTable},
+        perfmap::PerfMaps,
         symbolize::Symbolizer,
         unwind::Unwinder,
     },
@@ -64,6 +65,8 @@ pub struct Session<S: EventSource = Tracer> {
     pub tracer: S,
     pub symbolizer: Symbolizer,
     pub unwinder: Unwinder,
+    /// The traced processes' perf maps, naming JIT code in stacks.
+    perf_maps: PerfMaps,
     /// Raw call stacks of all events, by `Event::call_stack`.
     pub stacks: StackTable,
     pub summary: Summary,
@@ -108,6 +111,7 @@ impl<S: EventSource> Session<S> {
             tracer: source,
             symbolizer: Symbolizer::new(),
             unwinder: Unwinder::new(),
+            perf_maps: PerfMaps::default(),
             stacks: StackTable::default(),
             summary: Summary::default(),
             start_ns: monotonic_ns(),
@@ -293,7 +297,8 @@ impl<S: EventSource> Session<S> {
                 let stack = callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
                     tracer.stack(id)
                 });
-                let located = maps::locate(maps, &stack);
+                let mut located = maps::locate(maps, &stack);
+                self.perf_maps.name_jit(ev.pid, &mut located);
                 ev.call_stack = Some(self.stacks.intern(located));
                 ev.user = None;
             }
@@ -330,12 +335,14 @@ impl<S: EventSource> Session<S> {
             match ev.call {
                 Call::Exec { .. } => {
                     self.unwinder.forget(ev.pid);
+                    self.perf_maps.forget(ev.pid);
                     self.maps.remove(&ev.pid);
                 }
                 Call::Exit { .. } => {
                     // Nothing of a process outlives it here: its report was
                     // taken at its exit stop, before this event.
                     self.unwinder.forget(ev.pid);
+                    self.perf_maps.forget(ev.pid);
                     self.pids.remove(&ev.pid);
                     self.ledgers.remove(&ev.pid);
                     self.maps.remove(&ev.pid);
@@ -478,6 +485,15 @@ impl SiteStacks for Sites<'_> {
 
     fn build_id(&mut self, module: &str) -> Option<String> {
         self.symbolizer.build_id(module)
+    }
+
+    fn reservation_site(&self, origin: &Origin) -> Option<u32> {
+        origin.reserved_by.and_then(|id| self.stacks.site(id))
+    }
+
+    fn reservation_stack(&mut self, origin: &Origin) -> Option<CallStack> {
+        let id = origin.reserved_by?;
+        Some(self.stacks.call_stack(id, self.symbolizer))
     }
 }
 

@@ -38,6 +38,9 @@ pub struct StackTable {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum SiteFrame {
     InModule(Arc<str>, u64),
+    /// JIT code named by the perf map: the same function wherever the JIT
+    /// placed it.
+    Jit(Arc<str>),
     Address(u64),
     Label(Arc<str>),
 }
@@ -52,7 +55,10 @@ impl StackTable {
             .iter()
             .map(|l| match &l.module {
                 Some((path, off)) => SiteFrame::InModule(path.clone(), *off),
-                None => SiteFrame::Address(l.addr),
+                None => match &l.jit {
+                    Some(name) => SiteFrame::Jit(name.clone()),
+                    None => SiteFrame::Address(l.addr),
+                },
             })
             .collect();
         let next_site = self.site_index.len() as u32;
@@ -210,6 +216,7 @@ mod tests {
             addr: base + off,
             module: Some((lib.clone(), off)),
             file: None,
+            jit: None,
         };
         let mut t = StackTable::default();
         // The same code mapped at two bases (two processes after exec):
@@ -225,6 +232,7 @@ mod tests {
             addr,
             module: None,
             file: None,
+            jit: None,
         };
         let d = t.intern(vec![jit(0x1000)]);
         let e = t.intern(vec![jit(0x2000)]);

@@ -27,7 +27,8 @@ pub struct Frame {
     pub file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
-    /// Path of the mapped file holding the address.
+    /// Path of the mapped file holding the address (`[perf-map]` for JIT
+    /// code named by the process's perf map).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
     /// Offset of the address in `module` (file offset).
@@ -180,12 +181,14 @@ impl Symbolizer {
                             })
                             .collect()
                     }
+                    // JIT code named by the process's perf map keeps the
+                    // name; other anonymous code is its address.
                     None => vec![Frame {
                         address: loc.addr,
-                        function: None,
+                        function: loc.jit.as_deref().map(str::to_owned),
                         file: None,
                         line: None,
-                        module: None,
+                        module: loc.jit.as_ref().map(|_| super::perfmap::MODULE.to_owned()),
                         module_offset: None,
                         inlined: false,
                     }],

@@ -1,7 +1,14 @@
-// A Go heap of ~100 MiB, grown by one named function.
+// A Go heap of ~100 MiB, grown by one named function; at the end the
+// runtime's own figures (runtime.MemStats) as one JSON line, to compare
+// with memtrace's categories.
 package main
 
-import "fmt"
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+)
 
 //go:noinline
 func buildIndex(n int) [][]byte {
@@ -20,4 +27,23 @@ func buildIndex(n int) [][]byte {
 func main() {
 	idx := buildIndex(1600)
 	fmt.Println("chunks", len(idx))
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	figures, _ := json.Marshal(map[string]uint64{
+		"HeapSys":      m.HeapSys,
+		"HeapInuse":    m.HeapInuse,
+		"HeapIdle":     m.HeapIdle,
+		"HeapReleased": m.HeapReleased,
+		"StackSys":     m.StackSys,
+		"StackInuse":   m.StackInuse,
+		"MSpanSys":     m.MSpanSys,
+		"MCacheSys":    m.MCacheSys,
+		"BuckHashSys":  m.BuckHashSys,
+		"GCSys":        m.GCSys,
+		"OtherSys":     m.OtherSys,
+		"Sys":          m.Sys,
+	})
+	fmt.Println("FIGURES", string(figures))
+	runtime.KeepAlive(idx)
+	os.Exit(0)
 }

@@ -202,6 +202,34 @@ fn jvm_memory_as_native_memory_tracking_groups_it() {
     ));
     let s = stack(&heap);
     assert_eq!(class_of(&s), "jvm_heap");
+    // The same commit path into a reservation G1 made for aux data (a mark
+    // bitmap) is GC data, as NMT counts it; into the heap's, Java heap.
+    let reserve = [
+        "os::pd_reserve_memory(unsigned long, bool)",
+        "os::reserve_memory(unsigned long, bool, MEMFLAGS)",
+        "ReservedSpace::reserve(unsigned long, unsigned long, unsigned long, char*, bool)",
+    ];
+    let mut aux = mmap_in_libc();
+    aux.extend(named(JVM, &reserve));
+    aux.extend(named(
+        JVM,
+        &[
+            "G1CollectedHeap::create_aux_memory_mapper(char const*, unsigned long, unsigned long)",
+            "G1CollectedHeap::initialize()",
+        ],
+    ));
+    let mut heap_reservation = mmap_in_libc();
+    heap_reservation.extend(named(JVM, &reserve));
+    heap_reservation.extend(named(
+        JVM,
+        &[
+            "ReservedHeapSpace::ReservedHeapSpace(unsigned long, unsigned long, unsigned long, char const*)",
+            "Universe::reserve_heap(unsigned long, unsigned long)",
+        ],
+    ));
+    let reserved_in = |r: &CallStack| classify_reserved(&s, Some(r), Shape::default()).name;
+    assert_eq!(reserved_in(&stack(&aux)), "jvm_gc");
+    assert_eq!(reserved_in(&stack(&heap_reservation)), "jvm_heap");
     assert_eq!(
         who(&s),
         (

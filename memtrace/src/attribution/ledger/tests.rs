@@ -683,3 +683,61 @@ fn overlapping_and_find() {
     assert_eq!(l.find(a(7) + 5).map(|r| r.start), Some(a(6)));
     assert!(l.find(a(8)).is_none());
 }
+
+/// `MAP_FIXED` over a traced `PROT_NONE` reservation commits into it: the
+/// origin keeps the reservation's call stack, through uncommit and
+/// recommit, and one commit path into two reservations is two origins.
+#[test]
+fn commits_into_a_reservation_keep_its_call_stack() {
+    let fixed = ANON | libc::MAP_FIXED as u32;
+    let at = |call_stack: u32, mut e: Event| {
+        e.call_stack = Some(call_stack);
+        e
+    };
+    let reserve = |l: &mut Ledger, page: u64, stack: u32| {
+        let call = Call::Mmap {
+            addr: 0,
+            len: 4 * P,
+            prot: 0,
+            flags: ANON | libc::MAP_NORESERVE as u32,
+            fd: -1,
+            offset: 0,
+        };
+        l.apply(&at(stack, ev(call, a(page) as i64, stack)));
+    };
+    let commit = |l: &mut Ledger, page: u64, prot: u32| {
+        let call = Call::Mmap {
+            addr: a(page),
+            len: P,
+            prot,
+            flags: fixed,
+            fd: -1,
+            offset: 0,
+        };
+        l.apply(&at(9, ev(call, a(page) as i64, 9)));
+    };
+    let mut l = Ledger::new();
+    reserve(&mut l, 0, 1);
+    reserve(&mut l, 10, 2);
+    commit(&mut l, 0, PROT_RW);
+    commit(&mut l, 10, PROT_RW);
+    let reserved = |l: &Ledger, page: u64| {
+        let r = l.find(a(page)).expect("a range there");
+        l.origin(r.origin).reserved_by
+    };
+    assert_eq!(reserved(&l, 0), Some(1));
+    assert_eq!(reserved(&l, 10), Some(2));
+    let commit_origin = |l: &Ledger, page: u64| l.find(a(page)).map(|r| r.origin);
+    assert_ne!(commit_origin(&l, 0), commit_origin(&l, 10));
+    // Uncommit (PROT_NONE, MAP_FIXED) then commit again: still reservation 1.
+    commit(&mut l, 0, 0);
+    commit(&mut l, 0, PROT_RW);
+    assert_eq!(reserved(&l, 0), Some(1));
+    // A MAP_FIXED mapping over accessible memory of no reservation, or a
+    // mapping not fixed, commits into nothing.
+    mmap(&mut l, 20, 1, 3);
+    commit(&mut l, 20, PROT_RW);
+    assert_eq!(reserved(&l, 20), None);
+    // The rest of the reservation is the reservation itself.
+    assert_eq!(reserved(&l, 1), None);
+}
