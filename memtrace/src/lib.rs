@@ -13,7 +13,8 @@
 //! - [`stack`]: unwind and symbolize call stacks, choose the call site.
 //! - [`attribution`]: the ledger of traced ranges, its join with smaps, the
 //!   attributed report.
-//! - [`export`]: renderings of the reports for other tools (Prometheus).
+//! - [`export`]: renderings of the reports for other tools (Prometheus,
+//!   pprof).
 //! - [`session`]: a tracing session and its live event stream.
 //! - [`history`]: the attributed report sampled over time, growth and
 //!   `--alert` rules.

@@ -94,6 +94,22 @@ fn text_json_and_bad_queries() {
     assert_eq!(status, 404);
 }
 
+/// The endpoints that show the attributed report say, with 404, that
+/// they need tracing, when the server is not tracing.
+#[test]
+fn traced_endpoints_need_tracing() {
+    let addr = start(std::process::id());
+    for path in [
+        "/debug/pprof/memtrace",
+        "/debug/memory/ui",
+        "/debug/memory/flamegraph.svg",
+    ] {
+        let (status, body) = get(addr, path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("--trace"), "{path}: says what to do: {body}");
+    }
+}
+
 #[test]
 fn vanished_process_gives_410_and_the_server_keeps_running() {
     let mut child = Command::new("sleep").arg("60").spawn().expect("spawn");

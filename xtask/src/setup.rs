@@ -156,7 +156,24 @@ pub const MONITORING: &[(&str, &str)] = &[
 /// when there is one and we are root; otherwise say what to install (the
 /// tests then fail with the same command).
 pub fn ensure_runtimes() -> anyhow::Result<()> {
-    ensure_programs(RUNTIMES, "the runtime tests")
+    ensure_programs(RUNTIMES, "the runtime tests")?;
+    ensure_browser()
+}
+
+/// Headless Chromium for the web page test (`tests/tests/web_ui.rs`).
+/// Debian's `chromium` is a shell script starting the real binary, so it
+/// is found by running it, not as an ELF file on `PATH`.
+pub fn ensure_browser() -> anyhow::Result<()> {
+    let runs = Command::new("chromium")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        return Ok(());
+    }
+    install_packages(&["chromium"], "the web page test")
 }
 
 /// Install the Debian packages of the `(program, package)` pairs whose
@@ -171,6 +188,12 @@ pub fn ensure_programs(programs: &[(&str, &str)], why: &str) -> anyhow::Result<(
     if missing.is_empty() {
         return Ok(());
     }
+    install_packages(&missing, why)
+}
+
+/// Install Debian `packages` with apt-get when root, else say what to
+/// install; `why` names who needs them.
+fn install_packages(missing: &[&str], why: &str) -> anyhow::Result<()> {
     let command = format!(
         "apt-get install -y --no-install-recommends {}",
         missing.join(" ")
@@ -191,7 +214,7 @@ pub fn ensure_programs(programs: &[(&str, &str)], why: &str) -> anyhow::Result<(
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
             .status()

@@ -12,7 +12,11 @@
 //! read the same (sub-category, call site, `via`) are one row.
 //! The JSON form is a [`ReportLine`] (schema: `docs/json-schema.md`).
 
-use std::{collections::HashMap, fmt::Write as _, io};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    io,
+};
 
 use serde::Serialize;
 
@@ -104,10 +108,19 @@ pub struct SiteReport {
     pub stack_count: usize,
     #[serde(skip)]
     pub class: &'static MemoryClass,
-    /// The row's other stacks with their resident bytes (private + shared),
-    /// for folded output; `stack` holds the rest.
+    /// The row's other stacks with their shares of it, for folded output
+    /// and profiles; `stack` holds the rest.
     #[serde(skip)]
-    pub other_stacks: Vec<(CallStack, u64)>,
+    pub other_stacks: Vec<(CallStack, StackShare)>,
+}
+
+/// The part of a row's memory one of its stacks mapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackShare {
+    /// Resident bytes, private + shared.
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub mappings: usize,
 }
 
 impl SiteReport {
@@ -118,9 +131,28 @@ impl SiteReport {
 
     /// Each stack of the row with its resident bytes, largest first.
     pub fn stacks(&self) -> impl Iterator<Item = (&CallStack, u64)> {
-        let others: u64 = self.other_stacks.iter().map(|(_, b)| b).sum();
-        std::iter::once((&self.stack, self.resident_bytes().saturating_sub(others)))
-            .chain(self.other_stacks.iter().map(|(s, b)| (s, *b)))
+        self.stack_shares()
+            .map(|(s, share)| (s, share.resident_bytes))
+    }
+
+    /// Each stack of the row with its share of the row's memory, largest
+    /// first; the shares add up to the row's figures.
+    pub fn stack_shares(&self) -> impl Iterator<Item = (&CallStack, StackShare)> {
+        let others = self
+            .other_stacks
+            .iter()
+            .fold(StackShare::default(), |acc, (_, o)| StackShare {
+                resident_bytes: acc.resident_bytes.saturating_add(o.resident_bytes),
+                virtual_bytes: acc.virtual_bytes.saturating_add(o.virtual_bytes),
+                mappings: acc.mappings.saturating_add(o.mappings),
+            });
+        let first = StackShare {
+            resident_bytes: self.resident_bytes().saturating_sub(others.resident_bytes),
+            virtual_bytes: self.virtual_bytes.saturating_sub(others.virtual_bytes),
+            mappings: self.mappings.saturating_sub(others.mappings),
+        };
+        std::iter::once((&self.stack, first))
+            .chain(self.other_stacks.iter().map(|(s, share)| (s, *share)))
     }
 
     /// `call site via machinery` for a terminal, with C++ parameter lists
@@ -234,6 +266,9 @@ pub struct AttributedReport {
     /// Every delivered event was applied when the report was taken. False
     /// when the exit hold ran out first: the newest changes are missing.
     pub complete: bool,
+    /// GNU build ids (lowercase hex) of the modules in the call sites'
+    /// stacks that have one, by module path (for pprof profiles).
+    pub build_ids: BTreeMap<String, String>,
     /// The moment it describes.
     pub at: ReportAt,
 }
@@ -269,6 +304,10 @@ pub trait SiteStacks {
     fn site_of(&self, origin: &Origin) -> Option<u32>;
     /// The symbolized stack of `origin`, asked once per call site.
     fn stack_of(&mut self, origin: &Origin) -> CallStack;
+    /// The GNU build id (hex) of a module of those stacks, if it has one.
+    fn build_id(&mut self, _module: &str) -> Option<String> {
+        None
+    }
     /// The call site of the reservation `origin` committed into, if any
     /// ([`Origin::reserved_by`]).
     fn reservation_site(&self, _origin: &Origin) -> Option<u32> {
@@ -359,8 +398,12 @@ pub fn build(
                 row.mappings += part.mappings;
                 row.stack_count += 1;
                 merge_names(&mut row.names, &part.names);
-                let weight = part.resident_bytes();
-                row.other_stacks.push((part.stack, weight));
+                let share = StackShare {
+                    resident_bytes: part.resident_bytes(),
+                    virtual_bytes: part.virtual_bytes,
+                    mappings: part.mappings,
+                };
+                row.other_stacks.push((part.stack, share));
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(sites.len());
@@ -416,6 +459,18 @@ pub fn build(
         }
         out
     });
+    let mut build_ids = BTreeMap::new();
+    let modules = sites
+        .iter()
+        .flat_map(|s| s.stacks().flat_map(|(stack, _)| &stack.frames))
+        .filter_map(|f| f.module.as_deref());
+    for module in modules {
+        if !build_ids.contains_key(module)
+            && let Some(id) = stacks.build_id(module)
+        {
+            build_ids.insert(module.to_owned(), id);
+        }
+    }
     AttributedReport {
         pid: attribution.pid,
         totals: attribution.totals,
@@ -426,6 +481,7 @@ pub fn build(
         traced_ranges,
         lost_events: 0,
         complete: true,
+        build_ids,
         at: ReportAt::default(),
     }
 }

@@ -84,6 +84,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<std::path::PathBuf>,
 
+    /// Write the final report as a gzipped pprof profile (`go tool pprof
+    /// FILE`): resident bytes by call stack, with virtual bytes and
+    /// mapping counts as other sample types.
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<std::path::PathBuf>,
+
     /// Include the traced address ranges in the JSON report.
     #[arg(long, requires = "json")]
     pub ranges: bool,
@@ -382,12 +388,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Exit status with `--exit-on-alert` when an alert tripped.
 pub const ALERT_EXIT_STATUS: u8 = 3;
 
-/// `--folded` and `--flamegraph` files, created before tracing starts so a
+/// `--folded`, `--flamegraph` and `--pprof` files, created before tracing starts so a
 /// bad path is reported at once, not after the whole trace.
 #[derive(Default)]
 struct ReportFiles {
     folded: Option<(std::path::PathBuf, File)>,
     flamegraph: Option<(std::path::PathBuf, File)>,
+    pprof: Option<(std::path::PathBuf, File)>,
 }
 
 impl ReportFiles {
@@ -404,6 +411,7 @@ impl ReportFiles {
         Ok(ReportFiles {
             folded: open(&args.folded)?,
             flamegraph: open(&args.flamegraph)?,
+            pprof: open(&args.pprof)?,
         })
     }
 
@@ -416,6 +424,11 @@ impl ReportFiles {
         }
         if let Some((path, file)) = &mut self.flamegraph {
             site_report::flamegraph(report, io::BufWriter::new(file))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some((path, file)) = &mut self.pprof {
+            memtrace::export::pprof::encode(report)
+                .and_then(|bytes| file.write_all(&bytes))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())

@@ -22,6 +22,7 @@ pub(super) async fn history_json(
     let doc = tracing.history_doc();
     // Plain numbers and strings: serializing cannot fail; should it ever,
     // say so rather than send half a document.
-    let body = serde_json::to_string(&doc).map_err(|e| ServeError::Serialize(e.to_string()))?;
+    let body =
+        serde_json::to_string(&doc).map_err(|e| ServeError::Encode(std::io::Error::other(e)))?;
     Ok(json(body))
 }

@@ -5,7 +5,9 @@
 //! - with tracing (`memtrace serve --trace`): `GET /debug/memory/attributed?top=N`
 //!   and `/debug/memory/attributed.json`: resident memory by call site;
 //!   `GET /debug/memory/history.json`: the sampled history, what grew and
-//!   the alerts ([`history`]).
+//!   the alerts ([`history`]);
+//!   `GET /debug/pprof/memtrace`: the same as a gzipped pprof profile;
+//!   `GET /debug/memory/ui`: a live page of it ([`ui`]).
 //! - `GET /metrics`: Prometheus metrics ([`metrics`]).
 //!
 //! Each request captures a fresh snapshot on a blocking thread. A process
@@ -21,6 +23,8 @@
 //! a [`StartError`].
 
 pub mod history;
+mod pprof;
+pub mod ui;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -107,12 +111,12 @@ pub enum ServeError {
     /// The tracing session is gone (500).
     #[error("the tracing session has ended")]
     TracingEnded,
-    /// The answer could not be serialized (500).
-    #[error("serializing the answer: {0}")]
-    Serialize(String),
     /// The tracing session did not answer in time (500).
     #[error("the tracing session did not answer")]
     TracingTimeout,
+    /// The answer could not be encoded (500).
+    #[error("encoding the answer: {0}")]
+    Encode(#[source] io::Error),
     /// The blocking task building the answer failed (500).
     #[error("{what} failed: {source}")]
     Task {
@@ -136,7 +140,7 @@ impl ServeError {
             ServeError::Proc(e) => status_for(e),
             ServeError::TracingEnded
             | ServeError::TracingTimeout
-            | ServeError::Serialize(_)
+            | ServeError::Encode(_)
             | ServeError::Task { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -399,6 +403,9 @@ pub fn routes() -> Router<ServeState> {
         .route("/debug/memory.json", get(memory_json))
         .route("/debug/memory/attributed", get(attributed_text))
         .route("/debug/memory/attributed.json", get(attributed_json))
+        .route("/debug/pprof/memtrace", get(pprof::memtrace_profile))
+        .route("/debug/memory/ui", get(ui::ui_page))
+        .route("/debug/memory/flamegraph.svg", get(ui::flamegraph_svg))
         .route("/metrics", get(metrics::metrics))
         .route("/debug/memory/history.json", get(history::history_json))
         .fallback(not_found)

@@ -483,6 +483,10 @@ impl SiteStacks for Sites<'_> {
         }
     }
 
+    fn build_id(&mut self, module: &str) -> Option<String> {
+        self.symbolizer.build_id(module)
+    }
+
     fn reservation_site(&self, origin: &Origin) -> Option<u32> {
         origin.reserved_by.and_then(|id| self.stacks.site(id))
     }

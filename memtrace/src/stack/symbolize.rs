@@ -86,6 +86,19 @@ impl Frame {
     }
 }
 
+/// The GNU build id note of the ELF file at `file`. Only regular files are
+/// opened (the path comes from the target: a FIFO would block the open).
+fn read_build_id(file: &str) -> Option<String> {
+    use object::Object as _;
+    if !std::fs::metadata(file).ok()?.is_file() {
+        return None;
+    }
+    let cache = object::ReadCache::new(std::fs::File::open(file).ok()?);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn short_path(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
@@ -98,6 +111,10 @@ pub struct Symbolizer {
     /// (file where memtrace opens it, file offset) → frames, innermost
     /// (inlined) first.
     cache: HashMap<(Arc<str>, u64), Vec<Frame>>,
+    /// Module path (as the process names it) → where memtrace opens it.
+    opened: HashMap<Arc<str>, Arc<str>>,
+    /// Module path → its GNU build id (lowercase hex), read once.
+    build_ids: HashMap<Arc<str>, Option<String>>,
 }
 
 impl Default for Symbolizer {
@@ -116,7 +133,22 @@ impl Symbolizer {
         Symbolizer {
             blaze,
             cache: HashMap::new(),
+            opened: HashMap::new(),
+            build_ids: HashMap::new(),
         }
+    }
+
+    /// The GNU build id (lowercase hex) of a module symbolized before,
+    /// read from the very file the process mapped; `None` when the ELF
+    /// has none or cannot be read.
+    pub fn build_id(&mut self, module: &str) -> Option<String> {
+        if let Some(known) = self.build_ids.get(module) {
+            return known.clone();
+        }
+        let file = self.opened.get(module).map_or(module, |f| &**f);
+        let id = read_build_id(file);
+        self.build_ids.insert(Arc::from(module), id.clone());
+        id
     }
 
     /// Frames for each location (each may expand to several when
@@ -131,6 +163,9 @@ impl Symbolizer {
                 match &loc.module {
                     Some((path, offset)) => {
                         let file = loc.file.as_ref().unwrap_or(path);
+                        if !self.opened.contains_key(path) {
+                            self.opened.insert(path.clone(), file.clone());
+                        }
                         let key = (file.clone(), offset.saturating_sub(back));
                         if !self.cache.contains_key(&key) {
                             let frames = self.resolve(&key.0, path, key.1);
