@@ -7,6 +7,10 @@
 //! the small lifecycle records. Every program first checks the caller's
 //! process against `TRACED`, so untraced processes pay one hash lookup.
 //!
+//! Per-event cost is what the traced process pays, so the hot path avoids
+//! hash-map updates (a per-thread array slot pairs entry and exit) and
+//! cache lines shared with the reader (wakeups are counted per CPU).
+//!
 //! Process ids are the ones memtrace sees: in a PID namespace, the
 //! namespace's (`PIDNS`), else the kernel's.
 //!
@@ -18,10 +22,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE, bpf_pidns_info,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_pidns_info},
     btf_maps::StackTrace,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -30,13 +31,14 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_task_pt_regs},
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
     DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall, STACK_WINDOW,
-    STACK_WINDOW_SMALL, SetVmaNameEvent, SyscallEvent, UserRegs, counter, event_flags,
+    KERNEL_STACK_DEPTH, MAX_STACKS, MAX_TRACED, NAME_LEN, PENDING_SLOTS, PendingCall, STACK_WINDOW,
+    STACK_WINDOW_SMALLER, SetVmaNameEvent, SyscallEvent, UserRegs, WAKEUP_EVERY, counter,
+    event_flags, pending_slot,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
         SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
@@ -48,12 +50,11 @@ use memtrace_common::{
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
 
-/// Syscall arguments saved at entry, by thread id. An LRU map: an entry
-/// whose exit never comes (the thread died inside the call, or its process
-/// left the traced set meanwhile) is evicted once the map fills up, instead
-/// of holding a slot for the rest of the session.
+/// Syscall arguments saved at entry, in the thread's slot
+/// (`memtrace_common::pending_slot`). A slot whose exit never comes is
+/// freed when its thread exits (`sched_process_exit`).
 #[map]
-static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+static PENDING: Array<PendingCall> = Array::with_max_entries(PENDING_SLOTS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -210,17 +211,29 @@ fn count(index: u32) {
 }
 
 /// Submit flags: waking the reader on every event costs the traced thread
-/// an interrupt per syscall, so wake it only once a quarter of the ring is
-/// full; the reader also polls on a short timer.
+/// an interrupt per syscall, so wake it once every `WAKEUP_EVERY` records
+/// per CPU (a per-CPU count: no cache line shared with the reader); the
+/// reader also polls on a short timer.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    if avail >= size / 4 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+    let Some(n) = COUNTERS.get_ptr_mut(counter::UNWOKEN) else {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    unsafe {
+        *n += 1;
+        if *n < WAKEUP_EVERY {
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        *n = 0;
     }
+    BPF_RB_FORCE_WAKEUP as u64
+}
+
+/// The pending-call slot of thread `tid`.
+#[inline(always)]
+fn pending(tid: u32) -> Option<*mut PendingCall> {
+    PENDING.get_ptr_mut(pending_slot(tid))
 }
 
 #[inline(always)]
@@ -237,15 +250,24 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
-    let pending = PendingCall {
-        // SAFETY: a helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        args,
-        kind: kind as u32,
-        _pad: 0,
+    let Some(slot) = pending(tid) else {
+        return 0;
     };
-    if PENDING.insert(tid, pending, 0).is_err() {
-        count(counter::LOST_PENDING);
+    // SAFETY: `slot` points into the array map. The slot is this thread's
+    // unless another thread whose id shares it is inside a traced call:
+    // then the call is refused and counted, and that thread's call kept.
+    unsafe {
+        let holder = (*slot).tid;
+        if holder != 0 && holder != tid {
+            count(counter::LOST_PENDING);
+            return 0;
+        }
+        *slot = PendingCall {
+            start_ns: bpf_ktime_get_ns(),
+            args,
+            kind: kind as u32,
+            tid,
+        };
     }
     0
 }
@@ -255,12 +277,21 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
     let Some((tgid, tid)) = traced_ids() else {
         return 0;
     };
-    // SAFETY: the entry is keyed by this thread's id, so only this thread
-    // writes it, and it is copied out before it is removed.
-    let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
+    let Some(slot) = pending(tid) else {
         return 0;
     };
-    let _ = PENDING.remove(tid);
+    // SAFETY: `slot` points into the array map; a slot holding this
+    // thread's id is written by this thread only, and is copied out before
+    // it is freed. A call without one began before tracing did, or was
+    // refused (and counted) at entry.
+    let pending = unsafe {
+        if (*slot).tid != tid {
+            return 0;
+        }
+        let pending = *slot;
+        (*slot).tid = 0;
+        pending
+    };
     if pending.kind != kind as u32 {
         return 0;
     }
@@ -408,11 +439,14 @@ unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
         if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack).is_ok() {
             ev.stack_len = STACK_WINDOW as u32;
             ev.header.flags |= event_flags::HAS_STACK;
-        } else if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack[..STACK_WINDOW_SMALL])
-            .is_ok()
-        {
-            ev.stack_len = STACK_WINDOW_SMALL as u32;
-            ev.header.flags |= event_flags::HAS_STACK;
+        } else {
+            for len in STACK_WINDOW_SMALLER {
+                if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack[..len]).is_ok() {
+                    ev.stack_len = len as u32;
+                    ev.header.flags |= event_flags::HAS_STACK;
+                    break;
+                }
+            }
         }
     }
 }
@@ -530,7 +564,15 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         let _ = TRACED.remove(tid);
     }
     // A call the thread never returned from; normally there is none.
-    let _ = PENDING.remove(tid);
+    if let Some(slot) = pending(tid) {
+        // SAFETY: `slot` points into the array map; only this thread
+        // writes a slot holding its id.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).tid = 0;
+            }
+        }
+    }
     // `bool`: only the low byte is the argument.
     let group_dead = arg!(&ctx, SCHED_PROCESS_EXIT, "group_dead") as u8;
     if group_dead != 0 {
