@@ -105,6 +105,9 @@ pub mod event_flags {
     /// read it (its page was not resident: reads in eBPF cannot fault pages
     /// in). Userspace reads it from the process instead.
     pub const NAME_UNREAD: u32 = 1 << 3;
+    /// The stack is one userspace unwound before (`cached_stack`); the
+    /// record carries no window.
+    pub const STACK_CACHED: u32 = 1 << 4;
 }
 
 /// The start of every ring-buffer record; `kind` says which record it
@@ -112,7 +115,7 @@ pub mod event_flags {
 ///
 /// | `kind` | record |
 /// | --- | --- |
-/// | mmap, munmap, mremap, brk, mprotect, madvise | [`SyscallEvent`] |
+/// | mmap, munmap, mremap, brk, mprotect, madvise | [`WindowedSyscallEvent`] with `HAS_STACK`, else [`SyscallEvent`] |
 /// | set_vma_name | [`SetVmaNameEvent`] |
 /// | fork | [`ForkEvent`] |
 /// | exec | [`ExecEvent`] |
@@ -151,6 +154,10 @@ pub struct UserRegs {
 
 /// A completed syscall: `args` as the kernel received them, `ret` its
 /// return value (negative errno on failure), and the user call site.
+///
+/// Alone it is the record of a call whose stack the kernel side found in
+/// its stack cache (`STACK_CACHED`: `cached_stack` names it); a call with a
+/// stack window is a [`WindowedSyscallEvent`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallEvent {
@@ -160,8 +167,20 @@ pub struct SyscallEvent {
     pub regs: UserRegs,
     /// User stack id in the `STACKS` map, or negative when none was taken.
     pub stack_id: i32,
-    /// Valid bytes in `stack`.
+    /// Valid bytes of the stack window that follows (in the record types
+    /// that carry one).
     pub stack_len: u32,
+    /// With `STACK_CACHED`: the id userspace gave this stack
+    /// ([`CachedStack::id`]).
+    pub cached_stack: u32,
+    pub _pad: u32,
+}
+
+/// A completed syscall with the top of its user stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WindowedSyscallEvent {
+    pub syscall: SyscallEvent,
     /// The user stack from `regs.sp` upwards.
     pub stack: [u8; STACK_WINDOW],
 }
@@ -176,6 +195,48 @@ pub struct SetVmaNameEvent {
     /// clears the name, and `NAME_UNREAD` says the pointer (`args[4]`) was
     /// not null but unreadable here.
     pub name: [u8; NAME_LEN],
+    /// The user stack from `regs.sp` upwards, with `HAS_STACK`.
+    pub stack: [u8; STACK_WINDOW],
+}
+
+/// Most stack words a [`CachedStack`] checks.
+pub const STACK_CHECK_WORDS: usize = 128;
+/// Stacks the kernel side's stack cache holds (an LRU map).
+pub const STACK_CACHE_ENTRIES: u32 = 8192;
+
+/// Key of the kernel side's stack cache: where a syscall was made from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// User instruction pointer and stack pointer at the syscall.
+    pub ip: u64,
+    pub sp: u64,
+}
+
+/// A stack userspace unwound from a full window, and every input that
+/// unwinding read: the user stack words at `offsets` from the stack
+/// pointer had `values` (and the frame pointer was `bp`, when the unwinding
+/// used it). A later call at the same [`StackKey`] whose words (and frame
+/// pointer) are the same unwinds to the same stack, so the kernel side
+/// checks them and sends `id` instead of a window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CachedStack {
+    /// The session's id of the unwound stack.
+    pub id: u32,
+    /// Words to check (at most [`STACK_CHECK_WORDS`]).
+    pub count: u32,
+    /// Bytes from the stack pointer that hold every word checked.
+    pub extent: u32,
+    /// Non-zero when the unwinding read the frame pointer.
+    pub bp_used: u32,
+    pub bp: u64,
+    /// Byte offsets from the stack pointer, multiples of 8 below
+    /// `STACK_WINDOW`.
+    pub offsets: [u16; STACK_CHECK_WORDS],
+    pub values: [u64; STACK_CHECK_WORDS],
 }
 
 /// A traced process forked or made a thread.
@@ -269,6 +330,12 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SyscallEvent {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::WindowedSyscallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CachedStack {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SetVmaNameEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ForkEvent {}
@@ -295,11 +362,20 @@ mod tests {
         assert_eq!(size_of::<UserRegs>(), 8 * 4);
         assert_eq!(
             size_of::<SyscallEvent>(),
-            size_of::<EventHeader>() + 8 * 6 + 8 + size_of::<UserRegs>() + 4 * 2 + STACK_WINDOW
+            size_of::<EventHeader>() + 8 * 6 + 8 + size_of::<UserRegs>() + 4 * 4
+        );
+        assert_eq!(
+            size_of::<WindowedSyscallEvent>(),
+            size_of::<SyscallEvent>() + STACK_WINDOW
         );
         assert_eq!(
             size_of::<SetVmaNameEvent>(),
-            size_of::<SyscallEvent>() + NAME_LEN
+            size_of::<SyscallEvent>() + NAME_LEN + STACK_WINDOW
+        );
+        assert_eq!(size_of::<StackKey>(), 4 * 2 + 8 * 2);
+        assert_eq!(
+            size_of::<CachedStack>(),
+            4 * 4 + 8 + 2 * STACK_CHECK_WORDS + 8 * STACK_CHECK_WORDS
         );
         assert_eq!(size_of::<ForkEvent>(), size_of::<EventHeader>() + 4 * 2);
         assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + NAME_LEN);
@@ -317,12 +393,17 @@ mod tests {
     fn every_record_starts_with_its_header_and_fits_ring_slots() {
         use core::mem::{align_of, offset_of};
         assert_eq!(offset_of!(SyscallEvent, header), 0);
+        assert_eq!(offset_of!(WindowedSyscallEvent, syscall), 0);
         assert_eq!(offset_of!(SetVmaNameEvent, syscall), 0);
         assert_eq!(offset_of!(ForkEvent, header), 0);
         assert_eq!(offset_of!(ExecEvent, header), 0);
         assert_eq!(offset_of!(ExitEvent, header), 0);
         for (size, align) in [
             (size_of::<SyscallEvent>(), align_of::<SyscallEvent>()),
+            (
+                size_of::<WindowedSyscallEvent>(),
+                align_of::<WindowedSyscallEvent>(),
+            ),
             (size_of::<SetVmaNameEvent>(), align_of::<SetVmaNameEvent>()),
             (size_of::<ForkEvent>(), align_of::<ForkEvent>()),
             (size_of::<ExecEvent>(), align_of::<ExecEvent>()),

@@ -31,14 +31,15 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_task_pt_regs},
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
-    DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    KERNEL_STACK_DEPTH, MAX_STACKS, MAX_TRACED, NAME_LEN, PENDING_SLOTS, PendingCall, STACK_WINDOW,
-    STACK_WINDOW_SMALLER, SetVmaNameEvent, SyscallEvent, UserRegs, WAKEUP_EVERY, counter,
-    event_flags, pending_slot,
+    CachedStack, DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    KERNEL_STACK_DEPTH, MAX_STACKS, MAX_TRACED, NAME_LEN, PENDING_SLOTS, PendingCall,
+    STACK_CACHE_ENTRIES, STACK_CHECK_WORDS, STACK_WINDOW, STACK_WINDOW_SMALLER, SetVmaNameEvent,
+    StackKey, SyscallEvent, UserRegs, WAKEUP_EVERY, WindowedSyscallEvent, counter, event_flags,
+    pending_slot,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
         SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
@@ -65,6 +66,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[btf_map]
 static STACKS: StackTrace<{ MAX_STACKS as usize }, 0, { KERNEL_STACK_DEPTH as usize }> =
     StackTrace::new();
+
+/// Stacks userspace unwound, by where the call was made from: a call whose
+/// stack words match an entry's sends its id instead of a window (see
+/// `memtrace_common::CachedStack`). Userspace fills it.
+#[map]
+static STACK_CACHE: LruHashMap<StackKey, CachedStack> =
+    LruHashMap::with_max_entries(STACK_CACHE_ENTRIES, 0);
+
+/// Per-CPU room to check a cached stack's words.
+#[map]
+static SCRATCH: PerCpuArray<[u8; STACK_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `memtrace_common::counter`.
 #[map]
@@ -296,22 +308,27 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         return 0;
     }
     let ret = read_field!(ctx, SYSCALL_RET, i64).unwrap_or(0);
+    let call = Call {
+        kind,
+        tgid,
+        tid,
+        pending: &pending,
+        ret,
+        site: call_site(tgid),
+    };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
             return 0;
         };
         let ev = entry.as_mut_ptr();
         // SAFETY: `ev` is the slot just reserved, ours alone until submit
-        // and 8-byte aligned; the name is read through a helper that faults
-        // safely.
+        // and 8-byte aligned; the name and window are read through helpers
+        // that fault safely.
         unsafe {
-            write_syscall(
-                ctx,
-                &raw mut (*ev).syscall,
-                (kind, tgid, tid),
-                &pending,
-                ret,
-            );
+            write_syscall(ctx, &raw mut (*ev).syscall, &call);
+            if call.site.cached.is_none() {
+                read_window(&mut (*ev).syscall, &mut (*ev).stack);
+            }
             let name = pending.args[4];
             if name != 0 {
                 // A name in a page not yet faulted in cannot be read here
@@ -323,15 +340,34 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
                         event_flags::NAME_UNREAD
                     };
             }
+            kernel_stack_if_needed(ctx, &mut (*ev).syscall);
         }
         entry.submit(wakeup_flags());
-    } else {
+    } else if call.site.cached.is_some() {
+        // A stack seen before: a small record, no window.
         let Some(mut entry) = reserve::<SyscallEvent>() else {
             return 0;
         };
         // SAFETY: the slot just reserved, ours alone until submit and
         // 8-byte aligned.
-        unsafe { write_syscall(ctx, entry.as_mut_ptr(), (kind, tgid, tid), &pending, ret) };
+        unsafe {
+            write_syscall(ctx, entry.as_mut_ptr(), &call);
+            kernel_stack_if_needed(ctx, &mut *entry.as_mut_ptr());
+        }
+        entry.submit(wakeup_flags());
+    } else {
+        let Some(mut entry) = reserve::<WindowedSyscallEvent>() else {
+            return 0;
+        };
+        let ev = entry.as_mut_ptr();
+        // SAFETY: the slot just reserved, ours alone until submit and
+        // 8-byte aligned; the window is read through a helper that faults
+        // safely.
+        unsafe {
+            write_syscall(ctx, &raw mut (*ev).syscall, &call);
+            read_window(&mut (*ev).syscall, &mut (*ev).stack);
+            kernel_stack_if_needed(ctx, &mut (*ev).syscall);
+        }
         entry.submit(wakeup_flags());
     }
     0
@@ -364,88 +400,170 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
     }
 }
 
-/// Write every field of a syscall record: the call, its result and its
-/// call site (registers, stack window, and the kernel's frame-pointer stack
-/// when needed).
+/// A completed call, ready to be written.
+struct Call<'a> {
+    kind: EventKind,
+    tgid: u32,
+    tid: u32,
+    pending: &'a PendingCall,
+    ret: i64,
+    site: CallSite,
+}
+
+/// Where a call was made from: the user registers, the word at the stack
+/// pointer, and the cached stack they lead to, if any.
+struct CallSite {
+    regs: UserRegs,
+    flags: u32,
+    cached: Option<u32>,
+}
+
+/// The current thread's user registers at the syscall, and its stack from
+/// the cache when the same place with the same stack words was unwound
+/// before.
+#[inline(always)]
+fn call_site(tgid: u32) -> CallSite {
+    let mut site = CallSite {
+        regs: UserRegs::default(),
+        flags: 0,
+        cached: None,
+    };
+    // SAFETY: helpers without pointer arguments.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return site;
+    }
+    let Some(w) = regs_window(regs) else {
+        return site;
+    };
+    site.regs.ip = word!(w, pt_regs::IP);
+    site.regs.sp = word!(w, pt_regs::SP);
+    site.regs.bp = word!(w, pt_regs::BP);
+    if site.regs.sp == 0 {
+        return site;
+    }
+    // SAFETY: a user read through a helper that faults safely.
+    if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
+        site.regs.ret_addr = ret;
+        site.flags |= event_flags::HAS_RET_ADDR;
+    }
+    site.cached = cached_stack(tgid, &site.regs);
+    if site.cached.is_some() {
+        site.flags |= event_flags::STACK_CACHED;
+    }
+    site
+}
+
+/// The id of the stack cached for this call site, when every stack word
+/// (and the frame pointer) its unwinding read still holds what it held.
+#[inline(always)]
+fn cached_stack(tgid: u32, regs: &UserRegs) -> Option<u32> {
+    let key = StackKey {
+        tgid,
+        _pad: 0,
+        ip: regs.ip,
+        sp: regs.sp,
+    };
+    // SAFETY: the entry is only read; userspace replaces entries whole
+    // (a concurrent replacement can at worst fail the checks).
+    let entry = unsafe { STACK_CACHE.get(&key) }?;
+    if entry.bp_used != 0 && entry.bp != regs.bp {
+        return None;
+    }
+    let extent = entry.extent as usize;
+    if extent == 0 || extent > STACK_WINDOW {
+        return None;
+    }
+    let buf = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `buf` is this CPU's scratch window; the user read goes
+    // through a helper that faults safely.
+    unsafe {
+        let buf = &mut *buf;
+        bpf_probe_read_user_buf(regs.sp as *const u8, &mut buf[..extent]).ok()?;
+        let count = entry.count as usize;
+        let mut i = 0;
+        while i < STACK_CHECK_WORDS && i < count {
+            // Indices and offsets masked so the verifier sees them in
+            // bounds; offsets are 8-aligned and below the window
+            // (userspace checks), so the masks change nothing.
+            let j = i & (STACK_CHECK_WORDS - 1);
+            let off = (*entry.offsets.get(j)? as usize) & (STACK_WINDOW - 8);
+            // The scratch value is 8-aligned, and so is `off`.
+            let word = core::ptr::read(buf.as_ptr().add(off).cast::<u64>());
+            if word != *entry.values.get(j)? {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    Some(entry.id)
+}
+
+/// Write the fixed part of a syscall record.
 ///
 /// # Safety
 ///
-/// `ev` must point to a ring buffer slot for a `SyscallEvent` that nothing
-/// else writes until it is submitted.
+/// `ev` must point to a ring buffer slot that nothing else writes until it
+/// is submitted.
 #[inline(always)]
-unsafe fn write_syscall(
-    ctx: &TracePointContext,
-    ev: *mut SyscallEvent,
-    (kind, tgid, tid): (EventKind, u32, u32),
-    pending: &PendingCall,
-    ret: i64,
-) {
-    // SAFETY: the caller hands over `ev` for writing; the helpers fault
-    // safely.
+unsafe fn write_syscall(_ctx: &TracePointContext, ev: *mut SyscallEvent, call: &Call) {
+    // SAFETY: the caller hands over `ev` for writing.
     unsafe {
-        (*ev).header = header(kind, tgid, tid, Some(pending.start_ns));
-        (*ev).args = pending.args;
-        (*ev).ret = ret;
-        (*ev).regs = UserRegs::default();
+        (*ev).header = header(call.kind, call.tgid, call.tid, Some(call.pending.start_ns));
+        (*ev).header.flags = call.site.flags;
+        (*ev).args = call.pending.args;
+        (*ev).ret = call.ret;
+        (*ev).regs = call.site.regs;
         (*ev).stack_id = -1;
         (*ev).stack_len = 0;
-        read_user_regs(
-            &mut *ev,
-            bpf_task_pt_regs(bpf_get_current_task_btf()) as u64,
-        );
-        // The frame-pointer walk is the fallback for when no stack window
-        // could be read: without frame pointers it yields a frame or two
-        // and costs the traced thread microseconds per call.
-        if (*ev).header.flags & event_flags::HAS_STACK == 0 || kernel_stacks_forced() {
-            (*ev).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-                Ok(id) => id as i32,
-                Err(e) => e,
-            };
-        }
+        (*ev).cached_stack = call.site.cached.unwrap_or(0);
+        (*ev)._pad = 0;
     }
 }
 
-/// Fill `regs` from the thread's saved user registers (`pt_regs` at
-/// `regs`), and the stack window from the user stack pointer: the word
-/// there is the return address into the libc wrapper's caller, which
-/// frame-pointer walking skips.
+/// The frame-pointer walk is the fallback for when there is no stack: no
+/// window could be read nor a cached stack found (without frame pointers it
+/// yields a frame or two and costs the traced thread microseconds per
+/// call), or always with `--kernel-stacks`.
 ///
 /// # Safety
 ///
-/// `ev` must be a ring buffer slot (its header already written).
+/// `ev` must be a ring buffer slot (its flags already written).
 #[inline(always)]
-unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
-    if regs == 0 {
-        return;
+unsafe fn kernel_stack_if_needed(ctx: &TracePointContext, ev: &mut SyscallEvent) {
+    let has_stack = ev.header.flags & (event_flags::HAS_STACK | event_flags::STACK_CACHED) != 0;
+    if !has_stack || kernel_stacks_forced() {
+        ev.stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as i32,
+            Err(e) => e,
+        };
     }
-    let Some(w) = regs_window(regs) else {
-        return;
-    };
-    ev.regs.ip = word!(w, pt_regs::IP);
-    let sp = word!(w, pt_regs::SP);
-    ev.regs.sp = sp;
-    ev.regs.bp = word!(w, pt_regs::BP);
+}
+
+/// Copy the stack window from the user stack pointer: near the top of the
+/// stack the full window can cross into unmapped memory, so retry smaller.
+///
+/// # Safety
+///
+/// `ev` and `stack` must be parts of a ring buffer slot.
+#[inline(always)]
+unsafe fn read_window(ev: &mut SyscallEvent, stack: &mut [u8; STACK_WINDOW]) {
+    let sp = ev.regs.sp;
     if sp == 0 {
         return;
     }
     // SAFETY: user reads through helpers that fault safely.
     unsafe {
-        if let Ok(ret) = bpf_probe_read_user(sp as *const u64) {
-            ev.regs.ret_addr = ret;
-            ev.header.flags |= event_flags::HAS_RET_ADDR;
-        }
-        // The window for userspace unwinding; near the top of the stack the
-        // full window can cross into unmapped memory, so retry smaller.
-        if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack).is_ok() {
+        if bpf_probe_read_user_buf(sp as *const u8, stack).is_ok() {
             ev.stack_len = STACK_WINDOW as u32;
             ev.header.flags |= event_flags::HAS_STACK;
-        } else {
-            for len in STACK_WINDOW_SMALLER {
-                if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack[..len]).is_ok() {
-                    ev.stack_len = len as u32;
-                    ev.header.flags |= event_flags::HAS_STACK;
-                    break;
-                }
+            return;
+        }
+        for len in STACK_WINDOW_SMALLER {
+            if bpf_probe_read_user_buf(sp as *const u8, &mut stack[..len]).is_ok() {
+                ev.stack_len = len as u32;
+                ev.header.flags |= event_flags::HAS_STACK;
+                return;
             }
         }
     }

@@ -283,13 +283,22 @@ impl<S: EventSource> Session<S> {
                 }
                 // Unwind now and pin each address to its file and offset, so
                 // the stack means the same after the process is gone.
-                let maps = self.maps.get(&ev.pid).map(Vec::as_slice).unwrap_or(&[]);
-                let tracer = &self.tracer;
-                let stack = callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
-                    tracer.stack(id)
-                });
-                let located = maps::locate(maps, &stack);
-                ev.call_stack = Some(self.stacks.intern(located));
+                // A stack the kernel side recognised arrives as its id.
+                if ev.call_stack.is_none() {
+                    let maps = self.maps.get(&ev.pid).map(Vec::as_slice).unwrap_or(&[]);
+                    let tracer = &self.tracer;
+                    let (stack, check) =
+                        callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
+                            tracer.stack(id)
+                        });
+                    let located = maps::locate(maps, &stack);
+                    let id = self.stacks.intern(located);
+                    ev.call_stack = Some(id);
+                    if let (Some(check), Some(user)) = (check, &ev.user) {
+                        self.tracer
+                            .remember_stack(ev.pid, (user.ip, user.sp), &check, id);
+                    }
+                }
                 ev.user = None;
             }
             if maps_may_change(&ev) {
@@ -321,12 +330,14 @@ impl<S: EventSource> Session<S> {
             match ev.call {
                 Call::Exec { .. } => {
                     self.unwinder.forget(ev.pid);
+                    self.tracer.forget_stacks(ev.pid);
                     self.maps.remove(&ev.pid);
                 }
                 Call::Exit { .. } => {
                     // Nothing of a process outlives it here: its report was
                     // taken at its exit stop, before this event.
                     self.unwinder.forget(ev.pid);
+                    self.tracer.forget_stacks(ev.pid);
                     self.pids.remove(&ev.pid);
                     self.ledgers.remove(&ev.pid);
                     self.maps.remove(&ev.pid);

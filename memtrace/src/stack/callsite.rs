@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     symbolize::{Frame, Symbolizer},
-    unwind::Unwinder,
+    unwind::{StackCheck, Unwinder},
 };
 use crate::{
     proc::maps::{Loc, Mapping},
@@ -130,19 +130,22 @@ impl StackTable {
 /// The raw call stack of an event: unwound from the captured user stack
 /// when that works, else the kernel's frame-pointer stack joined with the
 /// return address at the stack pointer.
+///
+/// A stack unwound from a full window comes with what its unwinding read
+/// (see [`StackCheck`]), for the kernel side's stack cache.
 pub fn resolve_raw_stack(
     ev: &Event,
     maps: &[Mapping],
     unwinder: &mut Unwinder,
     kernel_stack: impl FnOnce(u32) -> Vec<u64>,
-) -> Vec<u64> {
+) -> (Vec<u64>, Option<StackCheck>) {
     if let Some(user) = &ev.user {
-        let unwound = unwinder.unwind(ev.pid, maps, user);
+        let (unwound, check) = unwinder.unwind_checked(ev.pid, maps, user);
         if unwound.len() >= 2 {
-            return unwound;
+            return (unwound, check);
         }
     }
-    event_raw_stack(ev, kernel_stack)
+    (event_raw_stack(ev, kernel_stack), None)
 }
 
 /// Raw return addresses of an event's call stack, innermost first.

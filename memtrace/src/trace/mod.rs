@@ -36,11 +36,13 @@ use aya::{
     },
 };
 use memtrace_common::{
-    counter,
+    CachedStack, STACK_CHECK_WORDS, StackKey, counter,
     tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK, SYSCALLS, SYSCALLS_CATEGORY},
 };
 
 use event::Event;
+
+use crate::stack::unwind::StackCheck;
 
 /// The compiled eBPF object, built by `build.rs` (cargo feature `ebpf`).
 #[cfg(feature = "ebpf")]
@@ -268,6 +270,9 @@ pub struct Tracer {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     traced: BpfHashMap<MapData, u32, u8>,
+    /// The kernel side's stack cache, and the keys added per process.
+    stack_cache: BpfHashMap<MapData, StackKey, CachedStack>,
+    cached_keys: std::collections::HashMap<u32, std::collections::HashSet<StackKey>>,
     /// memtrace's PID namespace (zero in the initial one).
     pidns: PidNamespace,
     /// The syscall tracepoint links, by program, released without waiting
@@ -386,11 +391,15 @@ impl Tracer {
         let counters =
             PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", e))?;
         let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", e))?;
+        let stack_cache =
+            BpfHashMap::try_from(take("STACK_CACHE")?).map_err(|e| map_err("STACK_CACHE", e))?;
         Ok(Tracer {
             reader,
             stacks,
             counters,
             traced,
+            stack_cache,
+            cached_keys: Default::default(),
             pidns,
             syscall_links,
             ebpf,
@@ -413,6 +422,46 @@ impl Tracer {
     /// Stop tracing `pid` (e.g. a thread id the fork program added).
     pub fn remove_pid(&mut self, pid: u32) {
         let _ = self.traced.remove(&pid);
+    }
+
+    /// Let the eBPF side send stack `id` instead of a window for calls of
+    /// `pid` at user (`ip`, `sp`) whose stack words pass `check`. A full
+    /// cache evicts its least recently used stack; those calls then send a
+    /// window again.
+    pub fn remember_stack(&mut self, pid: u32, (ip, sp): (u64, u64), check: &StackCheck, id: u32) {
+        if check.words.len() > STACK_CHECK_WORDS {
+            return;
+        }
+        let key = StackKey {
+            tgid: pid,
+            _pad: 0,
+            ip,
+            sp,
+        };
+        let mut value = CachedStack {
+            id,
+            count: check.words.len() as u32,
+            extent: check.extent(),
+            bp_used: check.bp.is_some().into(),
+            bp: check.bp.unwrap_or(0),
+            offsets: [0; STACK_CHECK_WORDS],
+            values: [0; STACK_CHECK_WORDS],
+        };
+        for (i, (off, word)) in check.words.iter().enumerate() {
+            value.offsets[i] = *off;
+            value.values[i] = *word;
+        }
+        if self.stack_cache.insert(key, value, 0).is_ok() {
+            self.cached_keys.entry(pid).or_default().insert(key);
+        }
+    }
+
+    /// Forget the stacks remembered for `pid` (it exited, or exec replaced
+    /// its code).
+    pub fn forget_stacks(&mut self, pid: u32) {
+        for key in self.cached_keys.remove(&pid).unwrap_or_default() {
+            let _ = self.stack_cache.remove(&key);
+        }
     }
 
     /// Wait up to `timeout` for events, then move every waiting event
