@@ -81,13 +81,15 @@ pub const NAME_LEN: usize = 80;
 
 /// Bytes of user stack copied from the stack pointer at syscall entry, for
 /// unwinding in userspace with the modules' `.eh_frame` (libc and most
-/// distro binaries have no frame pointers). 2 KiB: jemalloc's allocation
-/// paths keep their caller (redis's `zmalloc*`) about 1.3 KiB above the
-/// syscall.
-pub const STACK_WINDOW: usize = 2048;
+/// distro binaries have no frame pointers). 8 KiB: jemalloc's allocation
+/// paths keep redis's `zmalloc*` 1.3 KiB above the syscall, and redis's
+/// `debugCommand` alone has a 5 KiB frame. Only calls whose stack the
+/// kernel side has not seen carry it (see [`CachedStack`]); the others
+/// read just the words their check needs.
+pub const STACK_WINDOW: usize = 8192;
 /// Smaller windows tried in turn when the full one crosses the end of the
 /// stack mapping (a shallow stack near its top).
-pub const STACK_WINDOW_SMALLER: [usize; 2] = [1024, 256];
+pub const STACK_WINDOW_SMALLER: [usize; 4] = [4096, 2048, 1024, 256];
 
 /// Flag bits of [`EventHeader::flags`]: which optional parts of a record
 /// hold data.
