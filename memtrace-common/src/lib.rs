@@ -298,8 +298,8 @@ pub mod counter {
     /// Forked children that could not join the traced set (map full, or
     /// their id unreadable).
     pub const LOST_CHILDREN: u32 = 2;
-    /// Records written on this CPU since the reader was last woken (see
-    /// `WAKEUP_EVERY`).
+    /// Bytes of records written on this CPU since the reader was last
+    /// woken (see `WAKEUP_RING_FRACTION`).
     pub const UNWOKEN: u32 = 3;
     pub const COUNT: u32 = 4;
 }
@@ -307,19 +307,37 @@ pub mod counter {
 /// Slots of the pending-call array, a power of two (thread ids are spread
 /// over them by their low bits).
 pub const PENDING_SLOTS: u32 = 1 << 16;
-/// The eBPF side wakes the ring buffer's reader once every this many
-/// records per CPU; the reader also polls on a short timer. Asking the ring
-/// how full it is instead reads the reader's position, a cache line the
-/// other CPU writes: that cost about 0.2 µs per event here.
-pub const WAKEUP_EVERY: u64 = 128;
+/// The eBPF side wakes the ring buffer's reader once this fraction of the
+/// ring has been written on one CPU since the last wakeup; the reader also
+/// polls on a short timer. Asking the ring how full it is instead reads the
+/// reader's position, a cache line the other CPU writes: that cost about
+/// 0.2 µs per event here.
+pub const WAKEUP_RING_FRACTION: u32 = 16;
 /// Maximum number of traced processes.
 pub const MAX_TRACED: u32 = 4096;
-/// Frames of the kernel's frame-pointer walk kept per stack.
-pub const KERNEL_STACK_DEPTH: u32 = 8;
+/// Frames of the kernel's frame-pointer walk kept per stack: deep enough
+/// for a Go stack from the syscall on the g0 stack through
+/// `runtime.systemstack` to the goroutine's `main.*` frames and beyond.
+pub const KERNEL_STACK_DEPTH: u32 = 48;
+
+/// Values of the traced-process map: bits saying how to trace a process.
+pub mod traced {
+    /// The process is traced.
+    pub const TRACED: u8 = 1 << 0;
+    /// Its code keeps frame pointers (Go): take the kernel's frame-pointer
+    /// stack with every call too, which crosses stack switches the window
+    /// cannot (Go's `runtime.systemstack`), and skip the stack cache (the
+    /// frames past the window are not checked by it).
+    pub const FRAME_POINTERS: u8 = 1 << 1;
+}
+
 /// Distinct user stacks kept in the stack map.
 pub const MAX_STACKS: u32 = 16384;
 /// Default ring buffer size in bytes (a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Smallest ring buffer: room for a few records with a stack window (a
+/// record larger than the ring could never be delivered).
+pub const MIN_RING_BYTES: u32 = 64 << 10;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -413,6 +431,12 @@ mod tests {
         ] {
             assert!(align <= 8 && size % 8 == 0, "size {size}, align {align}");
         }
+    }
+
+    #[test]
+    fn the_smallest_ring_holds_a_few_windows() {
+        assert!(MIN_RING_BYTES.is_power_of_two());
+        assert!(MIN_RING_BYTES as usize >= 4 * (size_of::<SetVmaNameEvent>() + 8));
     }
 
     #[test]

@@ -38,8 +38,8 @@ use memtrace_common::{
     CachedStack, DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
     KERNEL_STACK_DEPTH, MAX_STACKS, MAX_TRACED, NAME_LEN, PENDING_SLOTS, PendingCall,
     STACK_CACHE_ENTRIES, STACK_CHECK_WORDS, STACK_WINDOW, STACK_WINDOW_SMALLER, SetVmaNameEvent,
-    StackKey, SyscallEvent, UserRegs, WAKEUP_EVERY, WindowedSyscallEvent, counter, event_flags,
-    pending_slot,
+    StackKey, SyscallEvent, UserRegs, WindowedSyscallEvent, counter, event_flags, pending_slot,
+    traced,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
         SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
@@ -92,6 +92,11 @@ static FOLLOW_FORKS: u8 = 0;
 /// could not be read (`--kernel-stacks`).
 #[unsafe(no_mangle)]
 static KERNEL_STACKS: u8 = 0;
+
+/// Set by userspace before load: bytes of records written on one CPU
+/// between wakeups of the reader (a fraction of the ring).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 256 << 10;
 
 /// Set by userspace before load: memtrace's PID namespace, zero in the
 /// initial one.
@@ -203,15 +208,17 @@ fn current_ids() -> Option<(u32, u32)> {
 /// The current thread's ids when its process is traced.
 #[inline(always)]
 fn traced_ids() -> Option<(u32, u32)> {
-    let (tgid, tid) = current_ids()?;
-    is_traced(tgid).then_some((tgid, tid))
+    traced_ids_flags().map(|(tgid, tid, _)| (tgid, tid))
 }
 
+/// The current thread's ids and its process's `memtrace_common::traced`
+/// bits, when its process is traced.
 #[inline(always)]
-fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence, never read, so a
-    // concurrent update of the entry cannot be observed half-written.
-    unsafe { TRACED.get(tgid).is_some() }
+fn traced_ids_flags() -> Option<(u32, u32, u8)> {
+    let (tgid, tid) = current_ids()?;
+    // SAFETY: a one-byte value, read whole.
+    let flags = unsafe { *TRACED.get(tgid)? };
+    Some((tgid, tid, flags))
 }
 
 #[inline(always)]
@@ -222,19 +229,30 @@ fn count(index: u32) {
     }
 }
 
-/// Submit flags: waking the reader on every event costs the traced thread
-/// an interrupt per syscall, so wake it once every `WAKEUP_EVERY` records
-/// per CPU (a per-CPU count: no cache line shared with the reader); the
-/// reader also polls on a short timer.
+/// Submit flags for a record of `bytes`: waking the reader on every event
+/// costs the traced thread an interrupt per syscall, so wake it once
+/// `WAKEUP_BYTES` of small records have been written on this CPU since the
+/// last wakeup (a
+/// per-CPU count: no cache line shared with the reader); the reader also
+/// polls on a short timer.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+fn wakeup_flags(bytes: usize) -> u64 {
     let Some(n) = COUNTERS.get_ptr_mut(counter::UNWOKEN) else {
         return BPF_RB_FORCE_WAKEUP as u64;
     };
-    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU; the global is
+    // set before load.
     unsafe {
-        *n += 1;
-        if *n < WAKEUP_EVERY {
+        // A record with a stack window wakes the reader at once: such
+        // records are few once the stack cache is filled, and the sooner
+        // userspace unwinds them the sooner it fills (and the ring does
+        // not fill with them meanwhile).
+        if bytes >= STACK_WINDOW {
+            *n = 0;
+            return BPF_RB_FORCE_WAKEUP as u64;
+        }
+        *n += bytes as u64;
+        if *n < core::ptr::read_volatile(&WAKEUP_BYTES) {
             return BPF_RB_NO_WAKEUP as u64;
         }
         *n = 0;
@@ -286,9 +304,10 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
-    let Some((tgid, tid)) = traced_ids() else {
+    let Some((tgid, tid, flags)) = traced_ids_flags() else {
         return 0;
     };
+    let frame_pointers = flags & traced::FRAME_POINTERS != 0;
     let Some(slot) = pending(tid) else {
         return 0;
     };
@@ -314,7 +333,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         tid,
         pending: &pending,
         ret,
-        site: call_site(tgid),
+        site: call_site(tgid, frame_pointers),
     };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
@@ -342,7 +361,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
             }
             kernel_stack_if_needed(ctx, &mut (*ev).syscall);
         }
-        entry.submit(wakeup_flags());
+        entry.submit(wakeup_flags(size_of::<SetVmaNameEvent>()));
     } else if call.site.cached.is_some() {
         // A stack seen before: a small record, no window.
         let Some(mut entry) = reserve::<SyscallEvent>() else {
@@ -354,7 +373,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
             write_syscall(ctx, entry.as_mut_ptr(), &call);
             kernel_stack_if_needed(ctx, &mut *entry.as_mut_ptr());
         }
-        entry.submit(wakeup_flags());
+        entry.submit(wakeup_flags(size_of::<SyscallEvent>()));
     } else {
         let Some(mut entry) = reserve::<WindowedSyscallEvent>() else {
             return 0;
@@ -368,7 +387,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
             read_window(&mut (*ev).syscall, &mut (*ev).stack);
             kernel_stack_if_needed(ctx, &mut (*ev).syscall);
         }
-        entry.submit(wakeup_flags());
+        entry.submit(wakeup_flags(size_of::<WindowedSyscallEvent>()));
     }
     0
 }
@@ -400,6 +419,10 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
     }
 }
 
+/// A private flag between `call_site` and `kernel_stack_if_needed`: take
+/// the frame-pointer stack (cleared before the record is submitted).
+const FRAME_WALK: u32 = 1 << 31;
+
 /// A completed call, ready to be written.
 struct Call<'a> {
     kind: EventKind,
@@ -422,7 +445,7 @@ struct CallSite {
 /// the cache when the same place with the same stack words was unwound
 /// before.
 #[inline(always)]
-fn call_site(tgid: u32) -> CallSite {
+fn call_site(tgid: u32, frame_pointers: bool) -> CallSite {
     let mut site = CallSite {
         regs: UserRegs::default(),
         flags: 0,
@@ -446,6 +469,10 @@ fn call_site(tgid: u32) -> CallSite {
     if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
         site.regs.ret_addr = ret;
         site.flags |= event_flags::HAS_RET_ADDR;
+    }
+    if frame_pointers {
+        site.flags |= FRAME_WALK;
+        return site;
     }
     site.cached = cached_stack(tgid, &site.regs);
     if site.cached.is_some() {
@@ -532,7 +559,9 @@ unsafe fn write_syscall(_ctx: &TracePointContext, ev: *mut SyscallEvent, call: &
 #[inline(always)]
 unsafe fn kernel_stack_if_needed(ctx: &TracePointContext, ev: &mut SyscallEvent) {
     let has_stack = ev.header.flags & (event_flags::HAS_STACK | event_flags::STACK_CACHED) != 0;
-    if !has_stack || kernel_stacks_forced() {
+    let walk = ev.header.flags & FRAME_WALK != 0;
+    ev.header.flags &= !FRAME_WALK;
+    if !has_stack || walk || kernel_stacks_forced() {
         ev.stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
             Ok(id) => id as i32,
             Err(e) => e,
@@ -629,7 +658,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
-    if follow && TRACED.insert(child, 1, 0).is_err() {
+    if follow && TRACED.insert(child, traced::TRACED, 0).is_err() {
         count(counter::LOST_CHILDREN);
     }
     if let Some(mut entry) = reserve::<ForkEvent>() {
@@ -638,7 +667,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
             child_pid: child,
             _pad: 0,
         });
-        entry.submit(wakeup_flags());
+        entry.submit(wakeup_flags(size_of::<ForkEvent>()));
     }
     0
 }
@@ -666,7 +695,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
             (*ev).header.flags |= event_flags::HAS_NAME;
         }
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(size_of::<ExecEvent>()));
     0
 }
 
@@ -698,7 +727,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             entry.write(ExitEvent {
                 header: header(EventKind::Exit, tgid, tid, None),
             });
-            entry.submit(wakeup_flags());
+            entry.submit(wakeup_flags(size_of::<ExitEvent>()));
         }
         // Forget it here, not only when userspace sees the exit (which may
         // be lost): a later process reusing the pid must not be traced.

@@ -120,6 +120,8 @@ impl<S: EventSource> Session<S> {
 
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         self.tracer.add_pid(pid)?;
+        self.tracer
+            .set_frame_pointers(pid, keeps_frame_pointers(pid));
         self.pids.insert(pid);
         self.refresh_maps(pid);
         Ok(())
@@ -331,6 +333,8 @@ impl<S: EventSource> Session<S> {
                 Call::Exec { .. } => {
                     self.unwinder.forget(ev.pid);
                     self.tracer.forget_stacks(ev.pid);
+                    self.tracer
+                        .set_frame_pointers(ev.pid, keeps_frame_pointers(ev.pid));
                     self.maps.remove(&ev.pid);
                 }
                 Call::Exit { .. } => {
@@ -485,6 +489,20 @@ fn apply_order(ev: &Event) -> u64 {
         | Call::SetVmaName { .. } => ev.time_ns.saturating_sub(ev.duration_ns),
         _ => ev.time_ns,
     }
+}
+
+/// Whether `pid` runs code that keeps frame pointers: Go binaries (told by
+/// their sections, as the classification tells them).
+fn keeps_frame_pointers(pid: u32) -> bool {
+    let link = format!("/proc/{pid}/exe");
+    // The file's own path when it is visible here, so the per-path memo
+    // stays right when the pid execs another binary.
+    let path = std::fs::read_link(&link)
+        .ok()
+        .filter(|p| p.is_file())
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or(link);
+    crate::attribution::classify::is_go_module(&path)
 }
 
 /// Whether the fork of `child` by `parent` made a process (not a thread).

@@ -36,7 +36,8 @@ use aya::{
     },
 };
 use memtrace_common::{
-    CachedStack, STACK_CHECK_WORDS, StackKey, counter,
+    CachedStack, DEFAULT_RING_BYTES, STACK_CHECK_WORDS, StackKey, WAKEUP_RING_FRACTION, counter,
+    traced,
     tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK, SYSCALLS, SYSCALLS_CATEGORY},
 };
 
@@ -228,7 +229,7 @@ pub struct TracerOptions {
     /// before they run.
     pub follow_forks: bool,
     /// Ring buffer size in bytes (rounded up to a power-of-two number of
-    /// pages); `None` for the default of 4 MiB.
+    /// pages, at least `MIN_RING_BYTES`); `None` for the default of 4 MiB.
     pub ring_bytes: Option<u32>,
     /// Take the kernel's frame-pointer stack for every event, not only
     /// when the user stack window could not be read (costs the traced
@@ -344,9 +345,10 @@ impl Tracer {
         loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
         loader.override_global("PIDNS", &pidns, true);
         loader.override_global("LAYOUT", &layout, true);
-        if let Some(bytes) = opts.ring_bytes {
-            loader.map_max_entries("EVENTS", ring_size(bytes));
-        }
+        let ring = ring_size(opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
+        loader.map_max_entries("EVENTS", ring);
+        let wakeup_bytes = u64::from(ring / WAKEUP_RING_FRACTION);
+        loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
@@ -412,7 +414,7 @@ impl Tracer {
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         kernel::check_traceable(self.pidns, pid)?;
         self.traced
-            .insert(pid, 1, 0)
+            .insert(pid, traced::TRACED, 0)
             .map_err(|e| TraceError::AddPid {
                 pid,
                 source: Box::new(e),
@@ -422,6 +424,18 @@ impl Tracer {
     /// Stop tracing `pid` (e.g. a thread id the fork program added).
     pub fn remove_pid(&mut self, pid: u32) {
         let _ = self.traced.remove(&pid);
+    }
+
+    /// Whether `pid`'s code keeps frame pointers (Go): its calls then carry
+    /// the kernel's frame-pointer stack as well as the window, which goes
+    /// on past stack switches (Go's `runtime.systemstack`). A process no
+    /// longer traced stays so.
+    pub fn set_frame_pointers(&mut self, pid: u32, on: bool) {
+        if self.traced.get(&pid, 0).is_err() {
+            return;
+        }
+        let bits = traced::TRACED | if on { traced::FRAME_POINTERS } else { 0 };
+        let _ = self.traced.insert(pid, bits, 0);
     }
 
     /// Let the eBPF side send stack `id` instead of a window for calls of
@@ -698,10 +712,12 @@ fn attach_error(program: &str, e: ProgramError) -> TraceError {
     }
 }
 
-/// Ring buffer sizes must be a power-of-two number of pages.
+/// Ring buffer sizes must be a power-of-two number of pages, and hold a
+/// few records with a stack window.
 fn ring_size(bytes: u32) -> u32 {
-    let page = 4096u32;
-    bytes.max(page).next_power_of_two()
+    bytes
+        .max(memtrace_common::MIN_RING_BYTES)
+        .next_power_of_two()
 }
 
 /// The session holds the executable files of traced processes open
@@ -775,9 +791,9 @@ mod tests {
 
     #[test]
     fn ring_sizes_are_power_of_two_pages() {
-        assert_eq!(ring_size(1), 4096);
-        assert_eq!(ring_size(4096), 4096);
-        assert_eq!(ring_size(5000), 8192);
+        assert_eq!(ring_size(1), 64 << 10);
+        assert_eq!(ring_size(4096), 64 << 10);
+        assert_eq!(ring_size((64 << 10) + 1), 128 << 10);
         assert_eq!(ring_size(4 << 20), 4 << 20);
     }
 }

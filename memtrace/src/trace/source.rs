@@ -28,6 +28,9 @@ pub trait EventSource {
     /// Forget what [`EventSource::remember_stack`] told about `pid` (it
     /// exited, or exec replaced its code).
     fn forget_stacks(&mut self, _pid: u32) {}
+    /// Whether `pid`'s code keeps frame pointers (Go), so a frame-pointer
+    /// walk can take its stacks further than the window.
+    fn set_frame_pointers(&mut self, _pid: u32, _on: bool) {}
 }
 
 impl EventSource for Tracer {
@@ -54,5 +57,8 @@ impl EventSource for Tracer {
     }
     fn forget_stacks(&mut self, pid: u32) {
         Tracer::forget_stacks(self, pid)
+    }
+    fn set_frame_pointers(&mut self, pid: u32, on: bool) {
+        Tracer::set_frame_pointers(self, pid, on)
     }
 }
