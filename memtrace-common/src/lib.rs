@@ -4,9 +4,10 @@
 //! - [`tracepoints`]: the raw tracepoints attached, the traced syscalls
 //!   with their numbers, and every kernel layout fact the programs rely on.
 //! - The ring-buffer records: an [`EventHeader`] and a payload chosen by
-//!   [`EventKind`] ([`SyscallEvent`], [`SetVmaNameEvent`], [`ForkEvent`],
-//!   [`ExecEvent`], [`ExitEvent`]).
-//! - Map values, keys and sizes ([`PendingCall`], [`counter`], `MAX_*`).
+//!   [`EventKind`] ([`SyscallEvent`], [`WindowedSyscallEvent`],
+//!   [`SetVmaNameEvent`], [`ForkEvent`], [`ExecEvent`], [`ExitEvent`]).
+//! - Map values, keys and sizes ([`PendingCall`], the stack cache's
+//!   [`StackKey`] and [`CachedStack`], [`traced`], [`counter`], `MAX_*`).
 //!
 //! Every record type here is `#[repr(C)]` with explicit padding fields, so both
 //! sides agree on the layout byte for byte and the verifier never sees
