@@ -4,9 +4,10 @@
 //! - [`tracepoints`]: the raw tracepoints attached, the traced syscalls
 //!   with their numbers, and every kernel layout fact the programs rely on.
 //! - The ring-buffer records: an [`EventHeader`] and a payload chosen by
-//!   [`EventKind`] ([`SyscallEvent`], [`SetVmaNameEvent`], [`ForkEvent`],
-//!   [`ExecEvent`], [`ExitEvent`]).
-//! - Map values, keys and sizes ([`PendingCall`], [`counter`], `MAX_*`).
+//!   [`EventKind`] ([`SyscallEvent`], [`WindowedSyscallEvent`],
+//!   [`SetVmaNameEvent`], [`ForkEvent`], [`ExecEvent`], [`ExitEvent`]).
+//! - Map values, keys and sizes ([`PendingCall`], the stack cache's
+//!   [`StackKey`] and [`CachedStack`], [`traced`], [`counter`], `MAX_*`).
 //!
 //! Every record type here is `#[repr(C)]` with explicit padding fields, so both
 //! sides agree on the layout byte for byte and the verifier never sees
@@ -81,10 +82,15 @@ pub const NAME_LEN: usize = 80;
 
 /// Bytes of user stack copied from the stack pointer at syscall entry, for
 /// unwinding in userspace with the modules' `.eh_frame` (libc and most
-/// distro binaries have no frame pointers).
-pub const STACK_WINDOW: usize = 1024;
-/// Fallback window when the full one crosses the end of the stack mapping.
-pub const STACK_WINDOW_SMALL: usize = 256;
+/// distro binaries have no frame pointers). 8 KiB: jemalloc's allocation
+/// paths keep redis's `zmalloc*` 1.3 KiB above the syscall, and redis's
+/// `debugCommand` alone has a 5 KiB frame. Only calls whose stack the
+/// kernel side has not seen carry it (see [`CachedStack`]); the others
+/// read just the words their check needs.
+pub const STACK_WINDOW: usize = 8192;
+/// Smaller windows tried in turn when the full one crosses the end of the
+/// stack mapping (a shallow stack near its top).
+pub const STACK_WINDOW_SMALLER: [usize; 4] = [4096, 2048, 1024, 256];
 
 /// Flag bits of [`EventHeader::flags`]: which optional parts of a record
 /// hold data.
@@ -102,11 +108,14 @@ pub mod event_flags {
     /// read it (its page was not resident: reads in eBPF cannot fault pages
     /// in). Userspace reads it from the process instead.
     pub const NAME_UNREAD: u32 = 1 << 3;
+    /// The stack is one userspace unwound before (`cached_stack`); the
+    /// record carries no window.
+    pub const STACK_CACHED: u32 = 1 << 4;
     /// A fork record's child is a new process (it leads its own thread
     /// group), as the kernel side saw it. Thread creation sends no record;
     /// without this flag the kernel side could not tell, and userspace
     /// asks `/proc`.
-    pub const NEW_PROCESS: u32 = 1 << 4;
+    pub const NEW_PROCESS: u32 = 1 << 5;
 }
 
 /// The start of every ring-buffer record; `kind` says which record it
@@ -114,7 +123,7 @@ pub mod event_flags {
 ///
 /// | `kind` | record |
 /// | --- | --- |
-/// | mmap, munmap, mremap, brk, mprotect, madvise | [`SyscallEvent`] |
+/// | mmap, munmap, mremap, brk, mprotect, madvise | [`WindowedSyscallEvent`] with `HAS_STACK`, else [`SyscallEvent`] |
 /// | set_vma_name | [`SetVmaNameEvent`] |
 /// | fork | [`ForkEvent`] |
 /// | exec | [`ExecEvent`] |
@@ -153,6 +162,10 @@ pub struct UserRegs {
 
 /// A completed syscall: `args` as the kernel received them, `ret` its
 /// return value (negative errno on failure), and the user call site.
+///
+/// Alone it is the record of a call whose stack the kernel side found in
+/// its stack cache (`STACK_CACHED`: `cached_stack` names it); a call with a
+/// stack window is a [`WindowedSyscallEvent`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallEvent {
@@ -162,8 +175,20 @@ pub struct SyscallEvent {
     pub regs: UserRegs,
     /// User stack id in the `STACKS` map, or negative when none was taken.
     pub stack_id: i32,
-    /// Valid bytes in `stack`.
+    /// Valid bytes of the stack window that follows (in the record types
+    /// that carry one).
     pub stack_len: u32,
+    /// With `STACK_CACHED`: the id userspace gave this stack
+    /// ([`CachedStack::id`]).
+    pub cached_stack: u32,
+    pub _pad: u32,
+}
+
+/// A completed syscall with the top of its user stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WindowedSyscallEvent {
+    pub syscall: SyscallEvent,
     /// The user stack from `regs.sp` upwards.
     pub stack: [u8; STACK_WINDOW],
 }
@@ -178,6 +203,48 @@ pub struct SetVmaNameEvent {
     /// clears the name, and `NAME_UNREAD` says the pointer (`args[4]`) was
     /// not null but unreadable here.
     pub name: [u8; NAME_LEN],
+    /// The user stack from `regs.sp` upwards, with `HAS_STACK`.
+    pub stack: [u8; STACK_WINDOW],
+}
+
+/// Most stack words a [`CachedStack`] checks.
+pub const STACK_CHECK_WORDS: usize = 128;
+/// Stacks the kernel side's stack cache holds (an LRU map).
+pub const STACK_CACHE_ENTRIES: u32 = 8192;
+
+/// Key of the kernel side's stack cache: where a syscall was made from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// User instruction pointer and stack pointer at the syscall.
+    pub ip: u64,
+    pub sp: u64,
+}
+
+/// A stack userspace unwound from a full window, and every input that
+/// unwinding read: the user stack words at `offsets` from the stack
+/// pointer had `values` (and the frame pointer was `bp`, when the unwinding
+/// used it). A later call at the same [`StackKey`] whose words (and frame
+/// pointer) are the same unwinds to the same stack, so the kernel side
+/// checks them and sends `id` instead of a window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CachedStack {
+    /// The session's id of the unwound stack.
+    pub id: u32,
+    /// Words to check (at most [`STACK_CHECK_WORDS`]).
+    pub count: u32,
+    /// Bytes from the stack pointer that hold every word checked.
+    pub extent: u32,
+    /// Non-zero when the unwinding read the frame pointer.
+    pub bp_used: u32,
+    pub bp: u64,
+    /// Byte offsets from the stack pointer, multiples of 8 below
+    /// `STACK_WINDOW`.
+    pub offsets: [u16; STACK_CHECK_WORDS],
+    pub values: [u64; STACK_CHECK_WORDS],
 }
 
 /// A traced process forked (see [`event_flags::NEW_PROCESS`]).
@@ -205,41 +272,78 @@ pub struct ExitEvent {
     pub header: EventHeader,
 }
 
-/// Syscall arguments saved at entry, keyed by thread id until the exit.
+/// Syscall arguments saved at entry, until the exit, in the thread's slot
+/// of the pending-call array (see [`pending_slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
     pub start_ns: u64,
     pub args: [u64; 6],
     pub kind: u32,
-    pub _pad: u32,
+    /// The thread the slot holds a call of; 0 when free.
+    pub tid: u32,
+}
+
+/// The pending-call slot of thread `tid`. An array indexed by thread id
+/// costs the programs a bounds check where a hash map costs a locked
+/// update, a lookup and a delete (about 0.5 µs per call here). Two threads
+/// whose ids share a slot and are inside traced calls at once collide: the
+/// second one's call is refused and counted (`counter::LOST_PENDING`).
+#[inline(always)]
+pub const fn pending_slot(tid: u32) -> u32 {
+    tid & (PENDING_SLOTS - 1)
 }
 
 /// Index into the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const LOST_RINGBUF: u32 = 0;
-    /// Syscall entries dropped because the pending-call map refused them.
-    /// The map is an LRU map that makes room by evicting its least recently
-    /// used entry, so this stays zero unless the kernel cannot allocate.
+    /// Syscall entries dropped because their thread's pending-call slot
+    /// held another thread's call in flight (see `pending_slot`).
     pub const LOST_PENDING: u32 = 1;
     /// Forked children that could not join the traced set (map full, or
     /// their id unreadable).
     pub const LOST_CHILDREN: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Bytes of records written on this CPU since the reader was last
+    /// woken (see `WAKEUP_RING_FRACTION`).
+    pub const UNWOKEN: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
-/// Maximum number of threads with a syscall in flight at once; beyond
-/// that the pending-call map evicts the least recently used entries.
-pub const MAX_PENDING: u32 = 16384;
+/// Slots of the pending-call array, a power of two (thread ids are spread
+/// over them by their low bits).
+pub const PENDING_SLOTS: u32 = 1 << 16;
+/// The eBPF side wakes the ring buffer's reader once this fraction of the
+/// ring has been written on one CPU since the last wakeup; the reader also
+/// polls on a short timer. Asking the ring how full it is instead reads the
+/// reader's position, a cache line the other CPU writes: that cost about
+/// 0.2 µs per event here.
+pub const WAKEUP_RING_FRACTION: u32 = 16;
 /// Maximum number of traced processes.
 pub const MAX_TRACED: u32 = 4096;
-/// Frames of the kernel's frame-pointer walk kept per stack.
-pub const KERNEL_STACK_DEPTH: u32 = 8;
+/// Frames of the kernel's frame-pointer walk kept per stack: deep enough
+/// for a Go stack from the syscall on the g0 stack through
+/// `runtime.systemstack` to the goroutine's `main.*` frames and beyond.
+pub const KERNEL_STACK_DEPTH: u32 = 48;
+
+/// Values of the traced-process map: bits saying how to trace a process.
+pub mod traced {
+    /// The process is traced.
+    pub const TRACED: u8 = 1 << 0;
+    /// Its code keeps frame pointers (Go): take the kernel's frame-pointer
+    /// stack with every call too, which crosses stack switches the window
+    /// cannot (Go's `runtime.systemstack`), and skip the stack cache (the
+    /// frames past the window are not checked by it).
+    pub const FRAME_POINTERS: u8 = 1 << 1;
+}
+
 /// Distinct user stacks kept in the stack map.
 pub const MAX_STACKS: u32 = 16384;
 /// Default ring buffer size in bytes (a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Smallest ring buffer: room for a few records with a stack window (a
+/// record larger than the ring could never be delivered).
+pub const MIN_RING_BYTES: u32 = 64 << 10;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -251,6 +355,12 @@ mod pod {
     unsafe impl aya::Pod for super::UserRegs {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SyscallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WindowedSyscallEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CachedStack {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SetVmaNameEvent {}
     // SAFETY: as above.
@@ -278,16 +388,27 @@ mod tests {
         assert_eq!(size_of::<UserRegs>(), 8 * 4);
         assert_eq!(
             size_of::<SyscallEvent>(),
-            size_of::<EventHeader>() + 8 * 6 + 8 + size_of::<UserRegs>() + 4 * 2 + STACK_WINDOW
+            size_of::<EventHeader>() + 8 * 6 + 8 + size_of::<UserRegs>() + 4 * 4
+        );
+        assert_eq!(
+            size_of::<WindowedSyscallEvent>(),
+            size_of::<SyscallEvent>() + STACK_WINDOW
         );
         assert_eq!(
             size_of::<SetVmaNameEvent>(),
-            size_of::<SyscallEvent>() + NAME_LEN
+            size_of::<SyscallEvent>() + NAME_LEN + STACK_WINDOW
+        );
+        assert_eq!(size_of::<StackKey>(), 4 * 2 + 8 * 2);
+        assert_eq!(
+            size_of::<CachedStack>(),
+            4 * 4 + 8 + 2 * STACK_CHECK_WORDS + 8 * STACK_CHECK_WORDS
         );
         assert_eq!(size_of::<ForkEvent>(), size_of::<EventHeader>() + 4 * 2);
         assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + NAME_LEN);
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>());
         assert_eq!(size_of::<PendingCall>(), 8 + 8 * 6 + 4 * 2);
+        assert!(PENDING_SLOTS.is_power_of_two());
+        assert_eq!(pending_slot(PENDING_SLOTS + 5), 5);
         assert_eq!(size_of::<tracepoints::KernelLayout>(), 4 * 7);
         assert_eq!(size_of::<tracepoints::PidNamespace>(), 8 * 2);
     }
@@ -298,12 +419,17 @@ mod tests {
     fn every_record_starts_with_its_header_and_fits_ring_slots() {
         use core::mem::{align_of, offset_of};
         assert_eq!(offset_of!(SyscallEvent, header), 0);
+        assert_eq!(offset_of!(WindowedSyscallEvent, syscall), 0);
         assert_eq!(offset_of!(SetVmaNameEvent, syscall), 0);
         assert_eq!(offset_of!(ForkEvent, header), 0);
         assert_eq!(offset_of!(ExecEvent, header), 0);
         assert_eq!(offset_of!(ExitEvent, header), 0);
         for (size, align) in [
             (size_of::<SyscallEvent>(), align_of::<SyscallEvent>()),
+            (
+                size_of::<WindowedSyscallEvent>(),
+                align_of::<WindowedSyscallEvent>(),
+            ),
             (size_of::<SetVmaNameEvent>(), align_of::<SetVmaNameEvent>()),
             (size_of::<ForkEvent>(), align_of::<ForkEvent>()),
             (size_of::<ExecEvent>(), align_of::<ExecEvent>()),
@@ -311,6 +437,12 @@ mod tests {
         ] {
             assert!(align <= 8 && size % 8 == 0, "size {size}, align {align}");
         }
+    }
+
+    #[test]
+    fn the_smallest_ring_holds_a_few_windows() {
+        assert!(MIN_RING_BYTES.is_power_of_two());
+        assert!(MIN_RING_BYTES as usize >= 4 * (size_of::<SetVmaNameEvent>() + 8));
     }
 
     #[test]

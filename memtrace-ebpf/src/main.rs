@@ -7,6 +7,10 @@
 //! the small lifecycle records. Every program first checks the caller's
 //! process against `TRACED`, so untraced processes pay one hash lookup.
 //!
+//! Per-event cost is what the traced process pays, so the hot path avoids
+//! hash-map updates (a per-thread array slot pairs entry and exit) and
+//! cache lines shared with the reader (wakeups are counted per CPU).
+//!
 //! Process ids are the ones memtrace sees: in a PID namespace, the
 //! namespace's (`PIDNS`), else the kernel's.
 //!
@@ -18,10 +22,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE, bpf_pidns_info,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_pidns_info},
     btf_maps::StackTrace,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -30,13 +31,15 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_task_pt_regs},
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
-    DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    KERNEL_STACK_DEPTH, MAX_PENDING, MAX_STACKS, MAX_TRACED, NAME_LEN, PendingCall, STACK_WINDOW,
-    STACK_WINDOW_SMALL, SetVmaNameEvent, SyscallEvent, UserRegs, counter, event_flags,
+    CachedStack, DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    KERNEL_STACK_DEPTH, MAX_STACKS, MAX_TRACED, NAME_LEN, PENDING_SLOTS, PendingCall,
+    STACK_CACHE_ENTRIES, STACK_CHECK_WORDS, STACK_WINDOW, STACK_WINDOW_SMALLER, SetVmaNameEvent,
+    StackKey, SyscallEvent, UserRegs, WindowedSyscallEvent, counter, event_flags, pending_slot,
+    traced,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
         SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
@@ -48,12 +51,11 @@ use memtrace_common::{
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
 
-/// Syscall arguments saved at entry, by thread id. An LRU map: an entry
-/// whose exit never comes (the thread died inside the call, or its process
-/// left the traced set meanwhile) is evicted once the map fills up, instead
-/// of holding a slot for the rest of the session.
+/// Syscall arguments saved at entry, in the thread's slot
+/// (`memtrace_common::pending_slot`). A slot whose exit never comes is
+/// freed when its thread exits (`sched_process_exit`).
 #[map]
-static PENDING: LruHashMap<u32, PendingCall> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+static PENDING: Array<PendingCall> = Array::with_max_entries(PENDING_SLOTS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -64,6 +66,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[btf_map]
 static STACKS: StackTrace<{ MAX_STACKS as usize }, 0, { KERNEL_STACK_DEPTH as usize }> =
     StackTrace::new();
+
+/// Stacks userspace unwound, by where the call was made from: a call whose
+/// stack words match an entry's sends its id instead of a window (see
+/// `memtrace_common::CachedStack`). Userspace fills it.
+#[map]
+static STACK_CACHE: LruHashMap<StackKey, CachedStack> =
+    LruHashMap::with_max_entries(STACK_CACHE_ENTRIES, 0);
+
+/// Per-CPU room to check a cached stack's words.
+#[map]
+static SCRATCH: PerCpuArray<[u8; STACK_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `memtrace_common::counter`.
 #[map]
@@ -79,6 +92,11 @@ static FOLLOW_FORKS: u8 = 0;
 /// could not be read (`--kernel-stacks`).
 #[unsafe(no_mangle)]
 static KERNEL_STACKS: u8 = 0;
+
+/// Set by userspace before load: bytes of records written on one CPU
+/// between wakeups of the reader (a fraction of the ring).
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 256 << 10;
 
 /// Set by userspace before load: memtrace's PID namespace, zero in the
 /// initial one.
@@ -191,15 +209,17 @@ fn current_ids() -> Option<(u32, u32)> {
 /// The current thread's ids when its process is traced.
 #[inline(always)]
 fn traced_ids() -> Option<(u32, u32)> {
-    let (tgid, tid) = current_ids()?;
-    is_traced(tgid).then_some((tgid, tid))
+    traced_ids_flags().map(|(tgid, tid, _)| (tgid, tid))
 }
 
+/// The current thread's ids and its process's `memtrace_common::traced`
+/// bits, when its process is traced.
 #[inline(always)]
-fn is_traced(tgid: u32) -> bool {
-    // SAFETY: the value is only tested for presence, never read, so a
-    // concurrent update of the entry cannot be observed half-written.
-    unsafe { TRACED.get(tgid).is_some() }
+fn traced_ids_flags() -> Option<(u32, u32, u8)> {
+    let (tgid, tid) = current_ids()?;
+    // SAFETY: a one-byte value, read whole.
+    let flags = unsafe { *TRACED.get(tgid)? };
+    Some((tgid, tid, flags))
 }
 
 #[inline(always)]
@@ -210,18 +230,41 @@ fn count(index: u32) {
     }
 }
 
-/// Submit flags: waking the reader on every event costs the traced thread
-/// an interrupt per syscall, so wake it only once a quarter of the ring is
-/// full; the reader also polls on a short timer.
+/// Submit flags for a record of `bytes`: waking the reader on every event
+/// costs the traced thread an interrupt per syscall, so wake it once
+/// `WAKEUP_BYTES` of small records have been written on this CPU since the
+/// last wakeup (a
+/// per-CPU count: no cache line shared with the reader); the reader also
+/// polls on a short timer.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
-    if avail >= size / 4 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
+fn wakeup_flags(bytes: usize) -> u64 {
+    let Some(n) = COUNTERS.get_ptr_mut(counter::UNWOKEN) else {
+        return BPF_RB_FORCE_WAKEUP as u64;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU; the global is
+    // set before load.
+    unsafe {
+        // A record with a stack window wakes the reader at once: such
+        // records are few once the stack cache is filled, and the sooner
+        // userspace unwinds them the sooner it fills (and the ring does
+        // not fill with them meanwhile).
+        if bytes >= STACK_WINDOW {
+            *n = 0;
+            return BPF_RB_FORCE_WAKEUP as u64;
+        }
+        *n += bytes as u64;
+        if *n < core::ptr::read_volatile(&WAKEUP_BYTES) {
+            return BPF_RB_NO_WAKEUP as u64;
+        }
+        *n = 0;
     }
+    BPF_RB_FORCE_WAKEUP as u64
+}
+
+/// The pending-call slot of thread `tid`.
+#[inline(always)]
+fn pending(tid: u32) -> Option<*mut PendingCall> {
+    PENDING.get_ptr_mut(pending_slot(tid))
 }
 
 #[inline(always)]
@@ -238,50 +281,74 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
-    let pending = PendingCall {
-        // SAFETY: a helper without arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        args,
-        kind: kind as u32,
-        _pad: 0,
+    let Some(slot) = pending(tid) else {
+        return 0;
     };
-    if PENDING.insert(tid, pending, 0).is_err() {
-        count(counter::LOST_PENDING);
+    // SAFETY: `slot` points into the array map. The slot is this thread's
+    // unless another thread whose id shares it is inside a traced call:
+    // then the call is refused and counted, and that thread's call kept.
+    unsafe {
+        let holder = (*slot).tid;
+        if holder != 0 && holder != tid {
+            count(counter::LOST_PENDING);
+            return 0;
+        }
+        *slot = PendingCall {
+            start_ns: bpf_ktime_get_ns(),
+            args,
+            kind: kind as u32,
+            tid,
+        };
     }
     0
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
-    let Some((tgid, tid)) = traced_ids() else {
+    let Some((tgid, tid, flags)) = traced_ids_flags() else {
         return 0;
     };
-    // SAFETY: the entry is keyed by this thread's id, so only this thread
-    // writes it, and it is copied out before it is removed.
-    let Some(pending) = (unsafe { PENDING.get(tid) }).copied() else {
+    let frame_pointers = flags & traced::FRAME_POINTERS != 0;
+    let Some(slot) = pending(tid) else {
         return 0;
     };
-    let _ = PENDING.remove(tid);
+    // SAFETY: `slot` points into the array map; a slot holding this
+    // thread's id is written by this thread only, and is copied out before
+    // it is freed. A call without one began before tracing did, or was
+    // refused (and counted) at entry.
+    let pending = unsafe {
+        if (*slot).tid != tid {
+            return 0;
+        }
+        let pending = *slot;
+        (*slot).tid = 0;
+        pending
+    };
     if pending.kind != kind as u32 {
         return 0;
     }
     let ret = read_field!(ctx, SYSCALL_RET, i64).unwrap_or(0);
+    let call = Call {
+        kind,
+        tgid,
+        tid,
+        pending: &pending,
+        ret,
+        site: call_site(tgid, frame_pointers),
+    };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
             return 0;
         };
         let ev = entry.as_mut_ptr();
         // SAFETY: `ev` is the slot just reserved, ours alone until submit
-        // and 8-byte aligned; the name is read through a helper that faults
-        // safely.
+        // and 8-byte aligned; the name and window are read through helpers
+        // that fault safely.
         unsafe {
-            write_syscall(
-                ctx,
-                &raw mut (*ev).syscall,
-                (kind, tgid, tid),
-                &pending,
-                ret,
-            );
+            write_syscall(ctx, &raw mut (*ev).syscall, &call);
+            if call.site.cached.is_none() {
+                read_window(&mut (*ev).syscall, &mut (*ev).stack);
+            }
             let name = pending.args[4];
             if name != 0 {
                 // A name in a page not yet faulted in cannot be read here
@@ -293,16 +360,35 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
                         event_flags::NAME_UNREAD
                     };
             }
+            kernel_stack_if_needed(ctx, &mut (*ev).syscall);
         }
-        entry.submit(wakeup_flags());
-    } else {
+        entry.submit(wakeup_flags(size_of::<SetVmaNameEvent>()));
+    } else if call.site.cached.is_some() {
+        // A stack seen before: a small record, no window.
         let Some(mut entry) = reserve::<SyscallEvent>() else {
             return 0;
         };
         // SAFETY: the slot just reserved, ours alone until submit and
         // 8-byte aligned.
-        unsafe { write_syscall(ctx, entry.as_mut_ptr(), (kind, tgid, tid), &pending, ret) };
-        entry.submit(wakeup_flags());
+        unsafe {
+            write_syscall(ctx, entry.as_mut_ptr(), &call);
+            kernel_stack_if_needed(ctx, &mut *entry.as_mut_ptr());
+        }
+        entry.submit(wakeup_flags(size_of::<SyscallEvent>()));
+    } else {
+        let Some(mut entry) = reserve::<WindowedSyscallEvent>() else {
+            return 0;
+        };
+        let ev = entry.as_mut_ptr();
+        // SAFETY: the slot just reserved, ours alone until submit and
+        // 8-byte aligned; the window is read through a helper that faults
+        // safely.
+        unsafe {
+            write_syscall(ctx, &raw mut (*ev).syscall, &call);
+            read_window(&mut (*ev).syscall, &mut (*ev).stack);
+            kernel_stack_if_needed(ctx, &mut (*ev).syscall);
+        }
+        entry.submit(wakeup_flags(size_of::<WindowedSyscallEvent>()));
     }
     0
 }
@@ -334,86 +420,181 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
     }
 }
 
-/// Write every field of a syscall record: the call, its result and its
-/// call site (registers, stack window, and the kernel's frame-pointer stack
-/// when needed).
+/// A private flag between `call_site` and `kernel_stack_if_needed`: take
+/// the frame-pointer stack (cleared before the record is submitted).
+const FRAME_WALK: u32 = 1 << 31;
+
+/// A completed call, ready to be written.
+struct Call<'a> {
+    kind: EventKind,
+    tgid: u32,
+    tid: u32,
+    pending: &'a PendingCall,
+    ret: i64,
+    site: CallSite,
+}
+
+/// Where a call was made from: the user registers, the word at the stack
+/// pointer, and the cached stack they lead to, if any.
+struct CallSite {
+    regs: UserRegs,
+    flags: u32,
+    cached: Option<u32>,
+}
+
+/// The current thread's user registers at the syscall, and its stack from
+/// the cache when the same place with the same stack words was unwound
+/// before.
+#[inline(always)]
+fn call_site(tgid: u32, frame_pointers: bool) -> CallSite {
+    let mut site = CallSite {
+        regs: UserRegs::default(),
+        flags: 0,
+        cached: None,
+    };
+    // SAFETY: helpers without pointer arguments.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return site;
+    }
+    let Some(w) = regs_window(regs) else {
+        return site;
+    };
+    site.regs.ip = word!(w, pt_regs::IP);
+    site.regs.sp = word!(w, pt_regs::SP);
+    site.regs.bp = word!(w, pt_regs::BP);
+    if site.regs.sp == 0 {
+        return site;
+    }
+    // SAFETY: a user read through a helper that faults safely.
+    if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
+        site.regs.ret_addr = ret;
+        site.flags |= event_flags::HAS_RET_ADDR;
+    }
+    if frame_pointers {
+        site.flags |= FRAME_WALK;
+        return site;
+    }
+    site.cached = cached_stack(tgid, &site.regs);
+    if site.cached.is_some() {
+        site.flags |= event_flags::STACK_CACHED;
+    }
+    site
+}
+
+/// The id of the stack cached for this call site, when every stack word
+/// (and the frame pointer) its unwinding read still holds what it held.
+#[inline(always)]
+fn cached_stack(tgid: u32, regs: &UserRegs) -> Option<u32> {
+    let key = StackKey {
+        tgid,
+        _pad: 0,
+        ip: regs.ip,
+        sp: regs.sp,
+    };
+    // SAFETY: the entry is only read; userspace replaces entries whole
+    // (a concurrent replacement can at worst fail the checks).
+    let entry = unsafe { STACK_CACHE.get(&key) }?;
+    if entry.bp_used != 0 && entry.bp != regs.bp {
+        return None;
+    }
+    let extent = entry.extent as usize;
+    if extent == 0 || extent > STACK_WINDOW {
+        return None;
+    }
+    let buf = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `buf` is this CPU's scratch window; the user read goes
+    // through a helper that faults safely.
+    unsafe {
+        let buf = &mut *buf;
+        bpf_probe_read_user_buf(regs.sp as *const u8, &mut buf[..extent]).ok()?;
+        let count = entry.count as usize;
+        let mut i = 0;
+        while i < STACK_CHECK_WORDS && i < count {
+            // Indices and offsets masked so the verifier sees them in
+            // bounds; offsets are 8-aligned and below the window
+            // (userspace checks), so the masks change nothing.
+            let j = i & (STACK_CHECK_WORDS - 1);
+            let off = (*entry.offsets.get(j)? as usize) & (STACK_WINDOW - 8);
+            // The scratch value is 8-aligned, and so is `off`.
+            let word = core::ptr::read(buf.as_ptr().add(off).cast::<u64>());
+            if word != *entry.values.get(j)? {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    Some(entry.id)
+}
+
+/// Write the fixed part of a syscall record.
 ///
 /// # Safety
 ///
-/// `ev` must point to a ring buffer slot for a `SyscallEvent` that nothing
-/// else writes until it is submitted.
+/// `ev` must point to a ring buffer slot that nothing else writes until it
+/// is submitted.
 #[inline(always)]
-unsafe fn write_syscall(
-    ctx: &TracePointContext,
-    ev: *mut SyscallEvent,
-    (kind, tgid, tid): (EventKind, u32, u32),
-    pending: &PendingCall,
-    ret: i64,
-) {
-    // SAFETY: the caller hands over `ev` for writing; the helpers fault
-    // safely.
+unsafe fn write_syscall(_ctx: &TracePointContext, ev: *mut SyscallEvent, call: &Call) {
+    // SAFETY: the caller hands over `ev` for writing.
     unsafe {
-        (*ev).header = header(kind, tgid, tid, Some(pending.start_ns));
-        (*ev).args = pending.args;
-        (*ev).ret = ret;
-        (*ev).regs = UserRegs::default();
+        (*ev).header = header(call.kind, call.tgid, call.tid, Some(call.pending.start_ns));
+        (*ev).header.flags = call.site.flags;
+        (*ev).args = call.pending.args;
+        (*ev).ret = call.ret;
+        (*ev).regs = call.site.regs;
         (*ev).stack_id = -1;
         (*ev).stack_len = 0;
-        read_user_regs(
-            &mut *ev,
-            bpf_task_pt_regs(bpf_get_current_task_btf()) as u64,
-        );
-        // The frame-pointer walk is the fallback for when no stack window
-        // could be read: without frame pointers it yields a frame or two
-        // and costs the traced thread microseconds per call.
-        if (*ev).header.flags & event_flags::HAS_STACK == 0 || kernel_stacks_forced() {
-            (*ev).stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-                Ok(id) => id as i32,
-                Err(e) => e,
-            };
-        }
+        (*ev).cached_stack = call.site.cached.unwrap_or(0);
+        (*ev)._pad = 0;
     }
 }
 
-/// Fill `regs` from the thread's saved user registers (`pt_regs` at
-/// `regs`), and the stack window from the user stack pointer: the word
-/// there is the return address into the libc wrapper's caller, which
-/// frame-pointer walking skips.
+/// The frame-pointer walk is the fallback for when there is no stack: no
+/// window could be read nor a cached stack found (without frame pointers it
+/// yields a frame or two and costs the traced thread microseconds per
+/// call), or always with `--kernel-stacks`.
 ///
 /// # Safety
 ///
-/// `ev` must be a ring buffer slot (its header already written).
+/// `ev` must be a ring buffer slot (its flags already written).
 #[inline(always)]
-unsafe fn read_user_regs(ev: &mut SyscallEvent, regs: u64) {
-    if regs == 0 {
-        return;
+unsafe fn kernel_stack_if_needed(ctx: &TracePointContext, ev: &mut SyscallEvent) {
+    let has_stack = ev.header.flags & (event_flags::HAS_STACK | event_flags::STACK_CACHED) != 0;
+    let walk = ev.header.flags & FRAME_WALK != 0;
+    ev.header.flags &= !FRAME_WALK;
+    if !has_stack || walk || kernel_stacks_forced() {
+        ev.stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as i32,
+            Err(e) => e,
+        };
     }
-    let Some(w) = regs_window(regs) else {
-        return;
-    };
-    ev.regs.ip = word!(w, pt_regs::IP);
-    let sp = word!(w, pt_regs::SP);
-    ev.regs.sp = sp;
-    ev.regs.bp = word!(w, pt_regs::BP);
+}
+
+/// Copy the stack window from the user stack pointer: near the top of the
+/// stack the full window can cross into unmapped memory, so retry smaller.
+///
+/// # Safety
+///
+/// `ev` and `stack` must be parts of a ring buffer slot.
+#[inline(always)]
+unsafe fn read_window(ev: &mut SyscallEvent, stack: &mut [u8; STACK_WINDOW]) {
+    let sp = ev.regs.sp;
     if sp == 0 {
         return;
     }
     // SAFETY: user reads through helpers that fault safely.
     unsafe {
-        if let Ok(ret) = bpf_probe_read_user(sp as *const u64) {
-            ev.regs.ret_addr = ret;
-            ev.header.flags |= event_flags::HAS_RET_ADDR;
-        }
-        // The window for userspace unwinding; near the top of the stack the
-        // full window can cross into unmapped memory, so retry smaller.
-        if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack).is_ok() {
+        if bpf_probe_read_user_buf(sp as *const u8, stack).is_ok() {
             ev.stack_len = STACK_WINDOW as u32;
             ev.header.flags |= event_flags::HAS_STACK;
-        } else if bpf_probe_read_user_buf(sp as *const u8, &mut ev.stack[..STACK_WINDOW_SMALL])
-            .is_ok()
-        {
-            ev.stack_len = STACK_WINDOW_SMALL as u32;
-            ev.header.flags |= event_flags::HAS_STACK;
+            return;
+        }
+        for len in STACK_WINDOW_SMALLER {
+            if bpf_probe_read_user_buf(sp as *const u8, &mut stack[..len]).is_ok() {
+                ev.stack_len = len as u32;
+                ev.header.flags |= event_flags::HAS_STACK;
+                return;
+            }
         }
     }
 }
@@ -495,7 +676,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
-    if follow && TRACED.insert(child, 1, 0).is_err() {
+    if follow && TRACED.insert(child, traced::TRACED, 0).is_err() {
         count(counter::LOST_CHILDREN);
     }
     if let Some(mut entry) = reserve::<ForkEvent>() {
@@ -511,7 +692,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
             child_pid: child,
             _pad: 0,
         });
-        entry.submit(wakeup_flags());
+        entry.submit(wakeup_flags(size_of::<ForkEvent>()));
     }
     0
 }
@@ -539,7 +720,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
             (*ev).header.flags |= event_flags::HAS_NAME;
         }
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(size_of::<ExecEvent>()));
     0
 }
 
@@ -555,7 +736,15 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         let _ = TRACED.remove(tid);
     }
     // A call the thread never returned from; normally there is none.
-    let _ = PENDING.remove(tid);
+    if let Some(slot) = pending(tid) {
+        // SAFETY: `slot` points into the array map; only this thread
+        // writes a slot holding its id.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).tid = 0;
+            }
+        }
+    }
     // `bool`: only the low byte is the argument.
     let group_dead = arg!(&ctx, SCHED_PROCESS_EXIT, "group_dead") as u8;
     if group_dead != 0 {
@@ -563,7 +752,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
             entry.write(ExitEvent {
                 header: header(EventKind::Exit, tgid, tid, None),
             });
-            entry.submit(wakeup_flags());
+            entry.submit(wakeup_flags(size_of::<ExitEvent>()));
         }
         // Forget it here, not only when userspace sees the exit (which may
         // be lost): a later process reusing the pid must not be traced.

@@ -80,8 +80,10 @@ fn lost_events_are_counted_exactly() {
             &COUNT.to_string(),
         ],
     );
-    // One page of ring buffer holds three events.
-    let run = run_attached(&["--json", "--ring-buffer-size", "4096"], w, |w| {
+    // The smallest ring buffer holds a few events with a stack window: the
+    // burst's first calls, made before memtrace has unwound one and filled
+    // the kernel side's stack cache, carry one.
+    let run = run_attached(&["--json", "--ring-buffer-size", "65536"], w, |w| {
         w.go();
         w.expect_line("done");
         // Let memtrace drain everything before the exit event comes.
@@ -390,4 +392,53 @@ fn a_bad_output_path_is_refused_before_tracing() {
         "refused before tracing: {stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
+/// The kernel side sends a stack id instead of a window for a stack it has
+/// seen (checking every stack word the unwinding read). Calls made at the
+/// same instruction with the same stack pointer, through two callers in
+/// turn, keep their own caller on every event: none is taken for the
+/// other's cached stack.
+#[test]
+fn cached_stacks_keep_each_caller_of_a_shared_site() {
+    const SAME_SITE: &str = env!("CARGO_BIN_EXE_same_site");
+    const ROUNDS: usize = 300;
+    const LEN: u64 = 5 * 4096;
+    let run = run_launch(
+        &["--json", "--no-report"],
+        SAME_SITE,
+        &[&ROUNDS.to_string()],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary["lost_events"], 0, "{}", run.summary);
+    let callers: Vec<&str> = run
+        .events
+        .iter()
+        .filter(|e| e["kind"] == "mmap" && u(&e["len"]) == LEN)
+        .map(|e| {
+            let functions: Vec<&str> = e["stack"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["function"].as_str())
+                .collect();
+            assert!(
+                functions.iter().any(|f| f.ends_with("map_page")),
+                "the stack reaches the fixture: {e}"
+            );
+            assert!(
+                functions.iter().any(|f| f.ends_with("main")),
+                "the stack reaches main: {e}"
+            );
+            let caller = functions
+                .iter()
+                .find(|f| f.ends_with("via_a") || f.ends_with("via_b"));
+            caller.map_or("none", |f| if f.ends_with("via_a") { "a" } else { "b" })
+        })
+        .collect();
+    assert_eq!(callers.len(), 2 * ROUNDS, "one mmap per call");
+    for (i, caller) in callers.iter().enumerate() {
+        let expected = if i % 2 == 0 { "a" } else { "b" };
+        assert_eq!(*caller, expected, "event {i} of {callers:?}");
+    }
 }

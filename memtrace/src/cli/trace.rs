@@ -57,9 +57,11 @@ pub struct Args {
     pub verbose: bool,
 
     /// Size of the kernel-to-memtrace ring buffer in bytes (a power of two
-    /// number of pages). Raise it if events are reported lost.
+    /// number of pages, at least 64 KiB). Raise it if events are reported
+    /// lost.
     #[arg(long, value_name = "BYTES", default_value_t = memtrace_common::DEFAULT_RING_BYTES,
-          value_parser = clap::value_parser!(u32).range(4096..=(1 << 30)))]
+          value_parser = clap::value_parser!(u32)
+              .range(i64::from(memtrace_common::MIN_RING_BYTES)..=(1 << 30)))]
     pub ring_buffer_size: u32,
 
     /// Also record the kernel's frame-pointer stack for every event (by

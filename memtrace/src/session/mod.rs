@@ -129,6 +129,8 @@ impl<S: EventSource> Session<S> {
 
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         self.tracer.add_pid(pid)?;
+        self.tracer
+            .set_frame_pointers(pid, keeps_frame_pointers(pid));
         self.pids.insert(pid);
         self.refresh_maps(pid);
         Ok(())
@@ -292,14 +294,23 @@ impl<S: EventSource> Session<S> {
                 }
                 // Unwind now and pin each address to its file and offset, so
                 // the stack means the same after the process is gone.
-                let maps = self.maps.get(&ev.pid).map(Vec::as_slice).unwrap_or(&[]);
-                let tracer = &self.tracer;
-                let stack = callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
-                    tracer.stack(id)
-                });
-                let mut located = maps::locate(maps, &stack);
-                self.perf_maps.name_jit(ev.pid, &mut located);
-                ev.call_stack = Some(self.stacks.intern(located));
+                // A stack the kernel side recognised arrives as its id.
+                if ev.call_stack.is_none() {
+                    let maps = self.maps.get(&ev.pid).map(Vec::as_slice).unwrap_or(&[]);
+                    let tracer = &self.tracer;
+                    let (stack, check) =
+                        callsite::resolve_raw_stack(&ev, maps, &mut self.unwinder, |id| {
+                            tracer.stack(id)
+                        });
+                    let mut located = maps::locate(maps, &stack);
+                    self.perf_maps.name_jit(ev.pid, &mut located);
+                    let id = self.stacks.intern(located);
+                    ev.call_stack = Some(id);
+                    if let (Some(check), Some(user)) = (check, &ev.user) {
+                        self.tracer
+                            .remember_stack(ev.pid, (user.ip, user.sp), &check, id);
+                    }
+                }
                 ev.user = None;
             }
             if maps_may_change(&ev) {
@@ -336,6 +347,9 @@ impl<S: EventSource> Session<S> {
                 Call::Exec { .. } => {
                     self.unwinder.forget(ev.pid);
                     self.perf_maps.forget(ev.pid);
+                    self.tracer.forget_stacks(ev.pid);
+                    self.tracer
+                        .set_frame_pointers(ev.pid, keeps_frame_pointers(ev.pid));
                     self.maps.remove(&ev.pid);
                 }
                 Call::Exit { .. } => {
@@ -343,6 +357,7 @@ impl<S: EventSource> Session<S> {
                     // taken at its exit stop, before this event.
                     self.unwinder.forget(ev.pid);
                     self.perf_maps.forget(ev.pid);
+                    self.tracer.forget_stacks(ev.pid);
                     self.pids.remove(&ev.pid);
                     self.ledgers.remove(&ev.pid);
                     self.maps.remove(&ev.pid);
@@ -517,6 +532,20 @@ fn apply_order(ev: &Event) -> u64 {
         | Call::SetVmaName { .. } => ev.time_ns.saturating_sub(ev.duration_ns),
         _ => ev.time_ns,
     }
+}
+
+/// Whether `pid` runs code that keeps frame pointers: Go binaries (told by
+/// their sections, as the classification tells them).
+fn keeps_frame_pointers(pid: u32) -> bool {
+    let link = format!("/proc/{pid}/exe");
+    // The file's own path when it is visible here, so the per-path memo
+    // stays right when the pid execs another binary.
+    let path = std::fs::read_link(&link)
+        .ok()
+        .filter(|p| p.is_file())
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or(link);
+    crate::attribution::classify::is_go_module(&path)
 }
 
 /// Whether the fork of `child` by `parent` made a process (not a thread).

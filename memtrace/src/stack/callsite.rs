@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     symbolize::{Frame, Symbolizer},
-    unwind::Unwinder,
+    unwind::{StackCheck, Unwinder},
 };
 use crate::{
     proc::maps::{Loc, Mapping},
@@ -136,19 +136,42 @@ impl StackTable {
 /// The raw call stack of an event: unwound from the captured user stack
 /// when that works, else the kernel's frame-pointer stack joined with the
 /// return address at the stack pointer.
+///
+/// A stack unwound from a full window comes with what its unwinding read
+/// (see [`StackCheck`]), for the kernel side's stack cache.
 pub fn resolve_raw_stack(
     ev: &Event,
     maps: &[Mapping],
     unwinder: &mut Unwinder,
     kernel_stack: impl FnOnce(u32) -> Vec<u64>,
-) -> Vec<u64> {
+) -> (Vec<u64>, Option<StackCheck>) {
     if let Some(user) = &ev.user {
-        let unwound = unwinder.unwind(ev.pid, maps, user);
+        let (unwound, check) = unwinder.unwind_checked(ev.pid, maps, user);
         if unwound.len() >= 2 {
-            return unwound;
+            // A frame-pointer stack too (Go): it goes on past a stack
+            // switch where the window's unwinding ends.
+            if let Some(id) = ev.stack_id {
+                return (continue_with(unwound, &kernel_stack(id)), None);
+            }
+            return (unwound, check);
         }
     }
-    event_raw_stack(ev, kernel_stack)
+    (event_raw_stack(ev, kernel_stack), None)
+}
+
+/// `unwound` continued with the frames of the frame-pointer stack `walked`
+/// past `unwound`'s last frame, when `walked` holds that frame (its first
+/// entry, the instruction pointer, aside); else `unwound` alone: a walk
+/// that does not meet the unwinding cannot be joined to it.
+pub fn continue_with(mut unwound: Vec<u64>, walked: &[u64]) -> Vec<u64> {
+    let Some(last) = unwound.last() else {
+        return unwound;
+    };
+    let Some(at) = walked.iter().skip(1).position(|a| a == last) else {
+        return unwound;
+    };
+    unwound.extend_from_slice(&walked[at + 2..]);
+    unwound
 }
 
 /// Raw return addresses of an event's call stack, innermost first.
@@ -208,6 +231,24 @@ pub fn event_raw_stack(ev: &Event, stack_of: impl FnOnce(u32) -> Vec<u64>) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Go: the window's unwinding ends at `runtime.systemstack` (0x30); the
+    /// frame-pointer walk goes on to the goroutine's frames.
+    #[test]
+    fn a_frame_pointer_walk_continues_the_unwinding_where_it_meets_it() {
+        let unwound = vec![0x10, 0x20, 0x30];
+        let walked = [0x10, 0x25, 0x30, 0x40, 0x50];
+        assert_eq!(
+            continue_with(unwound.clone(), &walked),
+            vec![0x10, 0x20, 0x30, 0x40, 0x50]
+        );
+        // Meeting only at the instruction pointer (a walk over garbage
+        // frame pointers) or not at all: nothing is joined.
+        assert_eq!(continue_with(vec![0x10], &[0x10, 0x99]), vec![0x10]);
+        assert_eq!(continue_with(unwound.clone(), &[0x10, 0x99]), unwound);
+        assert_eq!(continue_with(unwound.clone(), &[]), unwound);
+        assert_eq!(continue_with(unwound.clone(), &[0x10, 0x30]), unwound);
+    }
 
     #[test]
     fn one_call_site_across_layouts() {

@@ -4,6 +4,10 @@
 //! syscall; here framehop unwinds that window with the `.eh_frame` unwind
 //! tables of the modules mapped in the process (loaded once per file and
 //! shared between processes).
+//!
+//! An unwinding of a full window also says what it read ([`StackCheck`]),
+//! so the eBPF side can recognise the same stack later and send its id
+//! instead of another window.
 
 use std::{collections::HashMap, ops::Range, sync::Arc};
 
@@ -12,6 +16,8 @@ use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+
+use memtrace_common::{STACK_CHECK_WORDS, STACK_WINDOW};
 
 use crate::{proc::maps::Mapping, trace::event::UserStack};
 
@@ -60,15 +66,56 @@ impl Unwinder {
     /// not seen before are added from them.
     pub fn unwind(&mut self, pid: u32, maps: &[Mapping], stack: &UserStack) -> Vec<u64> {
         self.add_modules(pid, maps);
-        self.unwind_loaded(pid, stack)
+        self.unwind_loaded(pid, stack, stack.bp, &mut Vec::new())
     }
 
-    fn unwind_loaded(&mut self, pid: u32, stack: &UserStack) -> Vec<u64> {
+    /// [`Unwinder::unwind`], and for a full window the inputs the result
+    /// depends on: the stack words read and, if it read it, the frame
+    /// pointer. The same inputs unwind to the same stack (the modules
+    /// loaded staying the same).
+    pub fn unwind_checked(
+        &mut self,
+        pid: u32,
+        maps: &[Mapping],
+        stack: &UserStack,
+    ) -> (Vec<u64>, Option<StackCheck>) {
+        self.add_modules(pid, maps);
+        let mut reads = Vec::new();
+        let frames = self.unwind_loaded(pid, stack, stack.bp, &mut reads);
+        let window_end = stack.sp.saturating_add(stack.bytes.len() as u64);
+        let full_window_end = stack.sp.saturating_add(STACK_WINDOW as u64);
+        if reads
+            .iter()
+            .any(|(addr, word)| word.is_none() && (window_end..full_window_end).contains(addr))
+        {
+            // A shorter window (the stack ends near its pointer) ended the
+            // walk where a full one might not.
+            return (frames, None);
+        }
+        // Whether the frame pointer mattered: unwind again with another.
+        let mut other_reads = Vec::new();
+        let other = self.unwind_loaded(pid, stack, !stack.bp, &mut other_reads);
+        let bp_used = other != frames || other_reads != reads;
+        let check = StackCheck::new(stack, &reads, bp_used);
+        (frames, check)
+    }
+
+    fn unwind_loaded(
+        &mut self,
+        pid: u32,
+        stack: &UserStack,
+        bp: u64,
+        reads: &mut Vec<(u64, Option<u64>)>,
+    ) -> Vec<u64> {
         let Some(proc) = self.procs.get_mut(&pid) else {
             return vec![stack.ip];
         };
-        let regs = UnwindRegsX86_64::new(stack.ip, stack.sp, stack.bp);
-        let mut read = |addr: u64| stack.read_u64(addr).ok_or(());
+        let regs = UnwindRegsX86_64::new(stack.ip, stack.sp, bp);
+        let mut read = |addr: u64| {
+            let word = stack.read_u64(addr);
+            reads.push((addr, word));
+            word.ok_or(())
+        };
         let mut iter = proc
             .unwinder
             .iter_frames(stack.ip, regs, &mut proc.cache, &mut read);
@@ -117,19 +164,74 @@ impl Unwinder {
                 .or_insert_with(|| load_elf(&m.file))
                 .clone();
             let Some(info) = info else { continue };
-            // The PT_LOAD holding this mapping's file offset places the
-            // module: base = start - (p_vaddr + (offset - p_offset)).
-            let Some(base) = info.segments.iter().find_map(|(range, vaddr)| {
-                range.contains(&m.offset).then(|| {
-                    m.start
-                        .wrapping_sub(vaddr.wrapping_add(m.offset - range.start))
-                })
-            }) else {
+            let Some(base) = module_base(&info.segments, m.start, m.offset) else {
                 continue;
             };
             let module = Module::new(m.path.to_string(), m.start..m.end, base, info.sections);
             proc.unwinder.add_module(module);
         }
+    }
+}
+
+/// Where a module's addresses start, from one of its mappings (`start`,
+/// file `offset`): the PT_LOAD holding that offset places it, base =
+/// start - (p_vaddr + (offset - p_offset)). The kernel maps from the page
+/// below `p_offset`, so a mapping's offset can lie just before its
+/// segment's, inside the previous segment's range too (linkers pack
+/// segments into the same page): the segment starting last wins.
+fn module_base(segments: &[(Range<u64>, u64)], start: u64, offset: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let (range, vaddr) = segments
+        .iter()
+        .filter(|(range, _)| range.start & !(PAGE - 1) <= offset && offset < range.end)
+        .max_by_key(|(range, _)| range.start)?;
+    Some(start.wrapping_sub(vaddr.wrapping_add(offset.wrapping_sub(range.start))))
+}
+
+/// What an unwinding read from a full stack window: the words (by offset
+/// from the stack pointer) and the frame pointer, when it was read. The
+/// kernel side's stack cache compares these (`memtrace_common::CachedStack`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackCheck {
+    /// (offset from the stack pointer, word there), each offset once.
+    pub words: Vec<(u16, u64)>,
+    /// The frame pointer, when the unwinding depended on it.
+    pub bp: Option<u64>,
+}
+
+impl StackCheck {
+    /// `None` when the reads do not fit the cache's limits.
+    /// Reads that failed (outside the window) are left out: they fail
+    /// the same way for any window as long as this one.
+    fn new(stack: &UserStack, reads: &[(u64, Option<u64>)], bp_used: bool) -> Option<StackCheck> {
+        let mut words: Vec<(u16, u64)> = Vec::with_capacity(reads.len());
+        for (addr, word) in reads {
+            let Some(word) = word else { continue };
+            let off = addr.checked_sub(stack.sp)?;
+            if off % 8 != 0 || off + 8 > STACK_WINDOW as u64 {
+                return None;
+            }
+            let off = u16::try_from(off).ok()?;
+            if !words.iter().any(|(o, _)| *o == off) {
+                words.push((off, *word));
+            }
+        }
+        if words.is_empty() || words.len() > STACK_CHECK_WORDS {
+            return None;
+        }
+        Some(StackCheck {
+            words,
+            bp: bp_used.then_some(stack.bp),
+        })
+    }
+
+    /// Bytes from the stack pointer that hold every word.
+    pub fn extent(&self) -> u32 {
+        self.words
+            .iter()
+            .map(|(off, _)| u32::from(*off) + 8)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -188,4 +290,74 @@ fn load_elf(path: &str) -> Option<ElfUnwindInfo> {
         })
         .collect();
     Some(ElfUnwindInfo { sections, segments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(sp: u64) -> UserStack {
+        UserStack {
+            ip: 0x1000,
+            sp,
+            bp: 7,
+            bytes: vec![0; STACK_WINDOW],
+        }
+    }
+
+    /// Segments as `lld`/`rustc` lay them out: the text segment's file
+    /// offset (0x14050) is not page-aligned, its mapping starts at 0x14000,
+    /// which the read-only segment before it covers too.
+    #[test]
+    fn modules_are_placed_by_the_segment_their_mapping_starts() {
+        let segments = [(0..0x1404c, 0), (0x14050..0x52c10, 0x15050)];
+        let start = 0x5555_0001_5000;
+        assert_eq!(
+            module_base(&segments, start, 0x14000),
+            Some(0x5555_0000_0000)
+        );
+        assert_eq!(
+            module_base(&segments, 0x5555_0000_0000, 0),
+            Some(0x5555_0000_0000)
+        );
+        // A mapping inside the text segment (split by mprotect).
+        assert_eq!(
+            module_base(&segments, 0x5555_0002_0000, 0x1f000),
+            Some(0x5555_0000_0000)
+        );
+        assert_eq!(module_base(&segments, start, 0x60000), None);
+    }
+
+    #[test]
+    fn stack_checks_hold_each_word_read_once_within_the_window() {
+        let sp = 0x7ffd_0000;
+        let stack = window(sp);
+        let check = StackCheck::new(
+            &stack,
+            &[
+                (sp, Some(1)),
+                (sp + 24, Some(2)),
+                (sp, Some(1)),
+                (sp + 4096, None),
+            ],
+            false,
+        )
+        .expect("fits the cache");
+        assert_eq!(check.words, vec![(0, 1), (24, 2)]);
+        assert_eq!(check.extent(), 32);
+        assert_eq!(check.bp, None);
+        let with_bp = StackCheck::new(&stack, &[(sp + 8, Some(3))], true).expect("fits");
+        assert_eq!(with_bp.bp, Some(7));
+        // The kernel side checks aligned words inside the window only.
+        assert_eq!(StackCheck::new(&stack, &[(sp + 4, Some(1))], false), None);
+        assert_eq!(StackCheck::new(&stack, &[(sp - 8, Some(1))], false), None);
+        let last = sp + STACK_WINDOW as u64 - 8;
+        assert!(StackCheck::new(&stack, &[(last, Some(1))], false).is_some());
+        assert_eq!(StackCheck::new(&stack, &[(last + 8, Some(1))], false), None);
+        assert_eq!(StackCheck::new(&stack, &[], false), None);
+        let many: Vec<(u64, Option<u64>)> = (0..=STACK_CHECK_WORDS as u64)
+            .map(|i| (sp + 8 * i, Some(i)))
+            .collect();
+        assert_eq!(StackCheck::new(&stack, &many, false), None);
+    }
 }

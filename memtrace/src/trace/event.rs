@@ -3,7 +3,7 @@
 
 use memtrace_common::{
     EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, SetVmaNameEvent, SyscallEvent,
-    event_flags,
+    WindowedSyscallEvent, event_flags,
 };
 use serde::Serialize;
 
@@ -109,7 +109,9 @@ pub struct Event {
     #[serde(skip)]
     pub user: Option<Box<UserStack>>,
     /// The event's unwound call stack, as an id in the session's stack
-    /// table ([`crate::stack::callsite::StackTable`]); set by userspace.
+    /// table ([`crate::stack::callsite::StackTable`]): set by userspace
+    /// once unwound, or by the kernel side for a stack userspace unwound
+    /// before (its stack cache, see `memtrace_common::CachedStack`).
     pub call_stack: Option<u32>,
 }
 
@@ -217,7 +219,7 @@ impl Event {
                     len: a[3],
                     name,
                 };
-                Event::syscall(&ev.syscall, call)
+                Event::syscall(&ev.syscall, &ev.stack, call)
             }
             EventKind::Fork => {
                 let ev: ForkEvent = read_record(record)?;
@@ -248,15 +250,22 @@ impl Event {
             | EventKind::Brk
             | EventKind::Mprotect
             | EventKind::Madvise => {
-                let ev: SyscallEvent = read_record(record)?;
-                Event::syscall(&ev, syscall_call(kind, ev.args)?)
+                if header.flags & event_flags::HAS_STACK != 0 {
+                    let ev: WindowedSyscallEvent = read_record(record)?;
+                    let call = syscall_call(kind, ev.syscall.args)?;
+                    Event::syscall(&ev.syscall, &ev.stack, call)
+                } else {
+                    let ev: SyscallEvent = read_record(record)?;
+                    Event::syscall(&ev, &[], syscall_call(kind, ev.args)?)
+                }
             }
         };
         Some(event)
     }
 
-    /// A completed syscall with its call site.
-    fn syscall(ev: &SyscallEvent, call: Call) -> Event {
+    /// A completed syscall with its call site: its stack window (`stack`,
+    /// when `HAS_STACK`), or the stack cached for it.
+    fn syscall(ev: &SyscallEvent, stack: &[u8], call: Call) -> Event {
         let flags = ev.header.flags;
         let regs = ev.regs;
         Event {
@@ -265,14 +274,15 @@ impl Event {
             ip: regs.ip,
             ret_addr: (flags & event_flags::HAS_RET_ADDR != 0).then_some(regs.ret_addr),
             user: (flags & event_flags::HAS_STACK != 0).then(|| {
-                let len = (ev.stack_len as usize).min(ev.stack.len());
+                let len = (ev.stack_len as usize).min(stack.len());
                 Box::new(UserStack {
                     ip: regs.ip,
                     sp: regs.sp,
                     bp: regs.bp,
-                    bytes: ev.stack[..len].to_vec(),
+                    bytes: stack[..len].to_vec(),
                 })
             }),
+            call_stack: (flags & event_flags::STACK_CACHED != 0).then_some(ev.cached_stack),
             ..Event::lifecycle(&ev.header, call)
         }
     }
@@ -353,7 +363,7 @@ fn c_string(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use memtrace_common::{NAME_LEN, STACK_WINDOW, UserRegs};
+    use memtrace_common::{NAME_LEN, STACK_WINDOW, UserRegs, WindowedSyscallEvent};
 
     use super::*;
 
@@ -385,9 +395,20 @@ mod tests {
         out
     }
 
-    fn syscall(kind: EventKind, args: [u64; 6], ret: i64) -> SyscallEvent {
+    fn window() -> [u8; STACK_WINDOW] {
         let mut stack = [0u8; STACK_WINDOW];
         stack[..8].copy_from_slice(&0x5555_0000_1234u64.to_le_bytes());
+        stack
+    }
+
+    fn windowed(kind: EventKind, args: [u64; 6], ret: i64) -> WindowedSyscallEvent {
+        WindowedSyscallEvent {
+            syscall: syscall(kind, args, ret),
+            stack: window(),
+        }
+    }
+
+    fn syscall(kind: EventKind, args: [u64; 6], ret: i64) -> SyscallEvent {
         SyscallEvent {
             header: header(kind, event_flags::HAS_RET_ADDR | event_flags::HAS_STACK),
             args,
@@ -400,13 +421,14 @@ mod tests {
             },
             stack_id: -14,
             stack_len: 256,
-            stack,
+            cached_stack: 0,
+            _pad: 0,
         }
     }
 
     #[test]
     fn syscall_records_decode_with_their_call_site() {
-        let raw = syscall(
+        let raw = windowed(
             EventKind::Mmap,
             [0, 8192, 3, 0x22, u64::MAX, 0],
             0x7f00_0000_0000,
@@ -447,6 +469,25 @@ mod tests {
             }
         );
         assert_eq!((ev.stack_id, ev.ret_addr, ev.user), (Some(3), None, None));
+        assert_eq!(ev.call_stack, None);
+
+        // A short record with HAS_STACK claims a window it does not have.
+        let mut short = bare;
+        short.header.flags = event_flags::HAS_STACK;
+        assert!(Event::from_raw(&bytes_of(&short)).is_none());
+    }
+
+    /// A stack the kernel side found in its cache arrives as the id
+    /// userspace gave it, without a window.
+    #[test]
+    fn cached_stacks_arrive_as_their_id() {
+        let mut raw = syscall(EventKind::Munmap, [0x1000, 4096, 0, 0, 0, 0], 0);
+        raw.header.flags = event_flags::HAS_RET_ADDR | event_flags::STACK_CACHED;
+        raw.cached_stack = 42;
+        let ev = Event::from_raw(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.call_stack, Some(42));
+        assert!(ev.user.is_none());
+        assert_eq!(ev.ret_addr, Some(0x5555_0000_1234));
     }
 
     #[test]
@@ -455,6 +496,7 @@ mod tests {
         let mut raw = SetVmaNameEvent {
             syscall: syscall(EventKind::SetVmaName, args, 0),
             name: name("cache"),
+            stack: window(),
         };
         raw.syscall.header.flags |= event_flags::HAS_NAME;
         let ev = Event::from_raw(&bytes_of(&raw)).expect("decodes");
@@ -487,6 +529,7 @@ mod tests {
         let mut raw = SetVmaNameEvent {
             syscall: syscall(EventKind::SetVmaName, args, 0),
             name: [0; NAME_LEN],
+            stack: window(),
         };
         raw.syscall.header.flags |= event_flags::NAME_UNREAD;
         let bytes = bytes_of(&raw);
@@ -557,7 +600,7 @@ mod tests {
 
     #[test]
     fn short_records_and_unknown_kinds_are_skipped() {
-        let raw = syscall(EventKind::Mprotect, [0x1000, 4096, 1, 0, 0, 0], 0);
+        let raw = windowed(EventKind::Mprotect, [0x1000, 4096, 1, 0, 0, 0], 0);
         let bytes = bytes_of(&raw);
         assert!(Event::from_raw(&bytes).is_some());
         assert!(Event::from_raw(&bytes[..bytes.len() - 1]).is_none());
@@ -566,10 +609,10 @@ mod tests {
         assert!(Event::from_raw(&[]).is_none());
         // A set_vma_name header on a plain syscall record is too short.
         let mut mislabelled = raw;
-        mislabelled.header.kind = EventKind::SetVmaName as u32;
+        mislabelled.syscall.header.kind = EventKind::SetVmaName as u32;
         assert!(Event::from_raw(&bytes_of(&mislabelled)).is_none());
         let mut unknown = raw;
-        unknown.header.kind = 0;
+        unknown.syscall.header.kind = 0;
         assert!(Event::from_raw(&bytes_of(&unknown)).is_none());
     }
 }

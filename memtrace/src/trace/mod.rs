@@ -36,11 +36,14 @@ use aya::{
     },
 };
 use memtrace_common::{
-    counter,
+    CachedStack, DEFAULT_RING_BYTES, STACK_CHECK_WORDS, StackKey, WAKEUP_RING_FRACTION, counter,
+    traced,
     tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK, SYSCALLS, SYSCALLS_CATEGORY},
 };
 
 use event::Event;
+
+use crate::stack::unwind::StackCheck;
 
 /// The compiled eBPF object, built by `build.rs` (cargo feature `ebpf`).
 #[cfg(feature = "ebpf")]
@@ -226,7 +229,7 @@ pub struct TracerOptions {
     /// before they run.
     pub follow_forks: bool,
     /// Ring buffer size in bytes (rounded up to a power-of-two number of
-    /// pages); `None` for the default of 4 MiB.
+    /// pages, at least `MIN_RING_BYTES`); `None` for the default of 4 MiB.
     pub ring_bytes: Option<u32>,
     /// Take the kernel's frame-pointer stack for every event, not only
     /// when the user stack window could not be read (costs the traced
@@ -268,6 +271,9 @@ pub struct Tracer {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     traced: BpfHashMap<MapData, u32, u8>,
+    /// The kernel side's stack cache, and the keys added per process.
+    stack_cache: BpfHashMap<MapData, StackKey, CachedStack>,
+    cached_keys: std::collections::HashMap<u32, std::collections::HashSet<StackKey>>,
     /// memtrace's PID namespace (zero in the initial one).
     pidns: PidNamespace,
     /// The syscall tracepoint links, by program, released without waiting
@@ -339,9 +345,10 @@ impl Tracer {
         loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
         loader.override_global("PIDNS", &pidns, true);
         loader.override_global("LAYOUT", &layout, true);
-        if let Some(bytes) = opts.ring_bytes {
-            loader.map_max_entries("EVENTS", ring_size(bytes));
-        }
+        let ring = ring_size(opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
+        loader.map_max_entries("EVENTS", ring);
+        let wakeup_bytes = u64::from(ring / WAKEUP_RING_FRACTION);
+        loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| TraceError::Load(Box::new(e)))?;
@@ -386,11 +393,15 @@ impl Tracer {
         let counters =
             PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", e))?;
         let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", e))?;
+        let stack_cache =
+            BpfHashMap::try_from(take("STACK_CACHE")?).map_err(|e| map_err("STACK_CACHE", e))?;
         Ok(Tracer {
             reader,
             stacks,
             counters,
             traced,
+            stack_cache,
+            cached_keys: Default::default(),
             pidns,
             syscall_links,
             ebpf,
@@ -403,7 +414,7 @@ impl Tracer {
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         kernel::check_traceable(self.pidns, pid)?;
         self.traced
-            .insert(pid, 1, 0)
+            .insert(pid, traced::TRACED, 0)
             .map_err(|e| TraceError::AddPid {
                 pid,
                 source: Box::new(e),
@@ -413,6 +424,58 @@ impl Tracer {
     /// Stop tracing `pid` (e.g. a thread id the fork program added).
     pub fn remove_pid(&mut self, pid: u32) {
         let _ = self.traced.remove(&pid);
+    }
+
+    /// Whether `pid`'s code keeps frame pointers (Go): its calls then carry
+    /// the kernel's frame-pointer stack as well as the window, which goes
+    /// on past stack switches (Go's `runtime.systemstack`). A process no
+    /// longer traced stays so.
+    pub fn set_frame_pointers(&mut self, pid: u32, on: bool) {
+        if self.traced.get(&pid, 0).is_err() {
+            return;
+        }
+        let bits = traced::TRACED | if on { traced::FRAME_POINTERS } else { 0 };
+        let _ = self.traced.insert(pid, bits, 0);
+    }
+
+    /// Let the eBPF side send stack `id` instead of a window for calls of
+    /// `pid` at user (`ip`, `sp`) whose stack words pass `check`. A full
+    /// cache evicts its least recently used stack; those calls then send a
+    /// window again.
+    pub fn remember_stack(&mut self, pid: u32, (ip, sp): (u64, u64), check: &StackCheck, id: u32) {
+        if check.words.len() > STACK_CHECK_WORDS {
+            return;
+        }
+        let key = StackKey {
+            tgid: pid,
+            _pad: 0,
+            ip,
+            sp,
+        };
+        let mut value = CachedStack {
+            id,
+            count: check.words.len() as u32,
+            extent: check.extent(),
+            bp_used: check.bp.is_some().into(),
+            bp: check.bp.unwrap_or(0),
+            offsets: [0; STACK_CHECK_WORDS],
+            values: [0; STACK_CHECK_WORDS],
+        };
+        for (i, (off, word)) in check.words.iter().enumerate() {
+            value.offsets[i] = *off;
+            value.values[i] = *word;
+        }
+        if self.stack_cache.insert(key, value, 0).is_ok() {
+            self.cached_keys.entry(pid).or_default().insert(key);
+        }
+    }
+
+    /// Forget the stacks remembered for `pid` (it exited, or exec replaced
+    /// its code).
+    pub fn forget_stacks(&mut self, pid: u32) {
+        for key in self.cached_keys.remove(&pid).unwrap_or_default() {
+            let _ = self.stack_cache.remove(&key);
+        }
     }
 
     /// Wait up to `timeout` for events, then move every waiting event
@@ -649,10 +712,12 @@ fn attach_error(program: &str, e: ProgramError) -> TraceError {
     }
 }
 
-/// Ring buffer sizes must be a power-of-two number of pages.
+/// Ring buffer sizes must be a power-of-two number of pages, and hold a
+/// few records with a stack window.
 fn ring_size(bytes: u32) -> u32 {
-    let page = 4096u32;
-    bytes.max(page).next_power_of_two()
+    bytes
+        .max(memtrace_common::MIN_RING_BYTES)
+        .next_power_of_two()
 }
 
 /// The session holds the executable files of traced processes open
@@ -726,9 +791,9 @@ mod tests {
 
     #[test]
     fn ring_sizes_are_power_of_two_pages() {
-        assert_eq!(ring_size(1), 4096);
-        assert_eq!(ring_size(4096), 4096);
-        assert_eq!(ring_size(5000), 8192);
+        assert_eq!(ring_size(1), 64 << 10);
+        assert_eq!(ring_size(4096), 64 << 10);
+        assert_eq!(ring_size((64 << 10) + 1), 128 << 10);
         assert_eq!(ring_size(4 << 20), 4 << 20);
     }
 }

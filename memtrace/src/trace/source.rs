@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{Lost, TraceError, Tracer, event::Event};
+use crate::stack::unwind::StackCheck;
 
 /// A source of decoded events and of what the kernel side knows about them.
 pub trait EventSource {
@@ -20,6 +21,16 @@ pub trait EventSource {
     fn add_pid(&mut self, pid: u32) -> Result<(), TraceError>;
     /// Stop following `pid`.
     fn remove_pid(&mut self, pid: u32);
+    /// Calls of `pid` made at user `ip` and `sp` whose stack passes `check`
+    /// unwind to stack `id`: a source that can recognise them delivers
+    /// them with `Event::call_stack` set to `id` and no window.
+    fn remember_stack(&mut self, _pid: u32, _ip_sp: (u64, u64), _check: &StackCheck, _id: u32) {}
+    /// Forget what [`EventSource::remember_stack`] told about `pid` (it
+    /// exited, or exec replaced its code).
+    fn forget_stacks(&mut self, _pid: u32) {}
+    /// Whether `pid`'s code keeps frame pointers (Go), so a frame-pointer
+    /// walk can take its stacks further than the window.
+    fn set_frame_pointers(&mut self, _pid: u32, _on: bool) {}
 }
 
 impl EventSource for Tracer {
@@ -40,5 +51,14 @@ impl EventSource for Tracer {
     }
     fn remove_pid(&mut self, pid: u32) {
         Tracer::remove_pid(self, pid)
+    }
+    fn remember_stack(&mut self, pid: u32, ip_sp: (u64, u64), check: &StackCheck, id: u32) {
+        Tracer::remember_stack(self, pid, ip_sp, check, id)
+    }
+    fn forget_stacks(&mut self, pid: u32) {
+        Tracer::forget_stacks(self, pid)
+    }
+    fn set_frame_pointers(&mut self, pid: u32, on: bool) {
+        Tracer::set_frame_pointers(self, pid, on)
     }
 }
