@@ -989,6 +989,9 @@ pub struct Caller<'a> {
 /// The caller, not the wrapper: see [`Caller`].
 pub fn caller(stack: &CallStack) -> Caller<'_> {
     let frames = &stack.frames;
+    if let Some(jit) = jit_caller(frames) {
+        return jit;
+    }
     let looked_past =
         |f: &Frame| f.is_syscall_wrapper() || f.in_runtime_library() || is_machinery(f);
     let Some(i) = frames
@@ -1010,6 +1013,68 @@ pub fn caller(stack: &CallStack) -> Caller<'_> {
         call_site: Some(&frames[i]),
         via,
     }
+}
+
+/// Perf-map names of code the runtime generates for itself, not for a
+/// function of the program.
+const GENERIC_JIT: &[&str] = &[
+    "Interpreter",
+    "StubRoutines",
+    "Stub:",
+    "Builtin:",
+    "BytecodeHandler:",
+    "RegExp:",
+    "I2C/C2I adapters",
+    "MethodHandlesAdapterBlob",
+    "RuntimeStub",
+    "BufferBlob",
+    "AdapterBlob",
+    "VtableBlob",
+    "SafepointBlob",
+    "DeoptimizationBlob",
+    "UncommonTrapBlob",
+    "ExceptionBlob",
+    "vtable chunks",
+    "itable stub",
+];
+
+/// JIT code named from a perf map (JavaScript, Java methods…) is the
+/// program's own code: when everything between the syscall and the
+/// innermost such frame is the runtime's (its module, its functions, libc),
+/// that frame is the call site, via the outermost allocation machinery
+/// frame below it (else the runtime frame it called).
+fn jit_caller(frames: &[Frame]) -> Option<Caller<'_>> {
+    let jit = |f: &Frame| f.module.as_deref() == Some(crate::stack::perfmap::MODULE);
+    // The runtime's own generated code (the JVM's interpreter and stubs,
+    // V8's builtins) names no function of the program.
+    let generic = |f: &Frame| {
+        jit(f)
+            && f.function
+                .as_deref()
+                .is_none_or(|n| starts_with_any(n, GENERIC_JIT))
+    };
+    let j = frames.iter().position(|f| jit(f) && !generic(f))?;
+    let below = &frames[..j];
+    let runtimes = |f: &Frame| {
+        f.is_syscall_wrapper()
+            || f.in_runtime_library()
+            || generic(f)
+            || frame_runtime(f).is_some()
+            || f.module.as_deref().and_then(module_rule).is_some()
+    };
+    if !below.iter().all(runtimes) {
+        return None;
+    }
+    let named = || {
+        below
+            .iter()
+            .rev()
+            .filter(|f| f.function.is_some() && !f.is_syscall_wrapper())
+    };
+    Some(Caller {
+        call_site: Some(&frames[j]),
+        via: named().find(|f| is_machinery(f)).or_else(|| named().next()),
+    })
 }
 
 /// Whether the call site looks past this frame (allocation machinery of a

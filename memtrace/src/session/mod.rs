@@ -310,6 +310,8 @@ impl<S: EventSource> Session<S> {
                         self.tracer
                             .remember_stack(ev.pid, (user.ip, user.sp), &check, id);
                     }
+                } else if let Some(id) = ev.call_stack {
+                    ev.call_stack = Some(self.name_late_jit(ev.pid, id));
                 }
                 ev.user = None;
             }
@@ -374,6 +376,22 @@ impl<S: EventSource> Session<S> {
         self.summary.lost = lost;
         self.summary.lost_events = lost.total();
         (out, self.backlog.is_empty())
+    }
+
+    /// A stack the kernel side sent as an id: captured before the
+    /// process's perf map named its JIT code (the map grows as code is
+    /// compiled), it is named now; the named stack is a stack of its own.
+    fn name_late_jit(&mut self, pid: u32, id: u32) -> u32 {
+        let known = self.stacks.get(id);
+        if !known.iter().any(|l| l.module.is_none() && l.jit.is_none()) {
+            return id;
+        }
+        let mut located = known.to_vec();
+        self.perf_maps.name_jit(pid, &mut located);
+        if located.iter().zip(known).all(|(a, b)| a.jit == b.jit) {
+            return id;
+        }
+        self.stacks.intern(located)
     }
 
     /// Forget processes that are gone without an exit event (e.g. they

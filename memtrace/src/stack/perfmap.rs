@@ -21,7 +21,7 @@
 //! file is read again where it grew when an address misses.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, hash_map::Entry},
     fs::File,
     io::{Read as _, Seek as _, SeekFrom},
     os::unix::fs::MetadataExt as _,
@@ -334,8 +334,6 @@ enum Slot {
     /// asked, as `jcmd PID Compiler.perfmap`): looked for again, one
     /// `openat2`, for each stack that needs it.
     Missing(Target),
-    /// Not a process memtrace can look into (gone, or no access).
-    Unreachable,
 }
 
 impl PerfMaps {
@@ -345,10 +343,16 @@ impl PerfMaps {
         if stack.iter().all(|l| l.module.is_some()) {
             return;
         }
-        let slot = self
-            .maps
-            .entry(pid)
-            .or_insert_with(|| Target::of(pid).map_or(Slot::Unreachable, Slot::Missing));
+        // Not remembered when the process cannot be looked into: that can
+        // pass (seen right after exec), and a process that is gone sends
+        // no more stacks.
+        let slot = match self.maps.entry(pid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => match Target::of(pid) {
+                Ok(target) => e.insert(Slot::Missing(target)),
+                Err(_) => return,
+            },
+        };
         if let Slot::Missing(target) = slot
             && let Ok(map) = PerfMap::open_in(target)
         {

@@ -618,3 +618,81 @@ fn the_caller_is_past_libc_and_allocator_plumbing() {
         Some("_dl_map_segments")
     );
 }
+
+#[test]
+fn jit_code_named_from_a_perf_map_is_the_call_site() {
+    // node --perf-basic-prof --interpreted-frames-native-stack: a
+    // `new ArrayBuffer` in the JS function growArrays (node 20's frames).
+    let jit = crate::stack::perfmap::MODULE;
+    let mut frames = mmap_in_libc();
+    frames.extend(named(
+        LIBC,
+        &[
+            "sysmalloc_mmap",
+            "sysmalloc",
+            "_int_malloc",
+            "__libc_calloc",
+        ],
+    ));
+    frames.extend(named(
+        NODE,
+        &[
+            "node::NodeArrayBufferAllocator::Allocate(unsigned long)",
+            "v8::internal::Heap::AllocateExternalBackingStore(std::function<void* (unsigned long)> const&, unsigned long)",
+            "v8::internal::BackingStore::Allocate(v8::internal::Isolate*, unsigned long, v8::internal::SharedFlag, v8::internal::InitializedFlag)",
+            "v8::internal::(anonymous namespace)::ConstructBuffer(v8::internal::Isolate*)",
+            "v8::internal::Builtin_ArrayBufferConstructor(int, unsigned long*, v8::internal::Isolate*)",
+            "Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit",
+            "Builtins_JSBuiltinsConstructStub",
+            "Builtins_ConstructHandler",
+        ],
+    ));
+    frames.extend(named(
+        jit,
+        &["JS:~growArrays /srv/w.js:1:20", "JS:~ /srv/w.js:1:1"],
+    ));
+    frames.extend(named(
+        NODE,
+        &["Builtins_JSEntryTrampoline", "node::Start(int, char**)"],
+    ));
+    let s = stack(&frames);
+    assert_eq!(class_of(&s), "v8_array_buffers");
+    let (at, via) = who(&s);
+    assert_eq!(at, "JS:~growArrays /srv/w.js:1:20");
+    assert_eq!(
+        via.as_deref().map(short_name),
+        Some("v8::internal::BackingStore::Allocate")
+    );
+
+    // A JIT frame above application code (a native addon) is not the call
+    // site: the addon is.
+    let mut frames = mmap_in_libc();
+    frames.extend(named("/srv/addon.node", &["addon::grow()"]));
+    frames.extend(named(jit, &["JS:~growArrays /srv/w.js:1:20"]));
+    let (at, _) = who(&stack(&frames));
+    assert_eq!(at, "addon::grow()");
+}
+
+#[test]
+fn the_runtimes_own_generated_code_is_not_a_call_site() {
+    // The JVM's perf map names the interpreter and stubs, not the Java
+    // method: the JNI entry stays the call site.
+    let jit = crate::stack::perfmap::MODULE;
+    let mut frames = mmap_in_libc();
+    frames.extend(named(LIBC, &["sysmalloc", "__GI___libc_malloc"]));
+    frames.extend(named(
+        JVM,
+        &[
+            "os::malloc(unsigned long, MEMFLAGS)",
+            "Unsafe_AllocateMemory0",
+        ],
+    ));
+    frames.extend(named(
+        jit,
+        &["Interpreter", "Interpreter", "StubRoutines (1)"],
+    ));
+    frames.extend(named(JVM, &["JavaCalls::call_helper(JavaValue*)"]));
+    let (at, via) = who(&stack(&frames));
+    assert_eq!(at, "Unsafe_AllocateMemory0");
+    assert_eq!(via.as_deref(), Some("os::malloc(unsigned long, MEMFLAGS)"));
+}
