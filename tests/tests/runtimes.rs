@@ -884,7 +884,9 @@ fn a_perf_map_in_the_targets_own_namespaces_is_read() {
         "private",
         "sh",
         "-c",
-        r#"mount -t tmpfs memtrace-test /tmp && exec "$1" --wait"#,
+        // The fixture is opened before the tmpfs hides /tmp (where a
+        // checkout may live), and run from that descriptor.
+        r#"exec 3<"$1" && mount -t tmpfs memtrace-test /tmp && exec /proc/self/fd/3 --wait"#,
         "sh",
         JIT,
     ]);
