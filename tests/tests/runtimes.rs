@@ -577,8 +577,27 @@ fn redis_memory_is_jemalloc_arenas() {
     // stats.active, the pages of its extents in use (touched, here).
     // allocator_resident (stats.resident) is an upper bound by jemalloc's
     // own account, above the process's whole anonymous RSS here.
-    let info = redis(&["INFO", "memory"]);
-    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    // redis refreshes the allocator_* figures in its cron (every 100 ms),
+    // used_memory at once: wait until the cron has caught up with the
+    // populate (active is at least the memory in use).
+    let field_of = |info: &str, name: &str| {
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let mut info = String::new();
+    let caught_up = common::wait_for(Duration::from_secs(10), || {
+        info = String::from_utf8_lossy(&redis(&["INFO", "memory"]).stdout).into_owned();
+        matches!(
+            (field_of(&info, "allocator_active"), field_of(&info, "used_memory")),
+            (Some(active), Some(used)) if active >= used
+        )
+    });
+    assert!(caught_up, "INFO memory never caught up:\n{info}");
     // SHUTDOWN NOSAVE exits at once, keeping the data in memory for the
     // report at exit.
     drop(shutdown);
@@ -601,15 +620,7 @@ fn redis_memory_is_jemalloc_arenas() {
         "the populated keys live in jemalloc's arenas: {jemalloc} bytes"
     );
     let info_field = |name: &str| {
-        info.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(':')?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {name} in INFO memory:\n{info}"))
+        field_of(&info, name).unwrap_or_else(|| panic!("no {name} in INFO memory:\n{info}"))
     };
     compare_figures(
         "redis-server",
