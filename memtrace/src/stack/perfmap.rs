@@ -213,7 +213,10 @@ impl Target {
             .map_err(proc_err)?
             .uid();
         let ns_pid = pid::ns_tgid(pid).map_err(proc_err)?;
-        let root = File::open(format!("/proc/{pid}/root")).map_err(proc_err)?;
+        // Once the main thread has exited (the java launcher's does), its
+        // root is gone from /proc; a live thread's is the process's.
+        let reader = pid::mm_reader(pid);
+        let root = File::open(format!("/proc/{reader}/root")).map_err(proc_err)?;
         Ok(Target {
             pid,
             ns_pid,
