@@ -57,15 +57,8 @@ impl fmt::Display for Human {
 /// `1.5G`, `65536`. Decimal units (`MB`, `GB`) are refused rather than
 /// guessed.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (try 2GiB, 100MiB, 512KiB)"))?;
-    let mult: f64 = match unit.trim() {
+    let (n, unit) = number_and_unit(s, "a size (try 2GiB, 100MiB, 512KiB)")?;
+    let mult: f64 = match unit {
         "" | "B" => 1.0,
         "K" | "KiB" | "k" => 1024.0,
         "M" | "MiB" => 1024.0 * 1024.0,
@@ -89,15 +82,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// `h` (a bare number is seconds), e.g. `500ms`, `10s`, `5m`, `1h`. Zero
 /// and negative durations are refused.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 10s, 5m, 1h)"))?;
-    let secs = match unit.trim() {
+    let (n, unit) = number_and_unit(s, "a duration (try 500ms, 10s, 5m, 1h)")?;
+    let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
@@ -114,6 +100,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// The leading number of `s` (digits and `.`) and the unit after it,
+/// trimmed; when there is no number, an error saying `s` is not `what`.
+fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(f64, &'a str), String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n = num.parse().map_err(|_| format!("`{s}` is not {what}"))?;
+    Ok((n, unit.trim()))
 }
 
 #[cfg(test)]

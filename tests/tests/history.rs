@@ -11,17 +11,13 @@
 //! - A churning target sampled every 100 ms loses no event.
 
 mod common;
+mod serving;
 
-use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{Background, Waiting, memtrace_bin, require_root, wait_with_timeout};
+use common::{Background, Waiting, check_schema, require_root, schema_validator};
 use serde_json::Value;
+use serving::Served;
 
 const GROWER: &str = env!("CARGO_BIN_EXE_grower");
 const CHURN: &str = env!("CARGO_BIN_EXE_churn");
@@ -32,98 +28,11 @@ const CHUNK_KIB: u64 = 512;
 const PERIOD_MS: u64 = 25;
 const SAMPLE_MS: u64 = 100;
 
-fn validator() -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/memtrace.schema.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
-    jsonschema::validator_for(&schema).expect("a valid JSON Schema")
-}
-
-fn check(validator: &jsonschema::Validator, v: &Value) {
-    let errors: Vec<String> = validator
-        .iter_errors(v)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "the schema rejects:\n  {}\nobject: {v}",
-        errors.join("\n  ")
-    );
-}
-
-/// GET `path`; (status code, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to memtrace serve");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {head:?}"));
-    (code, body.to_string())
-}
-
-/// A `memtrace serve` killed when dropped, so a failed test leaves none
-/// behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    /// Stop it with SIGINT, as a user would; its exit status.
-    fn stop(mut self) -> i32 {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        wait_with_timeout(&mut self.0, Duration::from_secs(20))
-    }
-}
-
-/// `memtrace serve --trace --pid PID ARGS`; the server and its address.
-fn serve(pid: u32, args: &[&str]) -> (Server, String) {
-    let mut serve = Command::new(memtrace_bin())
-        .args(["serve", "--trace", "--listen", "127.0.0.1:0", "--pid"])
-        .arg(pid.to_string())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn memtrace serve");
-    let mut err = BufReader::new(serve.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    err.read_line(&mut line)
-        .expect("serve says where it listens");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    // Keep draining stderr (alert lines) so serve never blocks on it.
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = err.read_to_string(&mut rest);
-    });
-    (Server(serve), addr)
-}
-
-fn history(addr: &str, validator: &jsonschema::Validator) -> Value {
-    let (code, body) = get(addr, "/debug/memory/history.json");
+fn history(served: &Served, validator: &jsonschema::Validator) -> Value {
+    let (code, body) = served.get_text("/debug/memory/history.json");
     assert_eq!(code, 200, "{body}");
     let doc: Value = serde_json::from_str(&body).expect("history is JSON");
-    check(validator, &doc);
+    check_schema(validator, &doc);
     doc
 }
 
@@ -167,7 +76,7 @@ fn slope_per_minute(points: &[(u64, u64)]) -> f64 {
 #[test]
 fn history_json_names_the_growing_site_with_its_rate() {
     require_root();
-    let validator = validator();
+    let validator = schema_validator();
     let mut w = Waiting::start(
         GROWER,
         &[
@@ -180,7 +89,7 @@ fn history_json_names_the_growing_site_with_its_rate() {
             "80",
         ],
     );
-    let (server, addr) = serve(
+    let served = Served::start_with(
         w.pid,
         &[
             "--sample-every",
@@ -200,7 +109,7 @@ fn history_json_names_the_growing_site_with_its_rate() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let flat_key = loop {
         assert!(Instant::now() < deadline, "the window never filled");
-        let doc = history(&addr, &validator);
+        let doc = history(&served, &validator);
         let full = doc["samples"].as_array().is_some_and(|s| s.len() == 21);
         let table = site(&doc, "flat_table");
         if full
@@ -223,7 +132,7 @@ fn history_json_names_the_growing_site_with_its_rate() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "growth never filled the window");
-        let doc = history(&addr, &validator);
+        let doc = history(&served, &validator);
         let done = doc["growing"].as_array().is_some_and(|g| {
             g.iter().any(|g| {
                 // The window holds only growth: its minimum is its first
@@ -381,16 +290,16 @@ fn history_json_names_the_growing_site_with_its_rate() {
     );
     assert_eq!(s["lost_events"], 0, "{s}");
 
-    let (code, body) = get(&addr, "/debug/memory/history.json?top=3");
+    let (code, body) = served.get_text("/debug/memory/history.json?top=3");
     assert_eq!(code, 400, "{body}");
 
     assert_eq!(w.finish(), 0);
-    assert_eq!(server.stop(), 0);
+    served.stop();
 }
 
 #[test]
 fn an_alert_stops_tracing_with_status_3_after_the_report() {
-    let validator = validator();
+    let validator = schema_validator();
     let run = Background::launch(
         &[
             "--json",
@@ -421,7 +330,7 @@ fn an_alert_stops_tracing_with_status_3_after_the_report() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     for l in &lines {
-        check(&validator, l);
+        check_schema(&validator, l);
     }
     let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
     assert_eq!(types, ["alert", "report", "summary"], "{}", run.stdout);
@@ -490,17 +399,17 @@ fn the_text_report_lists_what_grew() {
 #[test]
 fn sampling_every_100ms_loses_no_event_of_a_churning_target() {
     require_root();
-    let validator = validator();
+    let validator = schema_validator();
     // Paced: on a machine shared with other work an unpaced churn can
     // outrun memtrace sampled or not; 20,000 pairs a second is 40,000
     // events a second, several seconds of the kernel ring's room.
     let mut w = Waiting::start(CHURN, &["--rate", "20000"]);
-    let (server, addr) = serve(w.pid, &["--sample-every", "100ms", "--history", "10s"]);
+    let served = Served::start_with(w.pid, &["--sample-every", "100ms", "--history", "10s"]);
     w.go();
     let deadline = Instant::now() + Duration::from_secs(60);
     let doc = loop {
         assert!(Instant::now() < deadline, "20 samples never came");
-        let doc = history(&addr, &validator);
+        let doc = history(&served, &validator);
         if doc["samples"].as_array().is_some_and(|s| s.len() >= 20) {
             break doc;
         }
@@ -508,7 +417,7 @@ fn sampling_every_100ms_loses_no_event_of_a_churning_target() {
     };
     w.go();
     assert_eq!(w.finish(), 0);
-    assert_eq!(server.stop(), 0);
+    served.stop();
     let samples = doc["samples"].as_array().expect("samples");
     let events: Vec<u64> = samples
         .iter()

@@ -6,42 +6,18 @@ mod common;
 
 use std::{
     io::BufRead as _,
-    path::Path,
     process::{Command, Stdio},
 };
 
-use common::{Waiting, memtrace_bin, require_root, temp_path};
+use common::{Waiting, check_schema, memtrace_bin, require_root, schema_validator, temp_path};
 use serde_json::Value;
 
 const MAPPINGS: &str = env!("CARGO_BIN_EXE_mappings");
 
-fn validator() -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/memtrace.schema.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let schema: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    jsonschema::validator_for(&schema)
-        .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()))
-}
-
-/// Check one object; the panic names every violation and the object.
-fn check(validator: &jsonschema::Validator, v: &Value) {
-    let errors: Vec<String> = validator
-        .iter_errors(v)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "memtrace printed JSON that the documented schema rejects:\n  {}\nobject: {v}",
-        errors.join("\n  ")
-    );
-}
-
 #[test]
 fn every_trace_line_validates() {
     require_root();
-    let validator = validator();
+    let validator = schema_validator();
     let out = temp_path("schema-steps");
     // The shell runs the mappings fixture (every syscall kind, a failed
     // call, a named region) and forks /bin/true (fork, exec, exit).
@@ -73,7 +49,7 @@ fn every_trace_line_validates() {
         // Nothing else shares stdout here: every line is memtrace's.
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}"));
-        check(&validator, &v);
+        check_schema(&validator, &v);
         *types
             .entry(v["type"].as_str().unwrap_or("?").into())
             .or_default() += 1;
@@ -104,7 +80,7 @@ fn every_trace_line_validates() {
 
 #[test]
 fn snapshot_json_validates() {
-    let validator = validator();
+    let validator = schema_validator();
     let out = temp_path("schema-snapshot");
     let mut w = Waiting::start(MAPPINGS, &["--out", out.to_str().expect("utf8")]);
     let output = Command::new(memtrace_bin())
@@ -119,7 +95,7 @@ fn snapshot_json_validates() {
         String::from_utf8_lossy(&output.stderr)
     );
     let v: Value = serde_json::from_slice(&output.stdout).expect("snapshot JSON");
-    check(&validator, &v);
+    check_schema(&validator, &v);
     assert!(v["regions"].as_array().is_some_and(|r| !r.is_empty()));
 }
 
@@ -127,7 +103,7 @@ fn snapshot_json_validates() {
 fn the_schema_rejects_drift() {
     // The check above is only worth something if the schema is strict:
     // an unknown field, a numeric address or a wrong version must fail.
-    let validator = validator();
+    let validator = schema_validator();
     let good = serde_json::json!({
         "type": "summary", "schema_version": 2, "events": {"mmap": 1},
         "bytes_mapped": 4096, "bytes_unmapped": 0, "failed_calls": 0,

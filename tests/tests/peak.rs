@@ -9,13 +9,16 @@ mod common;
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
 };
 
-use common::{Waiting, memtrace_bin, require_root, wait_with_timeout};
+use common::{
+    Waiting, call_site_rss, check_schema, memtrace_bin, require_root, schema_validator,
+    wait_with_timeout,
+};
 use serde_json::Value;
 
 const PEAK: &str = env!("CARGO_BIN_EXE_peak");
@@ -108,17 +111,7 @@ fn wait_for_peak(lines: &mut Lines, anon: u64) -> Value {
 
 /// Resident bytes of the call sites whose function is `build_peak`.
 fn build_peak_rss(report: &Value) -> u64 {
-    report["call_sites"]
-        .as_array()
-        .expect("call_sites")
-        .iter()
-        .filter(|s| {
-            s["call_site"]["function"]
-                .as_str()
-                .is_some_and(|f| f.contains("build_peak"))
-        })
-        .map(|s| s["rss_bytes"].as_u64().unwrap_or(0))
-        .sum()
+    call_site_rss(report, |f| f.contains("build_peak"))
 }
 
 /// The checks on a trace of the fixture: `anon` is the fixture's own
@@ -196,7 +189,7 @@ fn launch_mode_reports_the_peak_and_the_exit() {
     // Both reports are the default when launching.
     let mut mt = spawn_memtrace(&["--json", "--", PEAK]);
     let err = stderr_of(&mut mt);
-    let mut stdin = mt.stdin.take().expect("stdin piped");
+    let stdin = mt.stdin.take().expect("stdin piped");
     // The fixture shares memtrace's stdin and stdout.
     let mut lines = Lines::new(mt.stdout.take().expect("stdout piped"));
     let built = lines.until("the fixture's built line", |l| l.starts_with("built "));
@@ -208,35 +201,45 @@ fn launch_mode_reports_the_peak_and_the_exit() {
         .expect("pid");
     let peak_line = wait_for_peak(&mut lines, anon);
     assert_eq!(peak_line["pid"], pid);
-    stdin
-        .write_all(b"free\n")
-        .expect("tell the fixture to free");
-    drop(stdin);
-    lines.rest();
-    let status = wait_with_timeout(&mut mt, Duration::from_secs(60));
-    let stderr = err.join().unwrap_or_default();
-    assert_eq!(status, 0, "memtrace failed: {stderr}");
+    free_and_finish(stdin, &mut lines, &mut mt, err);
     assert!(lines.seen.iter().any(|l| l == "freed"), "{}", lines.tail());
     check_reports(&lines, anon, pid);
     validate(&lines);
 }
 
+/// Tell the fixture (on memtrace's stdin) to free and exit, read memtrace's
+/// stdout to its end, and check memtrace exits 0.
+fn free_and_finish(
+    mut stdin: ChildStdin,
+    lines: &mut Lines,
+    mt: &mut Child,
+    err: thread::JoinHandle<String>,
+) {
+    stdin
+        .write_all(b"free\n")
+        .expect("tell the fixture to free");
+    drop(stdin);
+    lines.rest();
+    let status = wait_with_timeout(mt, Duration::from_secs(60));
+    assert_eq!(
+        status,
+        0,
+        "memtrace failed: {}",
+        err.join().unwrap_or_default()
+    );
+}
+
 /// memtrace's JSON lines of a run (the peak lines and both reports among
 /// them) against the documented schema.
 fn validate(lines: &Lines) {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/memtrace.schema.json");
-    let text = std::fs::read_to_string(&path).expect("read the schema");
-    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
-    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let validator = schema_validator();
     for v in lines
         .seen
         .iter()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str::<Value>(l).expect("memtrace's lines are JSON"))
     {
-        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "schema rejects {v}: {errors:?}");
+        check_schema(&validator, &v);
     }
 }
 
@@ -275,21 +278,10 @@ fn pid_mode_reports_the_peak_when_asked() {
 fn report_at_exit_prints_no_peak() {
     let mut mt = spawn_memtrace(&["--json", "--quiet", "--report-at", "exit", "--", PEAK]);
     let err = stderr_of(&mut mt);
-    let mut stdin = mt.stdin.take().expect("stdin piped");
+    let stdin = mt.stdin.take().expect("stdin piped");
     let mut lines = Lines::new(mt.stdout.take().expect("stdout piped"));
     lines.until("the fixture's built line", |l| l.starts_with("built "));
-    stdin
-        .write_all(b"free\n")
-        .expect("tell the fixture to free");
-    drop(stdin);
-    lines.rest();
-    let status = wait_with_timeout(&mut mt, Duration::from_secs(60));
-    assert_eq!(
-        status,
-        0,
-        "memtrace failed: {}",
-        err.join().unwrap_or_default()
-    );
+    free_and_finish(stdin, &mut lines, &mut mt, err);
     let ats: Vec<Value> = lines
         .objects("report")
         .iter()

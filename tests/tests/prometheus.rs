@@ -8,19 +8,21 @@
 //! missing.
 
 mod common;
+mod serving;
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Waiting, memtrace_bin, read_jsonl, require_root, require_tool, temp_path};
+use common::{Waiting, read_jsonl, require_root, require_tool, temp_path};
 use memtrace::export::metrics::{self, AttributionInput, MetricsInput, SiteRss};
 use serde_json::Value;
+use serving::{Served, get_text};
 
 /// A call-site name with everything the text format must escape.
 const HOSTILE_SITE: &str = "<ns::Cache<T> as Grow>::grow \"fast\" C:\\dir\nλ next";
@@ -76,31 +78,14 @@ const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
 /// `adjacent_one` and the small rest are `site="other"`.
 const METRICS_SITES: &str = "3";
 
-/// Children killed when the test ends, however it ends.
-struct Killed(Vec<Child>);
+/// A child killed when the test ends, however it ends.
+struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-}
-
-/// GET `path` over HTTP/1.0 (no chunked bodies); (status, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {head:?}"));
-    (code, body.to_string())
 }
 
 fn url_encode(s: &str) -> String {
@@ -112,28 +97,6 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// `memtrace serve ARGS --listen 127.0.0.1:0`; the child and its address.
-fn serve(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(memtrace_bin())
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn memtrace serve");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    err.read_line(&mut line)
-        .expect("serve says where it listens");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (child, addr)
 }
 
 /// A free loopback port (released for Prometheus to take).
@@ -174,7 +137,7 @@ fn start_prometheus(dir: &Path, targets: &[(&str, &str)]) -> (Child, String) {
 
 /// The result vector of an instant query: (labels, value) per series.
 fn query(prom: &str, promql: &str) -> Vec<(HashMap<String, String>, f64)> {
-    let (code, body) = get(prom, &format!("/api/v1/query?query={}", url_encode(promql)));
+    let (code, body) = get_text(prom, &format!("/api/v1/query?query={}", url_encode(promql)));
     assert_eq!(code, 200, "query {promql}: {body}");
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["status"], "success", "{body}");
@@ -230,7 +193,7 @@ fn prometheus_scrapes_call_sites_and_categories() {
 
     let mut w = Waiting::start(GROUND_TRUTH, &["--out", out.to_str().expect("utf8")]);
     let pid = w.pid.to_string();
-    let (traced, traced_addr) = serve(&[
+    let traced = Served::serve(&[
         "--trace",
         "--pid",
         &pid,
@@ -245,9 +208,7 @@ fn prometheus_scrapes_call_sites_and_categories() {
         "--alert",
         "rss>1TiB",
     ]);
-    let mut children = Killed(vec![traced]);
-    let (snap, snap_addr) = serve(&["--pid", &pid]);
-    children.0.push(snap);
+    let snap = Served::serve(&["--pid", &pid]);
     w.go();
     w.expect_line("done");
     // From here on the fixture's memory stays as it is until it exits.
@@ -275,12 +236,12 @@ fn prometheus_scrapes_call_sites_and_categories() {
     let (prometheus, prom) = start_prometheus(
         &dir,
         &[
-            ("memtrace", &traced_addr),
-            ("snapshot", &snap_addr),
+            ("memtrace", &traced.addr),
+            ("snapshot", &snap.addr),
             ("hostile", &hostile_addr),
         ],
     );
-    children.0.push(prometheus);
+    let prometheus = Killed(prometheus);
     // Two successful scrapes of each job.
     let start = Instant::now();
     loop {
@@ -309,13 +270,13 @@ fn prometheus_scrapes_call_sites_and_categories() {
             .collect::<Vec<_>>(),
         [(HOSTILE_SITE, 4096.0)]
     );
-    for addr in [&traced_addr, &snap_addr] {
-        let (code, text) = get(addr, "/metrics");
+    for served in [&traced, &snap] {
+        let (code, text) = served.get_text("/metrics");
         assert_eq!(code, 200, "{text}");
-        assert_lint_clean(addr, &text);
+        assert_lint_clean(&served.addr, &text);
     }
 
-    let (code, body) = get(&traced_addr, "/debug/memory/attributed.json?top=0");
+    let (code, body) = traced.get_text("/debug/memory/attributed.json?top=0");
     assert_eq!(code, 200, "{body}");
     let report: Value = serde_json::from_str(&body).expect("JSON report");
     let json_sites = report["call_sites"].as_array().expect("call_sites");
@@ -484,6 +445,6 @@ fn prometheus_scrapes_call_sites_and_categories() {
     assert_eq!(alerts.get("rss>1TiB"), Some(&0.0), "{alerts:?}");
 
     assert_eq!(w.finish(), 0);
-    drop(children);
+    drop((prometheus, traced, snap));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,15 @@
 //! Pieces the benchmarks share.
 
-use std::{process::Child, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, Lines, Read as _, Write as _},
+    net::TcpStream,
+    path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
 
 /// Kills a benchmark's target process when the benchmark ends, however it
 /// ends.
@@ -35,7 +44,6 @@ pub struct Usage {
 /// and the child's own CPU times from `wait4` (children it waited for
 /// included, as the kernel counts them). Fails if it exits unsuccessfully.
 pub fn run_measured(cmd: &mut std::process::Command) -> anyhow::Result<Usage> {
-    use anyhow::Context as _;
     let start = std::time::Instant::now();
     let child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
@@ -77,4 +85,74 @@ pub fn run_measured(cmd: &mut std::process::Command) -> anyhow::Result<Usage> {
 /// `PASS` or `FAIL`.
 pub fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "FAIL" }
+}
+
+/// Start a benchmark target (`bin/name`, stdin and stdout piped) and wait
+/// for its `attached?` line, when memtrace may attach: the target and the
+/// rest of its stdout, line by line.
+pub fn start_target(
+    bin: &Path,
+    name: &str,
+) -> anyhow::Result<(KillOnDrop, Lines<BufReader<ChildStdout>>)> {
+    let mut target = KillOnDrop(
+        Command::new(bin.join(name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?,
+    );
+    let mut lines = BufReader::new(target.0.stdout.take().context("target stdout")?).lines();
+    expect_line(&mut lines, "attached?")?;
+    Ok((target, lines))
+}
+
+/// Read `lines` up to one starting with `prefix`.
+pub fn expect_line(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    for line in lines {
+        if line?.starts_with(prefix) {
+            return Ok(());
+        }
+    }
+    bail!("the target ended before printing {prefix:?}")
+}
+
+/// Wait (10 s at most) until `memtrace serve` accepts connections on
+/// `addr`.
+pub fn wait_for_server(addr: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("memtrace serve did not start listening on {addr} (is this root?)")
+}
+
+/// One HTTP/1.1 GET of `path` from `memtrace serve` on `addr`; the body
+/// of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr).context("connect to memtrace serve")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("memtrace answered: {head}\n{body}");
+    }
+    Ok(body.to_string())
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, …), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

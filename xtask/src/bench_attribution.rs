@@ -17,8 +17,7 @@
 //! and memtrace's peak RSS (serve).
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::{BufRead as _, BufReader, Write as _},
     path::Path,
     process::{Command, Stdio},
     thread,
@@ -28,7 +27,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bench::{KillOnDrop, median, ms, verdict},
+    bench::{
+        KillOnDrop, expect_line, http_get, median, ms, start_target, status_kib, verdict,
+        wait_for_server,
+    },
     build_release,
 };
 
@@ -37,6 +39,8 @@ const ROUNDS: usize = 11;
 const CLI_ROUNDS: usize = 7;
 const TARGET_RATIO: f64 = 1.5;
 const LISTEN: &str = "127.0.0.1:16061";
+/// What each serve round times.
+const REPORT: &str = "/debug/memory/attributed.json?top=10";
 
 pub fn run() -> anyhow::Result<()> {
     build_release()?;
@@ -54,16 +58,8 @@ pub fn run() -> anyhow::Result<()> {
 
 /// The serve measure; returns the ratio of the medians.
 fn serve_bench(bin: &Path) -> anyhow::Result<f64> {
-    let mut target = KillOnDrop(
-        Command::new(bin.join("attrib_target"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting attrib_target")?,
-    );
+    let (mut target, mut lines) = start_target(bin, "attrib_target")?;
     let pid = target.0.id();
-    let mut lines = BufReader::new(target.0.stdout.take().context("target stdout")?).lines();
-    expect_line(&mut lines, "attached?")?;
 
     let memtrace = KillOnDrop(
         Command::new(bin.join("memtrace"))
@@ -79,7 +75,7 @@ fn serve_bench(bin: &Path) -> anyhow::Result<f64> {
             .spawn()
             .context("starting memtrace serve --trace")?,
     );
-    wait_for_server()?;
+    wait_for_server(LISTEN)?;
     let mut stdin = target.0.stdin.take().context("target stdin")?;
     writeln!(stdin, "go")?;
     println!("serve: building 100,000 traced mappings in pid {pid}…");
@@ -87,7 +83,7 @@ fn serve_bench(bin: &Path) -> anyhow::Result<f64> {
     // Let the tracer finish applying the last events.
     thread::sleep(Duration::from_millis(500));
 
-    let first = get_report()?;
+    let first = http_get(LISTEN, REPORT)?;
     let vmas = std::fs::read_to_string(format!("/proc/{pid}/maps"))?
         .lines()
         .count();
@@ -100,7 +96,7 @@ fn serve_bench(bin: &Path) -> anyhow::Result<f64> {
     for round in 0..ROUNDS {
         let c = cat_smaps(pid)?;
         let t = Instant::now();
-        get_report()?;
+        http_get(LISTEN, REPORT)?;
         let r = t.elapsed();
         println!("{round:>5}   {:>12.1}   {:>20.1}", ms(c), ms(r));
         cat.push(c);
@@ -108,7 +104,7 @@ fn serve_bench(bin: &Path) -> anyhow::Result<f64> {
     }
     let (c, r) = (median(&mut cat), median(&mut report));
     let ratio = r.as_secs_f64() / c.as_secs_f64();
-    let hwm = peak_rss_kib(memtrace.0.id()).unwrap_or(0);
+    let hwm = status_kib(memtrace.0.id(), "VmHWM").unwrap_or(0);
     println!(
         "\nserve median: cat smaps {:.1} ms, attributed report {:.1} ms, ratio {ratio:.2}x \
          (target <= {TARGET_RATIO}x: {})",
@@ -229,50 +225,4 @@ fn print_report_keys(report: &str) {
             println!("  {} {}", key.trim_matches(['"', ':']), &rest[..end]);
         }
     }
-}
-
-fn expect_line(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    prefix: &str,
-) -> anyhow::Result<()> {
-    for line in lines {
-        if line?.starts_with(prefix) {
-            return Ok(());
-        }
-    }
-    bail!("the target ended before printing {prefix:?}")
-}
-
-fn wait_for_server() -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(LISTEN).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("memtrace serve did not start listening on {LISTEN} (is this root?)")
-}
-
-/// One HTTP/1.1 GET of the attributed JSON report; the body.
-fn get_report() -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(LISTEN).context("connect to memtrace serve")?;
-    write!(
-        s,
-        "GET /debug/memory/attributed.json?top=10 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("memtrace answered: {head}\n{body}");
-    }
-    Ok(body.to_string())
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -14,8 +14,7 @@
 //! - memtrace's RSS growth over the run at most 10 MiB.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -24,7 +23,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    bench::{KillOnDrop, median, ms, run_measured, verdict},
+    bench::{
+        KillOnDrop, expect_line, http_get, median, ms, run_measured, start_target, status_kib,
+        verdict, wait_for_server,
+    },
     build_release,
 };
 
@@ -38,16 +40,8 @@ pub fn run(secs: u64) -> anyhow::Result<()> {
     }
     build_release()?;
     let bin = crate::release_dir();
-    let mut target = KillOnDrop(
-        Command::new(bin.join("history_target"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting history_target")?,
-    );
+    let (mut target, mut lines) = start_target(&bin, "history_target")?;
     let pid = target.0.id();
-    let mut lines = BufReader::new(target.0.stdout.take().context("target stdout")?).lines();
-    expect_line(&mut lines, "attached?")?;
     let memtrace = KillOnDrop(
         Command::new(bin.join("memtrace"))
             .args(["serve", "--trace", "--pid", &pid.to_string()])
@@ -59,7 +53,7 @@ pub fn run(secs: u64) -> anyhow::Result<()> {
             .context("starting memtrace serve --trace")?,
     );
     let mt = memtrace.0.id();
-    wait_for_server()?;
+    wait_for_server(LISTEN)?;
     let mut stdin = target.0.stdin.take().context("target stdin")?;
     writeln!(stdin, "go")?;
     println!("history: mapping 100,000 pages from 1,000 call sites in pid {pid}…");
@@ -97,7 +91,7 @@ pub fn run(secs: u64) -> anyhow::Result<()> {
     let rss1 = rss_kib(mt)?;
     let end_ms = unix_ms();
 
-    let doc = get("/debug/memory/history.json")?;
+    let doc = http_get(LISTEN, "/debug/memory/history.json")?;
     let history: serde_json::Value =
         serde_json::from_str(&doc).context("history.json is not JSON")?;
     let samples: Vec<&serde_json::Value> = history["samples"]
@@ -175,49 +169,6 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("memtrace (pid {pid}) is gone"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
-fn expect_line(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
-    prefix: &str,
-) -> anyhow::Result<()> {
-    for line in lines {
-        if line?.starts_with(prefix) {
-            return Ok(());
-        }
-    }
-    bail!("the target ended before printing {prefix:?}")
-}
-
-fn wait_for_server() -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(LISTEN).is_ok() {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    bail!("memtrace serve did not start listening on {LISTEN} (is this root?)")
-}
-
-/// One HTTP/1.1 GET; the body.
-fn get(path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(LISTEN).context("connect to memtrace serve")?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("memtrace answered: {head}\n{body}");
-    }
-    Ok(body.to_string())
+    status_kib(pid, "VmRSS")
+        .with_context(|| format!("no VmRSS of memtrace (pid {pid}): is it gone?"))
 }

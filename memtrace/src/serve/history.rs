@@ -6,18 +6,13 @@
 use axum::extract::{Query, State};
 use axum::response::Response;
 
-use super::{ServeError, ServeState, json};
+use super::{ServeError, ServeState, json, no_parameters};
 
 pub(super) async fn history_json(
     State(state): State<ServeState>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ServeError> {
-    if let Some((key, _)) = params.first() {
-        return Err(ServeError::UnknownParameter {
-            key: key.clone(),
-            expected: "no parameters",
-        });
-    }
+    no_parameters(&params)?;
     let tracing = state.tracing.ok_or(ServeError::TracingOff)?;
     let doc = tracing.history_doc();
     // Plain numbers and strings: serializing cannot fail; should it ever,

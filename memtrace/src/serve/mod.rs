@@ -617,6 +617,17 @@ fn attributed_top(params: &[(String, String)]) -> Result<usize, ServeError> {
     Ok(top)
 }
 
+/// Refuse any query parameter, for the endpoints that take none.
+fn no_parameters(params: &[(String, String)]) -> Result<(), ServeError> {
+    match params.first() {
+        Some((key, _)) => Err(ServeError::UnknownParameter {
+            key: key.clone(),
+            expected: "no parameters",
+        }),
+        None => Ok(()),
+    }
+}
+
 async fn attributed_for(
     state: &ServeState,
     params: &[(String, String)],

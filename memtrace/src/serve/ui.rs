@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{ServeError, ServeState, attributed_for};
+use super::{ServeError, ServeState, attributed_for, no_parameters};
 use crate::attribution::report as site_report;
 
 const PAGE: &str = include_str!("ui/index.html");
@@ -52,12 +52,7 @@ pub async fn flamegraph_svg(
     State(state): State<ServeState>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ServeError> {
-    if let Some((key, _)) = params.first() {
-        return Err(ServeError::UnknownParameter {
-            key: key.clone(),
-            expected: "no parameters",
-        });
-    }
+    no_parameters(&params)?;
     let (report, _, _) = attributed_for(&state, &[]).await?;
     let mut svg = Vec::new();
     site_report::flamegraph(&report, &mut svg).map_err(ServeError::Encode)?;

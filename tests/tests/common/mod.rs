@@ -641,3 +641,41 @@ pub fn assert_steps_traced(steps: &[Value], events: &[Value]) {
         .collect();
     assert_eq!(tids.len(), 4, "four worker threads");
 }
+
+/// The documented schema of memtrace's JSON, `docs/memtrace.schema.json`,
+/// compiled.
+pub fn schema_validator() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/memtrace.schema.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let schema: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{} is not a valid JSON Schema: {e}", path.display()))
+}
+
+/// Check one object against the schema; the panic names every violation
+/// and the object.
+pub fn check_schema(validator: &jsonschema::Validator, v: &Value) {
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "memtrace printed JSON that the documented schema rejects:\n  {}\nobject: {v}",
+        errors.join("\n  ")
+    );
+}
+
+/// Resident bytes (`rss_bytes`) of a JSON report's call sites whose
+/// function name `matches`.
+pub fn call_site_rss(report: &Value, matches: impl Fn(&str) -> bool) -> u64 {
+    report["call_sites"]
+        .as_array()
+        .expect("call_sites")
+        .iter()
+        .filter(|s| s["call_site"]["function"].as_str().is_some_and(&matches))
+        .map(|s| s["rss_bytes"].as_u64().unwrap_or(0))
+        .sum()
+}

@@ -1,5 +1,5 @@
-//! A running `memtrace serve --trace` on a fixture, and plain HTTP GETs to
-//! it, for the tests of its endpoints.
+//! A running `memtrace serve` on a loopback port, and plain HTTP GETs to
+//! it (or to any HTTP server), for the tests of its endpoints.
 
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
@@ -7,36 +7,47 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use crate::common::{memtrace_bin, require_root, wait_with_timeout};
 
-/// `memtrace serve --trace --pid PID` on a free loopback port.
+/// A `memtrace serve` on a free loopback port, killed when dropped so a
+/// failed test leaves no server (and no eBPF programs) behind.
 pub struct Served {
     pub child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// What it wrote to stderr after its address line, drained by a
+    /// thread of its own: were the pipe left unread (or closed), its
+    /// writes would block (or fail).
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Served {
+    /// `memtrace serve --trace --pid PID`.
     pub fn start(pid: u32) -> Served {
         Served::start_with(pid, &[])
     }
 
     /// [`Served::start`] with more `serve` flags.
     pub fn start_with(pid: u32, extra: &[&str]) -> Served {
+        let pid = pid.to_string();
+        let mut args = vec!["--trace", "--pid", &pid];
+        args.extend_from_slice(extra);
+        Served::serve(&args)
+    }
+
+    /// `memtrace serve ARGS --listen 127.0.0.1:0`, once it has said where
+    /// it listens.
+    pub fn serve(args: &[&str]) -> Served {
         require_root();
         let mut child = Command::new(memtrace_bin())
-            .args([
-                "serve",
-                "--trace",
-                "--pid",
-                &pid.to_string(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn memtrace serve");
@@ -50,7 +61,20 @@ impl Served {
             .and_then(|rest| rest.split('/').next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
-        Served { child, addr }
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Served {
+            child,
+            addr,
+            stderr,
+        }
     }
 
     /// `http://127.0.0.1:PORT{path}`.
@@ -60,52 +84,67 @@ impl Served {
 
     /// GET `path`: (status code, body bytes).
     pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).expect("connect to memtrace serve");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).expect("read response");
-        let split = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&resp)));
-        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("bad response {head:?}"));
-        (code, resp[split + 4..].to_vec())
+        get(&self.addr, path)
     }
 
     /// GET `path` as text.
     pub fn get_text(&self, path: &str) -> (u16, String) {
-        let (code, body) = self.get(path);
-        (code, String::from_utf8_lossy(&body).into_owned())
+        get_text(&self.addr, path)
     }
 
-    /// Stop it with SIGINT; it exits 0.
+    /// What it has written to stderr after its address line so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stop it with SIGINT, as a user would; it exits 0.
     pub fn stop(mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = wait_with_timeout(&mut self.child, Duration::from_secs(20));
         assert_eq!(
-            wait_with_timeout(&mut self.child, Duration::from_secs(20)),
+            status,
             0,
-            "memtrace serve exit status"
+            "memtrace serve exit status; stderr:\n{}",
+            self.stderr()
         );
     }
 }
 
 impl Drop for Served {
-    /// A failed test does not leave the server (and its eBPF programs)
-    /// behind.
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
+}
+
+/// GET `path` from `addr` (`HOST:PORT`) over HTTP/1.0, so the body is
+/// never chunked and ends with the connection: (status code, body bytes).
+pub fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read response");
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&resp)));
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {head:?}"));
+    (code, resp[split + 4..].to_vec())
+}
+
+/// [`get`] with the body as text.
+pub fn get_text(addr: &str, path: &str) -> (u16, String) {
+    let (code, body) = get(addr, path);
+    (code, String::from_utf8_lossy(&body).into_owned())
 }
