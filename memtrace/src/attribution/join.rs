@@ -26,12 +26,13 @@
 //! - A VMA with several parts is split by counting each part's resident
 //!   pages in `/proc/PID/pagemap` (see [`PageCounter`]): anonymous pages
 //!   for private memory (not the zero page, not shmem), every present page
-//!   for shared anonymous memory (all shmem). The VMA's pool is then
-//!   divided in proportion to those counts with largest-remainder rounding
-//!   at page granularity, so the parts add up to it exactly. In a stopped
-//!   process the counts already equal it; in a running one they drift
-//!   slightly between reading smaps and pagemap, and the rounding keeps the
-//!   total exact anyway.
+//!   for shared anonymous memory (all shmem). In a stopped process the
+//!   counts add up to the VMA's pool; in a running one they drift between
+//!   reading smaps and pagemap. When pagemap counts more, the pool is
+//!   divided in proportion to the counts with largest-remainder rounding at
+//!   page granularity; when it counts less, each part gets what pagemap saw
+//!   in it and the rest (pages gone in between) is untraced, never given to
+//!   another part. Either way the total stays exact.
 //! - Nothing is guessed: if no page of a multi-part VMA counts as resident
 //!   (smaps and pagemap disagree) or pagemap cannot be read, the VMA's pool
 //!   goes to untraced.
@@ -420,6 +421,22 @@ impl<'l> Join<'l> {
                 // smaps saw resident pages that pagemap no longer does: no
                 // basis for a split, so do not guess.
                 self.credit(pool, None, total);
+                continue;
+            }
+            let counted = self.parts.iter().fold(0u64, |sum, &(_, n)| {
+                sum.saturating_add(n.saturating_mul(PAGE_SIZE))
+            });
+            if counted < total {
+                // Pages smaps counted that pagemap, read a moment later, no
+                // longer shows (the process runs on: a range unmapped in
+                // between). Each part gets what pagemap saw in it; the rest
+                // is not anyone's to take, so it counts as untraced rather
+                // than inflating the other parts.
+                for i in 0..self.parts.len() {
+                    let (owner, n) = self.parts[i];
+                    self.credit(pool, owner, n * PAGE_SIZE);
+                }
+                self.credit(pool, None, total - counted);
                 continue;
             }
             split_exact(total, self.parts.iter().map(|&(_, n)| n), &mut self.split);
@@ -926,10 +943,12 @@ mod tests {
         mmap(&mut l, 0, 8, 1);
         mmap(&mut l, 8, 8, 2);
         let resident = [0, 1, 2, 8, 9, 10, 11, 12, 13, 14];
-        // smaps saw more pages than pagemap (3 + 7 = 10): 12 pages split
-        // 3.6 / 8.4, the spare page to the larger remainder.
+        // smaps saw more pages than pagemap (3 + 7 = 10): each part keeps
+        // what pagemap saw in it, the 2 pages gone since are untraced
+        // (not handed to whichever part is larger).
         let at = run(&[vma(0, 16, 12)], &l, &mut FakePages::with(resident));
-        assert_eq!(rss(&l, &at), vec![(2, 8), (1, 4)]);
+        assert_eq!(rss(&l, &at), vec![(2, 7), (1, 3)]);
+        assert_eq!(at.totals.untraced_rss_bytes, 2 * P);
         // And fewer: 7 pages split 2.1 / 4.9.
         let at = run(&[vma(0, 16, 7)], &l, &mut FakePages::with(resident));
         assert_eq!(rss(&l, &at), vec![(2, 5), (1, 2)]);
@@ -1058,7 +1077,7 @@ mod tests {
         assert_eq!(at.totals.untraced_rss_bytes, 0);
 
         // Two traced origins in one shared VMA, and a page pagemap no
-        // longer sees: rounding keeps the VMA's total exact.
+        // longer sees: it is untraced, and the VMA's total stays exact.
         let mut l = Ledger::new();
         mmap_shared(&mut l, 0, 4, 1);
         mmap_shared(&mut l, 4, 4, 2);
@@ -1067,8 +1086,8 @@ mod tests {
             ..FakePages::default()
         };
         let at = run(&[shared_vma(0, 8, 5)], &l, &mut pages);
-        assert_eq!(shared(&l, &at), vec![(2, 4), (1, 1)]);
-        assert_eq!(at.totals.shared_untraced_rss_bytes, 0);
+        assert_eq!(shared(&l, &at), vec![(2, 3), (1, 1)]);
+        assert_eq!(at.totals.shared_untraced_rss_bytes, P);
     }
 
     #[test]
