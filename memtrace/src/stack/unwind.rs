@@ -188,16 +188,7 @@ fn module_base(segments: &[(Range<u64>, u64)], start: u64, offset: u64) -> Optio
     Some(start.wrapping_sub(vaddr.wrapping_add(offset.wrapping_sub(range.start))))
 }
 
-/// What an unwinding read from a full stack window: the words (by offset
-/// from the stack pointer) and the frame pointer, when it was read. The
-/// kernel side's stack cache compares these (`memtrace_common::CachedStack`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StackCheck {
-    /// (offset from the stack pointer, word there), each offset once.
-    pub words: Vec<(u16, u64)>,
-    /// The frame pointer, when the unwinding depended on it.
-    pub bp: Option<u64>,
-}
+pub use crate::trace::source::StackCheck;
 
 impl StackCheck {
     /// `None` when the reads do not fit the cache's limits.

@@ -109,7 +109,7 @@ pub struct Event {
     #[serde(skip)]
     pub user: Option<Box<UserStack>>,
     /// The event's unwound call stack, as an id in the session's stack
-    /// table ([`crate::stack::callsite::StackTable`]): set by userspace
+    /// table (`stack::callsite::StackTable`): set by userspace
     /// once unwound, or by the kernel side for a stack userspace unwound
     /// before (its stack cache, see `memtrace_common::CachedStack`).
     pub call_stack: Option<u32>,

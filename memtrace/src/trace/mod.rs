@@ -43,7 +43,7 @@ use memtrace_common::{
 
 use event::Event;
 
-use crate::stack::unwind::StackCheck;
+use source::StackCheck;
 
 /// The compiled eBPF object, built by `build.rs` (cargo feature `ebpf`).
 #[cfg(feature = "ebpf")]

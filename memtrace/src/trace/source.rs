@@ -4,7 +4,18 @@
 use std::time::Duration;
 
 use super::{Lost, TraceError, Tracer, event::Event};
-use crate::stack::unwind::StackCheck;
+
+/// What an unwinding read from a full stack window: the words (by offset
+/// from the stack pointer) and the frame pointer, when it was read. The
+/// kernel side's stack cache compares these (`memtrace_common::CachedStack`);
+/// userspace's unwinder makes them (`crate::stack::unwind`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackCheck {
+    /// (offset from the stack pointer, word there), each offset once.
+    pub words: Vec<(u16, u64)>,
+    /// The frame pointer, when the unwinding depended on it.
+    pub bp: Option<u64>,
+}
 
 /// A source of decoded events and of what the kernel side knows about them.
 pub trait EventSource {
