@@ -477,15 +477,22 @@ fn node_buffers_are_malloced_array_buffers_not_the_js_heap() {
 #[test]
 fn node_js_functions_are_named_from_the_perf_map() {
     let node = runtime("node", "nodejs");
+    // --perf-basic-prof also writes V8's code log, by default into the
+    // working directory: into scratch instead.
+    let dir = scratch("node-jit");
+    let log = format!("--logfile={}", dir.join("v8.log").display());
     let report = launch(
         "node (perf map)",
         &node,
         &[
             "--perf-basic-prof",
             "--interpreted-frames-native-stack",
+            "--no-logfile-per-isolate",
+            &log,
             &workload("jit.js"),
         ],
     );
+    let _ = std::fs::remove_dir_all(&dir);
     print_top("node (perf map)", &report, 3);
     if let Some(pid) = report["pid"].as_u64() {
         let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
