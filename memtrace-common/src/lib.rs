@@ -339,8 +339,11 @@ pub mod traced {
 
 /// Distinct user stacks kept in the stack map.
 pub const MAX_STACKS: u32 = 16384;
-/// Default ring buffer size in bytes (a power of two multiple of the page size).
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Default ring buffer size in bytes (a power of two multiple of the page
+/// size): room for about 2,000 records carrying a full stack window (a
+/// burst of stacks not seen before, as at a program's start) while the
+/// reader thread waits for a CPU.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 /// Smallest ring buffer: room for a few records with a stack window (a
 /// record larger than the ring could never be delivered).
 pub const MIN_RING_BYTES: u32 = 64 << 10;
