@@ -26,6 +26,7 @@ use std::{
     io::{Read as _, Seek as _, SeekFrom},
     os::unix::fs::MetadataExt as _,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -328,7 +329,16 @@ impl PerfMap {
 #[derive(Debug, Default)]
 pub struct PerfMaps {
     maps: HashMap<u32, Slot>,
+    /// When each process's map was last looked for or at on disk: a
+    /// process whose JIT writes no map (most JVMs) sends stacks in
+    /// anonymous memory with every event, and each look costs system
+    /// calls; at most one per [`LOOK_AGAIN`].
+    looked: HashMap<u32, Instant>,
 }
+
+/// How often a process's perf map is looked for, or read again for an
+/// address it does not hold.
+const LOOK_AGAIN: Duration = Duration::from_millis(10);
 
 #[derive(Debug)]
 enum Slot {
@@ -346,30 +356,46 @@ impl PerfMaps {
         if stack.iter().all(|l| l.module.is_some()) {
             return;
         }
+        let now = Instant::now();
+        let may_look = self
+            .looked
+            .get(&pid)
+            .is_none_or(|&t| now.duration_since(t) >= LOOK_AGAIN);
+        if may_look {
+            self.looked.insert(pid, now);
+        }
         // Not remembered when the process cannot be looked into: that can
         // pass (seen right after exec), and a process that is gone sends
         // no more stacks.
         let slot = match self.maps.entry(pid) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => match Target::of(pid) {
+            Entry::Vacant(e) if may_look => match Target::of(pid) {
                 Ok(target) => e.insert(Slot::Missing(target)),
                 Err(_) => return,
             },
+            Entry::Vacant(_) => return,
         };
-        if let Slot::Missing(target) = slot
+        if may_look
+            && let Slot::Missing(target) = slot
             && let Ok(map) = PerfMap::open_in(target)
         {
             *slot = Slot::Open(map);
         }
         let Slot::Open(map) = slot else { return };
         for loc in stack.iter_mut().filter(|l| l.module.is_none()) {
-            loc.jit = map.find(loc.addr).map(|(name, _)| name);
+            let hit = if may_look {
+                map.find(loc.addr)
+            } else {
+                map.entries().find(loc.addr)
+            };
+            loc.jit = hit.map(|(name, _)| name);
         }
     }
 
     /// Forget a process's map (it exited, or exec replaced its code).
     pub fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);
+        self.looked.remove(&pid);
     }
 }
 
