@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use memtrace::units::parse_duration;
 use memtrace::{
     attribution::report::{self as site_report, AttributedReport},
     proc::pid::{self, Target, process_exists},
@@ -161,27 +162,10 @@ pub enum ReportAtArg {
 /// Parse a byte count: `65536`, `64KiB`, `64MiB`, `1GiB` (K/M/G also mean
 /// binary units), between 4 KiB and 16 GiB.
 fn parse_bytes(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (try 65536, 64KiB, 64MiB)"))?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "K" | "KiB" | "k" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}` (use KiB, MiB or GiB)"
-            ));
-        }
-    };
-    let bytes = n
-        .checked_mul(1 << shift)
-        .filter(|b| (4096..=(16 << 30)).contains(b))
-        .ok_or_else(|| format!("`{s}` is out of range (4KiB to 16GiB)"))?;
+    let bytes = memtrace::units::parse_size(s)?;
+    if !(4096..=(16 << 30)).contains(&bytes) {
+        return Err(format!("`{s}` is out of range (4KiB to 16GiB)"));
+    }
     usize::try_from(bytes).map_err(|_| format!("`{s}` is too large here"))
 }
 
@@ -196,33 +180,6 @@ fn parse_hold(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     parse_duration(s)
-}
-
-/// Parse `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 30s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{s}` (use ms, s, m or h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
-        return Err(format!("`{s}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Note SIGINT, SIGTERM and SIGHUP from now on (a thread of signal-hook's
