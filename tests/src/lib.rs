@@ -107,6 +107,29 @@ pub fn raw_result(ret: *mut libc::c_void) -> i64 {
     }
 }
 
+/// An address with `len` bytes free after it: reserved and given back at
+/// once, for the caller to fill piece by piece with `MAP_FIXED_NOREPLACE`
+/// (which guards against anything else moving in).
+pub fn free_room(len: usize) -> usize {
+    // SAFETY: a reservation released right away.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        fail("reserve failed");
+    }
+    // SAFETY: the reservation just made.
+    unsafe { libc::munmap(base, len) };
+    base as usize
+}
+
 /// Touch every page of `[addr, addr+len)` so it becomes resident.
 pub fn touch(addr: *mut libc::c_void, len: usize) {
     for off in (0..len).step_by(PAGE) {

@@ -12,7 +12,7 @@ use std::io::{BufRead as _, Write as _};
 use libc::{
     MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE, PROT_READ, PROT_WRITE, c_void,
 };
-use memtrace_tests::{PAGE, fail};
+use memtrace_tests::{PAGE, fail, free_room};
 
 #[inline(never)]
 fn map_first(at: usize, flags: i32) {
@@ -70,27 +70,11 @@ fn main() {
         _ => (40_000, 20_000),
     };
     let pages = pairs * 2 + singles;
-    // Find room for everything, then give it back and fill it piece by
-    // piece (FIXED_NOREPLACE guards against anything else moving in).
-    // SAFETY: a reservation released right away.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            pages * PAGE,
-            libc::PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        fail("reserve failed");
-    }
-    unsafe { libc::munmap(base, pages * PAGE) };
+    let base = free_room(pages * PAGE);
     println!("attached? {}", std::process::id());
     let _ = std::io::stdout().flush();
     wait_line();
-    let mut at = base as usize;
+    let mut at = base;
     for i in 0..pairs + singles {
         let flags = if i % 2 == 0 { 0 } else { MAP_NORESERVE };
         if i < pairs {

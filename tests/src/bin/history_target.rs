@@ -13,7 +13,7 @@
 use std::io::{BufRead as _, Write as _};
 
 use libc::{MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE, c_void};
-use memtrace_tests::{PAGE, fail};
+use memtrace_tests::{PAGE, fail, free_room};
 
 /// One call site: maps one page at `at` and touches it.
 macro_rules! leaf {
@@ -140,28 +140,10 @@ fn main() {
     let mut sites = Vec::new();
     sites::all(&mut sites);
     assert_eq!(sites.len(), 1000, "1,000 call sites");
-    // Find room for everything, then give it back and fill it piece by
-    // piece (FIXED_NOREPLACE guards against anything else moving in).
-    // SAFETY: a reservation released right away.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            ranges * PAGE,
-            libc::PROT_NONE,
-            MAP_PRIVATE | MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        fail("reserve failed");
-    }
-    // SAFETY: the reservation just made.
-    unsafe { libc::munmap(base, ranges * PAGE) };
+    let base = free_room(ranges * PAGE);
     println!("attached? {}", std::process::id());
     let _ = std::io::stdout().flush();
     wait_line();
-    let base = base as usize;
     for i in 0..ranges {
         // Pairs of pages share a VMA; neighbouring pairs differ in flags.
         let flags = if (i / 2) % 2 == 0 { 0 } else { MAP_NORESERVE };
