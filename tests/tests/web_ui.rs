@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Waiting, memtrace_bin, require_tool, temp_path};
+use common::{Waiting, require_tool, temp_path};
 use serde_json::Value;
 use serving::Served;
 
@@ -123,33 +123,20 @@ fn row<'a>(dom: &'a str, text: &str) -> &'a str {
 #[test]
 fn web_page_shows_charts_sites_and_flame_graph_in_a_browser() {
     let mut w = Waiting::start(WEB_TARGET, &[]);
-    // Where the server samples a history (history.json), sample often, so
-    // the page has the fixture's sites in it within the test's seconds.
-    let help = Command::new(memtrace_bin())
-        .args(["serve", "--help"])
-        .output()
-        .expect("memtrace serve --help");
-    let history = String::from_utf8_lossy(&help.stdout).contains("--sample-every");
-    let extra: &[&str] = if history {
-        &["--sample-every", "200ms", "--history", "1m"]
-    } else {
-        &[]
-    };
-    let served = Served::start_with(w.pid, extra);
+    // Sample often, so the page's history.json has the fixture's sites in
+    // it within the test's seconds.
+    let served = Served::start_with(w.pid, &["--sample-every", "200ms", "--history", "1m"]);
     w.go();
     w.expect_line("done");
-    std::thread::sleep(Duration::from_millis(300));
-    if history {
-        let sampled = common::wait_for(Duration::from_secs(30), || {
-            let (code, body) = served.get_text("/debug/memory/history.json");
-            code == 200
-                && serde_json::from_str::<Value>(&body).is_ok_and(|h| {
-                    h["samples"].as_array().is_some_and(|s| s.len() >= 2)
-                        && body.contains("web_target::named_region")
-                })
-        });
-        assert!(sampled, "history.json never held the fixture's call sites");
-    }
+    let sampled = common::wait_for(Duration::from_secs(30), || {
+        let (code, body) = served.get_text("/debug/memory/history.json");
+        code == 200
+            && serde_json::from_str::<Value>(&body).is_ok_and(|h| {
+                h["samples"].as_array().is_some_and(|s| s.len() >= 2)
+                    && body.contains("web_target::named_region")
+            })
+    });
+    assert!(sampled, "history.json never held the fixture's call sites");
     let (code, body) = served.get_text("/debug/memory/attributed.json?top=0");
     assert_eq!(code, 200, "{body}");
     let report: Value = serde_json::from_str(&body).expect("JSON report");
