@@ -136,7 +136,9 @@ pub mod event_flags {
 pub struct EventHeader {
     /// `bpf_ktime_get_ns()` when the event completed (CLOCK_MONOTONIC).
     pub ktime_ns: u64,
-    /// Duration of the syscall, entry to exit; 0 for lifecycle events.
+    /// Duration of the syscall, entry to exit, for calls ordered by their
+    /// entry (`tracepoints::Syscall::enter`); 0 for the others and for
+    /// lifecycle events.
     pub duration_ns: u64,
     /// [`EventKind`] as u32.
     pub kind: u32,
@@ -272,13 +274,13 @@ pub struct ExitEvent {
     pub header: EventHeader,
 }
 
-/// Syscall arguments saved at entry, until the exit, in the thread's slot
-/// of the pending-call array (see [`pending_slot`]).
+/// When a call ordered by its entry began, kept until its exit in the
+/// thread's slot of the pending-call array (see [`pending_slot`]); the
+/// exit reads the arguments from the registers.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
     pub start_ns: u64,
-    pub args: [u64; 6],
     pub kind: u32,
     /// The thread the slot holds a call of; 0 when free.
     pub tid: u32,
@@ -298,8 +300,9 @@ pub const fn pending_slot(tid: u32) -> u32 {
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const LOST_RINGBUF: u32 = 0;
-    /// Syscall entries dropped because their thread's pending-call slot
-    /// held another thread's call in flight (see `pending_slot`).
+    /// Syscalls dropped before their record: their thread's pending-call
+    /// slot held another thread's call in flight at entry (see
+    /// `pending_slot`), or their registers were unreadable at exit.
     pub const LOST_PENDING: u32 = 1;
     /// Forked children that could not join the traced set (map full, or
     /// their id unreadable).
@@ -409,7 +412,7 @@ mod tests {
         assert_eq!(size_of::<ForkEvent>(), size_of::<EventHeader>() + 4 * 2);
         assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + NAME_LEN);
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>());
-        assert_eq!(size_of::<PendingCall>(), 8 + 8 * 6 + 4 * 2);
+        assert_eq!(size_of::<PendingCall>(), 8 + 4 * 2);
         assert!(PENDING_SLOTS.is_power_of_two());
         assert_eq!(pending_slot(PENDING_SLOTS + 5), 5);
         assert_eq!(size_of::<tracepoints::KernelLayout>(), 4 * 7);

@@ -9,9 +9,11 @@
 //!
 //! Two kinds of tracepoints:
 //!
-//! - The traced syscalls: one `syscalls:sys_enter_NAME`/`sys_exit_NAME`
-//!   pair each ([`SYSCALLS`]), perf-event tracepoints whose record layout
-//!   tracefs describes ([`fields`]). The kernel filters them by syscall
+//! - The traced syscalls ([`SYSCALLS`]): a `syscalls:sys_exit_NAME`
+//!   program each, which takes the arguments from the user registers
+//!   ([`pt_regs::ARGS`]) and the result from the record ([`fields`]); and
+//!   a `sys_enter_NAME` program only for the calls whose entry time orders
+//!   them ([`Syscall::enter`]). The kernel filters them by syscall
 //!   number before any program runs, so other syscalls on the machine pay
 //!   nothing. (A raw tracepoint on `sys_enter`/`sys_exit` would run a
 //!   program on every syscall of every process: about 0.2 µs each on the
@@ -41,16 +43,14 @@ pub struct Field {
     pub size: usize,
 }
 
-/// Number of argument slots of a `sys_enter_*` record that the eBPF side
-/// reads (as one [`SyscallEnterArgs`]); syscalls with fewer arguments leave
-/// the rest of the block to whatever follows the record, which userspace
-/// ignores.
+/// Arguments of a syscall at most (one register each, [`pt_regs::ARGS`]);
+/// syscalls with fewer leave the rest to whatever the registers hold, which
+/// userspace ignores.
 pub const SYSCALL_MAX_ARGS: usize = 6;
 /// Offset of the first argument in a `sys_enter_*` record (after the common
-/// header and `int __syscall_nr`, padded to 8).
+/// header and `int __syscall_nr`, padded to 8): where tracefs lists the
+/// kernel's argument order.
 pub const SYSCALL_ARGS_OFFSET: usize = 16;
-/// Size of each `sys_enter_*` argument (`unsigned long`).
-pub const SYSCALL_ARG_SIZE: usize = 8;
 /// `long ret` of every `sys_exit_*` record.
 pub const SYSCALL_RET: Field = Field {
     name: "ret",
@@ -58,47 +58,51 @@ pub const SYSCALL_RET: Field = Field {
     size: 8,
 };
 
-/// The argument block of a `sys_enter_*` record, read in one piece from
-/// [`SYSCALL_ARGS_OFFSET`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyscallEnterArgs {
-    pub args: [u64; SYSCALL_MAX_ARGS],
-}
-
-/// A traced syscall: the event kind it produces and its two tracepoints.
+/// A traced syscall: the event kind it produces and its tracepoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Syscall {
     pub kind: EventKind,
     /// The syscall's name (`mmap`).
     pub name: &'static str,
-    /// Its entry tracepoint and program (`sys_enter_mmap`).
-    pub enter: &'static str,
+    /// Its entry tracepoint and program (`sys_enter_munmap`), for calls
+    /// ordered by when they began; `None` for calls ordered by when they
+    /// returned, which pay for no entry program.
+    ///
+    /// Events reach the ring buffer at syscall exit, after the kernel
+    /// released the mm lock, so a thread preempted in between can deliver
+    /// its munmap after another thread's mmap that reused the hole.
+    /// Causality fixes the order: a call that names an existing range
+    /// (munmap, mprotect, madvise, naming) can only have learnt that range
+    /// after the call that created it returned, so it is ordered by its
+    /// entry time; calls that create ranges (mmap, brk, and mremap, which
+    /// may move into a hole another thread just made) by their exit time.
+    /// A thread's own calls keep their order (each entry follows the
+    /// previous exit).
+    pub enter: Option<&'static str>,
     /// Its exit tracepoint and program (`sys_exit_mmap`).
     pub exit: &'static str,
-    /// Its arguments as tracefs names them, in record order.
+    /// Its arguments as tracefs names them, in order: the registers of
+    /// [`pt_regs::ARGS`] hold them in this order.
     pub args: &'static [&'static str],
 }
 
-impl Syscall {
-    /// The argument fields of the `sys_enter_*` record.
-    pub fn arg_fields(&self) -> impl Iterator<Item = Field> + use<> {
-        let args: &'static [&'static str] = self.args;
-        args.iter().enumerate().map(|(i, name)| Field {
-            name,
-            offset: SYSCALL_ARGS_OFFSET + i * SYSCALL_ARG_SIZE,
-            size: SYSCALL_ARG_SIZE,
-        })
-    }
+/// When a call takes effect, for ordering events (see [`Syscall::enter`]).
+macro_rules! entry_tracepoint {
+    (entry, $name:literal) => {
+        Some(concat!("sys_enter_", $name))
+    };
+    (exit, $name:literal) => {
+        None
+    };
 }
 
 macro_rules! syscalls {
-    ($($kind:ident $name:literal [$($arg:literal),*];)*) => {
+    ($($kind:ident $name:literal $at:ident [$($arg:literal),*];)*) => {
         /// Every traced syscall, in attach order.
         pub const SYSCALLS: [Syscall; [$($name),*].len()] = [$(Syscall {
             kind: EventKind::$kind,
             name: $name,
-            enter: concat!("sys_enter_", $name),
+            enter: entry_tracepoint!($at, $name),
             exit: concat!("sys_exit_", $name),
             args: &[$($arg),*],
         }),*];
@@ -106,13 +110,13 @@ macro_rules! syscalls {
 }
 
 syscalls! {
-    Mmap "mmap" ["addr", "len", "prot", "flags", "fd", "off"];
-    Munmap "munmap" ["addr", "len"];
-    Mremap "mremap" ["addr", "old_len", "new_len", "flags", "new_addr"];
-    Brk "brk" ["brk"];
-    Mprotect "mprotect" ["start", "len", "prot"];
-    Madvise "madvise" ["start", "len_in", "behavior"];
-    SetVmaName "prctl" ["option", "arg2", "arg3", "arg4", "arg5"];
+    Mmap "mmap" exit ["addr", "len", "prot", "flags", "fd", "off"];
+    Munmap "munmap" entry ["addr", "len"];
+    Mremap "mremap" exit ["addr", "old_len", "new_len", "flags", "new_addr"];
+    Brk "brk" exit ["brk"];
+    Mprotect "mprotect" entry ["start", "len", "prot"];
+    Madvise "madvise" entry ["start", "len_in", "behavior"];
+    SetVmaName "prctl" entry ["option", "arg2", "arg3", "arg4", "arg5"];
 }
 
 /// The traced syscall that produces `kind`, if `kind` is a syscall event.
@@ -186,8 +190,20 @@ pub mod pt_regs {
     pub const SP: Member = ("sp", 152);
     /// User frame pointer.
     pub const BP: Member = ("bp", 32);
+    /// The syscall's arguments, in order (the x86_64 syscall ABI): the
+    /// kernel leaves them in place, so the exit reads them here.
+    pub const ARGS: [Member; super::SYSCALL_MAX_ARGS] = [
+        ("di", 112),
+        ("si", 104),
+        ("dx", 96),
+        ("r10", 56),
+        ("r8", 72),
+        ("r9", 64),
+    ];
     /// Every member read, for the BTF check.
-    pub const ALL: [Member; 3] = [IP, SP, BP];
+    pub const ALL: [Member; 9] = [
+        IP, SP, BP, ARGS[0], ARGS[1], ARGS[2], ARGS[3], ARGS[4], ARGS[5],
+    ];
     /// The programs read every member above in one copy of this many
     /// words from [`WINDOW_START`]: one helper call instead of three.
     pub const WINDOW_WORDS: usize = 16;
@@ -296,21 +312,14 @@ pub struct TracepointField {
     pub field: Field,
 }
 
-/// Every syscall record field memtrace's eBPF programs read: the part of
-/// the contract to check against a kernel's tracefs.
+/// Every syscall record field memtrace's eBPF programs read (the result;
+/// the arguments come from registers): the part of the contract to check
+/// against a kernel's tracefs.
 pub fn fields() -> impl Iterator<Item = TracepointField> {
-    SYSCALLS.iter().flat_map(|sc| {
-        let enter = sc.arg_fields().map(|field| TracepointField {
-            category: SYSCALLS_CATEGORY,
-            tracepoint: sc.enter,
-            field,
-        });
-        let exit = TracepointField {
-            category: SYSCALLS_CATEGORY,
-            tracepoint: sc.exit,
-            field: SYSCALL_RET,
-        };
-        enter.chain(core::iter::once(exit))
+    SYSCALLS.iter().map(|sc| TracepointField {
+        category: SYSCALLS_CATEGORY,
+        tracepoint: sc.exit,
+        field: SYSCALL_RET,
     })
 }
 
@@ -334,23 +343,32 @@ mod tests {
     #[test]
     fn tracepoint_names_follow_the_syscall_name() {
         for sc in SYSCALLS {
-            assert_eq!(sc.enter.strip_prefix("sys_enter_"), Some(sc.name));
+            if let Some(enter) = sc.enter {
+                assert_eq!(enter.strip_prefix("sys_enter_"), Some(sc.name));
+            }
             assert_eq!(sc.exit.strip_prefix("sys_exit_"), Some(sc.name));
             assert!(!sc.args.is_empty() && sc.args.len() <= SYSCALL_MAX_ARGS);
         }
     }
 
     #[test]
-    fn argument_block_covers_every_argument() {
-        assert_eq!(
-            size_of::<SyscallEnterArgs>(),
-            SYSCALL_MAX_ARGS * SYSCALL_ARG_SIZE
-        );
-        let last = SYSCALLS[0].arg_fields().last().expect("mmap has arguments");
-        assert_eq!(last.name, "off");
-        assert_eq!(
-            last.offset + last.size,
-            SYSCALL_ARGS_OFFSET + size_of::<SyscallEnterArgs>()
+    fn calls_that_create_ranges_have_no_entry_program() {
+        let at_entry = |kind| syscall(kind).map(|sc| sc.enter.is_some());
+        for kind in [EventKind::Mmap, EventKind::Brk, EventKind::Mremap] {
+            assert_eq!(at_entry(kind), Some(false), "{kind:?}");
+        }
+        for kind in [
+            EventKind::Munmap,
+            EventKind::Mprotect,
+            EventKind::Madvise,
+            EventKind::SetVmaName,
+        ] {
+            assert_eq!(at_entry(kind), Some(true), "{kind:?}");
+        }
+        assert!(
+            SYSCALLS
+                .iter()
+                .all(|sc| sc.args.len() <= pt_regs::ARGS.len())
         );
     }
 
@@ -377,8 +395,8 @@ mod tests {
 
     #[test]
     fn contract_lists_each_field_once() {
-        // 25 syscall arguments, 7 return values.
-        assert_eq!(fields().count(), 32);
+        // 7 return values (the arguments are in registers).
+        assert_eq!(fields().count(), 7);
         for (i, a) in fields().enumerate() {
             for b in fields().skip(i + 1) {
                 assert!(

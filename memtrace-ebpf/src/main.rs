@@ -1,9 +1,13 @@
 //! memtrace's eBPF programs.
 //!
-//! Syscall tracepoints on the calls that change an address space. Entry
-//! saves the arguments per thread; exit pairs them with the kernel's result,
-//! captures the user call site and writes one [`SyscallEvent`] (or
-//! [`SetVmaNameEvent`]) to the ring buffer. The sched raw tracepoints write
+//! Syscall tracepoints on the calls that change an address space. The exit
+//! program reads the arguments from the user registers, pairs them with the
+//! kernel's result, captures the user call site and writes one
+//! [`SyscallEvent`] (or [`SetVmaNameEvent`]) to the ring buffer. Calls
+//! ordered by their entry (munmap, mprotect, madvise, prctl) also have an
+//! entry program, which notes the time per thread; mmap, brk and mremap,
+//! ordered by their exit, pay for no entry program (see
+//! `memtrace_common::tracepoints::Syscall::enter`). The sched raw tracepoints write
 //! the small lifecycle records. Every program first checks the caller's
 //! process against `TRACED`, so untraced processes pay one hash lookup.
 //!
@@ -42,7 +46,7 @@ use memtrace_common::{
     traced,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
-        SCHED_PROCESS_FORK, SYSCALL_ARGS_OFFSET, SYSCALL_RET, SyscallEnterArgs, pt_regs, same_name,
+        SCHED_PROCESS_FORK, SYSCALL_MAX_ARGS, SYSCALL_RET, pt_regs, same_name,
     },
 };
 
@@ -51,7 +55,7 @@ use memtrace_common::{
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
 
-/// Syscall arguments saved at entry, in the thread's slot
+/// Entry times of the calls ordered by entry, in the thread's slot
 /// (`memtrace_common::pending_slot`). A slot whose exit never comes is
 /// freed when its thread exits (`sched_process_exit`).
 #[map]
@@ -267,20 +271,12 @@ fn pending(tid: u32) -> Option<*mut PendingCall> {
     PENDING.get_ptr_mut(pending_slot(tid))
 }
 
+/// Note when the thread's call began. The arguments are read at exit.
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
+fn on_enter(kind: EventKind) -> u32 {
     let Some((_, tid)) = traced_ids() else {
         return 0;
     };
-    // SAFETY: `read_at` copies through `bpf_probe_read_kernel`, which
-    // faults safely. Syscalls with fewer than six arguments have a shorter
-    // record; their unused slots read whatever follows it in the trace
-    // buffer, and userspace ignores them.
-    let SyscallEnterArgs { args } =
-        unsafe { ctx.read_at::<SyscallEnterArgs>(SYSCALL_ARGS_OFFSET) }.unwrap_or_default();
-    if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
-        return 0;
-    }
     let Some(slot) = pending(tid) else {
         return 0;
     };
@@ -295,7 +291,6 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
         }
         *slot = PendingCall {
             start_ns: bpf_ktime_get_ns(),
-            args,
             kind: kind as u32,
             tid,
         };
@@ -303,28 +298,46 @@ fn on_enter(ctx: &TracePointContext, kind: EventKind) -> u32 {
     0
 }
 
+/// When the thread's call of `kind` began, taking it out of its slot;
+/// `None` when it has none (the call began before tracing did, or was
+/// refused and counted at entry).
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
-    let Some((tgid, tid, flags)) = traced_ids_flags() else {
-        return 0;
-    };
-    let frame_pointers = flags & traced::FRAME_POINTERS != 0;
-    let Some(slot) = pending(tid) else {
-        return 0;
-    };
+fn take_start(tid: u32, kind: EventKind) -> Option<u64> {
+    let slot = pending(tid)?;
     // SAFETY: `slot` points into the array map; a slot holding this
     // thread's id is written by this thread only, and is copied out before
-    // it is freed. A call without one began before tracing did, or was
-    // refused (and counted) at entry.
+    // it is freed.
     let pending = unsafe {
         if (*slot).tid != tid {
-            return 0;
+            return None;
         }
         let pending = *slot;
         (*slot).tid = 0;
         pending
     };
-    if pending.kind != kind as u32 {
+    (pending.kind == kind as u32).then_some(pending.start_ns)
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
+    let Some((tgid, tid, flags)) = traced_ids_flags() else {
+        return 0;
+    };
+    let frame_pointers = flags & traced::FRAME_POINTERS != 0;
+    let start_ns = if at_entry {
+        match take_start(tid, kind) {
+            Some(start) => Some(start),
+            None => return 0,
+        }
+    } else {
+        None
+    };
+    let Some(regs) = user_regs() else {
+        count(counter::LOST_PENDING);
+        return 0;
+    };
+    let args = syscall_args(&regs);
+    if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
     let ret = read_field!(ctx, SYSCALL_RET, i64).unwrap_or(0);
@@ -332,9 +345,10 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
         kind,
         tgid,
         tid,
-        pending: &pending,
+        start_ns,
+        args,
         ret,
-        site: call_site(tgid, frame_pointers),
+        site: call_site(tgid, &regs, frame_pointers),
     };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
@@ -349,7 +363,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind) -> u32 {
             if call.site.cached.is_none() {
                 read_window(&mut (*ev).syscall, &mut (*ev).stack);
             }
-            let name = pending.args[4];
+            let name = call.args[4];
             if name != 0 {
                 // A name in a page not yet faulted in cannot be read here
                 // (eBPF reads never fault); userspace reads it then.
@@ -425,11 +439,13 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
 const FRAME_WALK: u32 = 1 << 31;
 
 /// A completed call, ready to be written.
-struct Call<'a> {
+struct Call {
     kind: EventKind,
     tgid: u32,
     tid: u32,
-    pending: &'a PendingCall,
+    /// When the call began, for calls ordered by their entry.
+    start_ns: Option<u64>,
+    args: [u64; SYSCALL_MAX_ARGS],
     ret: i64,
     site: CallSite,
 }
@@ -442,23 +458,39 @@ struct CallSite {
     cached: Option<u32>,
 }
 
-/// The current thread's user registers at the syscall, and its stack from
-/// the cache when the same place with the same stack words was unwound
-/// before.
+/// The current thread's user registers (the `pt_regs` window), read once
+/// for the arguments and the call site.
 #[inline(always)]
-fn call_site(tgid: u32, frame_pointers: bool) -> CallSite {
+fn user_regs() -> Option<[u64; pt_regs::WINDOW_WORDS]> {
+    // SAFETY: helpers without pointer arguments.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    regs_window(regs)
+}
+
+/// The syscall's arguments: the kernel leaves them in the registers.
+#[inline(always)]
+fn syscall_args(w: &[u64; pt_regs::WINDOW_WORDS]) -> [u64; SYSCALL_MAX_ARGS] {
+    [
+        word!(w, pt_regs::ARGS[0]),
+        word!(w, pt_regs::ARGS[1]),
+        word!(w, pt_regs::ARGS[2]),
+        word!(w, pt_regs::ARGS[3]),
+        word!(w, pt_regs::ARGS[4]),
+        word!(w, pt_regs::ARGS[5]),
+    ]
+}
+
+/// The user registers at the syscall, and the stack from the cache when
+/// the same place with the same stack words was unwound before.
+#[inline(always)]
+fn call_site(tgid: u32, w: &[u64; pt_regs::WINDOW_WORDS], frame_pointers: bool) -> CallSite {
     let mut site = CallSite {
         regs: UserRegs::default(),
         flags: 0,
         cached: None,
-    };
-    // SAFETY: helpers without pointer arguments.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    if regs == 0 {
-        return site;
-    }
-    let Some(w) = regs_window(regs) else {
-        return site;
     };
     site.regs.ip = word!(w, pt_regs::IP);
     site.regs.sp = word!(w, pt_regs::SP);
@@ -537,9 +569,9 @@ fn cached_stack(tgid: u32, regs: &UserRegs) -> Option<u32> {
 unsafe fn write_syscall(_ctx: &TracePointContext, ev: *mut SyscallEvent, call: &Call) {
     // SAFETY: the caller hands over `ev` for writing.
     unsafe {
-        (*ev).header = header(call.kind, call.tgid, call.tid, Some(call.pending.start_ns));
+        (*ev).header = header(call.kind, call.tgid, call.tid, call.start_ns);
         (*ev).header.flags = call.site.flags;
-        (*ev).args = call.pending.args;
+        (*ev).args = call.args;
         (*ev).ret = call.ret;
         (*ev).regs = call.site.regs;
         (*ev).stack_id = -1;
@@ -761,31 +793,37 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// The entry and exit programs of each traced syscall. Userspace attaches
-/// them by the names in `memtrace_common::tracepoints::SYSCALLS`; the
-/// build fails unless each pair is named after its kind's tracepoints there
-/// and every syscall listed there has its pair.
+/// The programs of each traced syscall: an exit program each, and an entry
+/// program for those ordered by their entry. Userspace attaches them by the
+/// names in `memtrace_common::tracepoints::SYSCALLS`; the build fails
+/// unless each is named after its kind's tracepoint there and every
+/// syscall listed there has its programs.
 macro_rules! syscall_probes {
-    ($($kind:ident: $enter:ident, $exit:ident;)*) => {
+    ($($kind:ident: $(enter $enter:ident,)? exit $exit:ident;)*) => {
         $(
-            #[tracepoint]
-            pub fn $enter(ctx: TracePointContext) -> u32 {
-                on_enter(&ctx, EventKind::$kind)
-            }
+            $(
+                #[tracepoint]
+                pub fn $enter(_ctx: TracePointContext) -> u32 {
+                    on_enter(EventKind::$kind)
+                }
+            )?
 
             #[tracepoint]
             pub fn $exit(ctx: TracePointContext) -> u32 {
-                on_exit(&ctx, EventKind::$kind)
+                on_exit(&ctx, EventKind::$kind, const { syscall_of(EventKind::$kind).enter.is_some() })
             }
 
             const _: () = {
-                let Some(syscall) = tracepoints::syscall(EventKind::$kind) else {
-                    panic!(concat!(stringify!($kind), " is not a traced syscall"));
-                };
-                assert!(
-                    same_name(stringify!($enter), syscall.enter),
-                    concat!(stringify!($enter), " is not the entry tracepoint of ", stringify!($kind))
-                );
+                let syscall = syscall_of(EventKind::$kind);
+                let enter: Option<&str> = entry_name!($($enter)?);
+                match (enter, syscall.enter) {
+                    (None, None) => {}
+                    (Some(ours), Some(theirs)) => assert!(
+                        same_name(ours, theirs),
+                        concat!("wrong entry program name for ", stringify!($kind))
+                    ),
+                    _ => panic!(concat!(stringify!($kind), ": entry program present iff ordered by entry")),
+                }
                 assert!(
                     same_name(stringify!($exit), syscall.exit),
                     concat!(stringify!($exit), " is not the exit tracepoint of ", stringify!($kind))
@@ -800,14 +838,32 @@ macro_rules! syscall_probes {
     };
 }
 
+/// The name of an entry program, if there is one.
+macro_rules! entry_name {
+    () => {
+        None
+    };
+    ($enter:ident) => {
+        Some(stringify!($enter))
+    };
+}
+
+/// The traced syscall of `kind`; fails the build for other kinds.
+const fn syscall_of(kind: EventKind) -> &'static tracepoints::Syscall {
+    match tracepoints::syscall(kind) {
+        Some(syscall) => syscall,
+        None => panic!("not a traced syscall"),
+    }
+}
+
 syscall_probes! {
-    Mmap: sys_enter_mmap, sys_exit_mmap;
-    Munmap: sys_enter_munmap, sys_exit_munmap;
-    Mremap: sys_enter_mremap, sys_exit_mremap;
-    Brk: sys_enter_brk, sys_exit_brk;
-    Mprotect: sys_enter_mprotect, sys_exit_mprotect;
-    Madvise: sys_enter_madvise, sys_exit_madvise;
-    SetVmaName: sys_enter_prctl, sys_exit_prctl;
+    Mmap: exit sys_exit_mmap;
+    Munmap: enter sys_enter_munmap, exit sys_exit_munmap;
+    Mremap: exit sys_exit_mremap;
+    Brk: exit sys_exit_brk;
+    Mprotect: enter sys_enter_mprotect, exit sys_exit_mprotect;
+    Madvise: enter sys_enter_madvise, exit sys_exit_madvise;
+    SetVmaName: enter sys_enter_prctl, exit sys_exit_prctl;
 }
 
 /// The sched programs, named after their raw tracepoints in

@@ -97,9 +97,10 @@ fn assert_gone(objects: &Objects, after: &str) {
     }
 }
 
-/// memtrace's programs without `--follow-forks`: entry and exit of seven
-/// syscalls, sched_process_exec and sched_process_exit.
-const PROGRAMS: usize = 16;
+/// memtrace's programs without `--follow-forks`: the exit of seven
+/// syscalls, the entry of the four ordered by entry (munmap, mprotect,
+/// madvise, prctl), sched_process_exec and sched_process_exit.
+const PROGRAMS: usize = 13;
 
 fn spawn(args: &[&str]) -> Child {
     Command::new(memtrace_bin())

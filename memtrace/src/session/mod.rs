@@ -531,25 +531,11 @@ impl SiteStacks for Sites<'_> {
 }
 
 /// When an event's change to the address space is known to have happened,
-/// as a sort key.
-///
-/// Events reach the ring buffer at syscall exit, after the kernel released
-/// the mm lock, so a thread preempted in between can deliver its munmap
-/// after another thread's mmap that reused the hole. Causality fixes the
-/// order: a call that names an existing range (munmap, mprotect, madvise,
-/// naming) can only have learnt that range after the call that created it
-/// returned, so it is keyed by its entry time; calls that create ranges
-/// (mmap, brk, and mremap, which may move into a hole another thread just
-/// made) by their exit time. A thread's own calls keep their order (each
-/// entry follows the previous exit).
+/// as a sort key: the entry of the calls the eBPF side times from their
+/// entry, the exit of the others, whose duration is 0
+/// (`memtrace_common::tracepoints::Syscall::enter` says which and why).
 fn apply_order(ev: &Event) -> u64 {
-    match ev.call {
-        Call::Munmap { .. }
-        | Call::Mprotect { .. }
-        | Call::Madvise { .. }
-        | Call::SetVmaName { .. } => ev.time_ns.saturating_sub(ev.duration_ns),
-        _ => ev.time_ns,
-    }
+    ev.time_ns.saturating_sub(ev.duration_ns)
 }
 
 /// Whether `pid` runs code that keeps frame pointers: Go binaries (told by

@@ -250,8 +250,9 @@ pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 pub struct Lost {
     /// Ring buffer full.
     pub ring_buffer: u64,
-    /// Syscall entries the pending-call table refused (it evicts its least
-    /// recently used entry when full, so this is normally zero).
+    /// Syscalls dropped before their record: another thread's call held
+    /// the thread's pending-call slot (normally zero; see
+    /// `memtrace_common::pending_slot`), or the registers were unreadable.
     pub pending: u64,
     /// Children (with `--follow-forks`) left untraced: traced set full.
     pub untraced_children: u64,
@@ -357,7 +358,7 @@ impl Tracer {
         // syscalls only (see `memtrace_common::tracepoints`).
         let mut syscall_links = Vec::new();
         for syscall in SYSCALLS {
-            for prog in [syscall.enter, syscall.exit] {
+            for prog in syscall.enter.into_iter().chain([syscall.exit]) {
                 let program: &mut TracePoint = loaded(&mut ebpf, prog)?;
                 let id = program
                     .attach(SYSCALLS_CATEGORY, prog)

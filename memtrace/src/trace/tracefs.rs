@@ -190,20 +190,20 @@ mod tests {
         fake_tracefs(&dir.join("ok"), None);
         assert!(check_layouts(&dir.join("ok")).is_ok());
 
-        fake_tracefs(&dir.join("moved"), Some(("sys_enter_mremap", "new_len")));
-        let err = check_layouts(&dir.join("moved")).expect_err("new_len moved");
+        fake_tracefs(&dir.join("moved"), Some(("sys_exit_mremap", "ret")));
+        let err = check_layouts(&dir.join("moved")).expect_err("ret moved");
         assert!(
             matches!(
                 err,
                 TraceError::Layout {
-                    tracepoint: "sys_enter_mremap",
-                    field: "new_len",
+                    tracepoint: "sys_exit_mremap",
+                    field: "ret",
                     found: Some(FieldLayout {
-                        offset: 40,
+                        offset: 24,
                         size: 8
                     }),
                     expected: FieldLayout {
-                        offset: 32,
+                        offset: 16,
                         size: 8
                     },
                     ..
@@ -213,8 +213,8 @@ mod tests {
         );
         assert!(
             err.to_string().starts_with(
-                "syscalls:sys_enter_mremap field `new_len` is at offset 40 (8 bytes), \
-                 memtrace's eBPF programs read it at offset 32 (8 bytes)"
+                "syscalls:sys_exit_mremap field `ret` is at offset 24 (8 bytes), \
+                 memtrace's eBPF programs read it at offset 16 (8 bytes)"
             ),
             "{err}"
         );
