@@ -166,17 +166,24 @@ macro_rules! read_field {
     }};
 }
 
-/// Every `pt_regs` word the programs use, in one read (see
-/// `pt_regs::WINDOW_WORDS`); `None` when unreadable.
+/// Every `pt_regs` word the programs use (see `pt_regs::WINDOW_WORDS`).
+/// `regs` comes from `bpf_task_pt_regs`, a pointer the verifier types from
+/// the kernel's BTF, so these are plain loads it checks against the
+/// struct (a `bpf_probe_read_kernel` of the window cost ~100 ns a call
+/// here, these a few).
 #[inline(always)]
-fn regs_window(regs: u64) -> Option<[u64; pt_regs::WINDOW_WORDS]> {
-    // SAFETY: a kernel read through a helper that faults safely.
-    unsafe {
-        bpf_probe_read_kernel(
-            (regs as usize + pt_regs::WINDOW_START) as *const [u64; pt_regs::WINDOW_WORDS],
-        )
+fn regs_window(regs: u64) -> [u64; pt_regs::WINDOW_WORDS] {
+    let base = (regs as usize + pt_regs::WINDOW_START) as *const u64;
+    let mut w = [0u64; pt_regs::WINDOW_WORDS];
+    let mut i = 0;
+    while i < pt_regs::WINDOW_WORDS {
+        // SAFETY: inside `struct pt_regs` (offsets checked against BTF by
+        // userspace and by the verifier), which the task keeps while it
+        // runs this program.
+        w[i] = unsafe { core::ptr::read_volatile(base.add(i)) };
+        i += 1;
     }
-    .ok()
+    w
 }
 
 /// `member` from a window of [`regs_window`].
@@ -467,7 +474,7 @@ fn user_regs() -> Option<[u64; pt_regs::WINDOW_WORDS]> {
     if regs == 0 {
         return None;
     }
-    regs_window(regs)
+    Some(regs_window(regs))
 }
 
 /// The syscall's arguments: the kernel leaves them in the registers.
@@ -498,26 +505,39 @@ fn call_site(tgid: u32, w: &[u64; pt_regs::WINDOW_WORDS], frame_pointers: bool) 
     if site.regs.sp == 0 {
         return site;
     }
-    // SAFETY: a user read through a helper that faults safely.
-    if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
-        site.regs.ret_addr = ret;
-        site.flags |= event_flags::HAS_RET_ADDR;
-    }
+    // The word at the stack pointer (the return address when the syscall
+    // was made from a leaf wrapper) comes with the read of the stack that
+    // the cache check or the window makes anyway: each user read costs
+    // ~100 ns here, whatever its size.
     if frame_pointers {
+        // SAFETY: a user read through a helper that faults safely.
+        if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
+            site.set_ret_addr(ret);
+        }
         site.flags |= FRAME_WALK;
         return site;
     }
-    site.cached = cached_stack(tgid, &site.regs);
+    site.cached = cached_stack(tgid, &mut site);
     if site.cached.is_some() {
         site.flags |= event_flags::STACK_CACHED;
     }
     site
 }
 
+impl CallSite {
+    #[inline(always)]
+    fn set_ret_addr(&mut self, ret: u64) {
+        self.regs.ret_addr = ret;
+        self.flags |= event_flags::HAS_RET_ADDR;
+    }
+}
+
 /// The id of the stack cached for this call site, when every stack word
 /// (and the frame pointer) its unwinding read still holds what it held.
+/// Notes the word at the stack pointer in `site` when it read it.
 #[inline(always)]
-fn cached_stack(tgid: u32, regs: &UserRegs) -> Option<u32> {
+fn cached_stack(tgid: u32, site: &mut CallSite) -> Option<u32> {
+    let regs = &site.regs;
     let key = StackKey {
         tgid,
         _pad: 0,
@@ -530,8 +550,9 @@ fn cached_stack(tgid: u32, regs: &UserRegs) -> Option<u32> {
     if entry.bp_used != 0 && entry.bp != regs.bp {
         return None;
     }
-    let extent = entry.extent as usize;
-    if extent == 0 || extent > STACK_WINDOW {
+    // At least the word at the stack pointer.
+    let extent = (entry.extent as usize).max(8);
+    if extent > STACK_WINDOW {
         return None;
     }
     let buf = SCRATCH.get_ptr_mut(0)?;
@@ -540,6 +561,7 @@ fn cached_stack(tgid: u32, regs: &UserRegs) -> Option<u32> {
     unsafe {
         let buf = &mut *buf;
         bpf_probe_read_user_buf(regs.sp as *const u8, &mut buf[..extent]).ok()?;
+        site.set_ret_addr(core::ptr::read(buf.as_ptr().cast::<u64>()));
         let count = entry.count as usize;
         let mut i = 0;
         while i < STACK_CHECK_WORDS && i < count {
@@ -604,6 +626,8 @@ unsafe fn kernel_stack_if_needed(ctx: &TracePointContext, ev: &mut SyscallEvent)
 
 /// Copy the stack window from the user stack pointer: near the top of the
 /// stack the full window can cross into unmapped memory, so retry smaller.
+/// The word at the stack pointer comes from the window when the cache
+/// check did not read it.
 ///
 /// # Safety
 ///
@@ -614,19 +638,32 @@ unsafe fn read_window(ev: &mut SyscallEvent, stack: &mut [u8; STACK_WINDOW]) {
     if sp == 0 {
         return;
     }
-    // SAFETY: user reads through helpers that fault safely.
+    // SAFETY: user reads through helpers that fault safely; `stack` is
+    // 8-aligned in the record and at least 8 bytes were read into it.
     unsafe {
+        let mut len = 0;
         if bpf_probe_read_user_buf(sp as *const u8, stack).is_ok() {
-            ev.stack_len = STACK_WINDOW as u32;
-            ev.header.flags |= event_flags::HAS_STACK;
-            return;
-        }
-        for len in STACK_WINDOW_SMALLER {
-            if bpf_probe_read_user_buf(sp as *const u8, &mut stack[..len]).is_ok() {
-                ev.stack_len = len as u32;
-                ev.header.flags |= event_flags::HAS_STACK;
-                return;
+            len = STACK_WINDOW;
+        } else {
+            for smaller in STACK_WINDOW_SMALLER {
+                if bpf_probe_read_user_buf(sp as *const u8, &mut stack[..smaller]).is_ok() {
+                    len = smaller;
+                    break;
+                }
             }
+        }
+        let ret = if len > 0 {
+            ev.stack_len = len as u32;
+            ev.header.flags |= event_flags::HAS_STACK;
+            Some(core::ptr::read(stack.as_ptr().cast::<u64>()))
+        } else {
+            bpf_probe_read_user(sp as *const u64).ok()
+        };
+        if let Some(ret) = ret
+            && ev.header.flags & event_flags::HAS_RET_ADDR == 0
+        {
+            ev.regs.ret_addr = ret;
+            ev.header.flags |= event_flags::HAS_RET_ADDR;
         }
     }
 }
