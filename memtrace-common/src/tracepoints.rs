@@ -326,7 +326,6 @@ pub fn fields() -> impl Iterator<Item = TracepointField> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::mem::size_of;
 
     #[test]
     fn every_syscall_kind_has_one_syscall() {
