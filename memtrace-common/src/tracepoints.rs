@@ -204,15 +204,6 @@ pub mod pt_regs {
     pub const ALL: [Member; 9] = [
         IP, SP, BP, ARGS[0], ARGS[1], ARGS[2], ARGS[3], ARGS[4], ARGS[5],
     ];
-    /// The programs read every member above in one copy of this many
-    /// words from [`WINDOW_START`]: one helper call instead of three.
-    pub const WINDOW_WORDS: usize = 16;
-    /// Offset of the first word of the window (`bp`, the lowest member).
-    pub const WINDOW_START: usize = BP.1;
-    /// Index of `member` in the window.
-    pub const fn word(member: Member) -> usize {
-        (member.1 - WINDOW_START) / 8
-    }
 }
 
 /// A kernel struct member whose offset the programs need; userspace looks
@@ -379,13 +370,9 @@ mod tests {
     }
 
     #[test]
-    fn pt_regs_members_are_distinct_words_in_the_window() {
+    fn pt_regs_members_are_distinct_words() {
         for (i, a) in pt_regs::ALL.iter().enumerate() {
             assert_eq!(a.1 % 8, 0, "{a:?}");
-            assert!(
-                a.1 >= pt_regs::WINDOW_START && pt_regs::word(*a) < pt_regs::WINDOW_WORDS,
-                "{a:?} is outside the window"
-            );
             for b in &pt_regs::ALL[i + 1..] {
                 assert!(a.0 != b.0 && a.1 != b.1, "{a:?} {b:?}");
             }

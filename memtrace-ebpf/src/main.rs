@@ -7,8 +7,8 @@
 //! ordered by their entry (munmap, mprotect, madvise, prctl) also have an
 //! entry program, which notes the time per thread; mmap, brk and mremap,
 //! ordered by their exit, pay for no entry program (see
-//! `memtrace_common::tracepoints::Syscall::enter`). The sched raw tracepoints write
-//! the small lifecycle records. Every program first checks the caller's
+//! `memtrace_common::tracepoints::Syscall::enter`). The sched raw
+//! tracepoints write the small lifecycle records. Every program first checks the caller's
 //! process against `TRACED`, so untraced processes pay one hash lookup.
 //!
 //! Per-event cost is what the traced process pays, so the hot path avoids
@@ -166,31 +166,45 @@ macro_rules! read_field {
     }};
 }
 
-/// Every `pt_regs` word the programs use (see `pt_regs::WINDOW_WORDS`).
-/// `regs` comes from `bpf_task_pt_regs`, a pointer the verifier types from
-/// the kernel's BTF, so these are plain loads it checks against the
-/// struct (a `bpf_probe_read_kernel` of the window cost ~100 ns a call
-/// here, these a few).
-#[inline(always)]
-fn regs_window(regs: u64) -> [u64; pt_regs::WINDOW_WORDS] {
-    let base = (regs as usize + pt_regs::WINDOW_START) as *const u64;
-    let mut w = [0u64; pt_regs::WINDOW_WORDS];
-    let mut i = 0;
-    while i < pt_regs::WINDOW_WORDS {
-        // SAFETY: inside `struct pt_regs` (offsets checked against BTF by
-        // userspace and by the verifier), which the task keeps while it
-        // runs this program.
-        w[i] = unsafe { core::ptr::read_volatile(base.add(i)) };
-        i += 1;
-    }
-    w
-}
+/// The current thread's saved user registers: the `struct pt_regs` that
+/// `bpf_task_pt_regs` points to. The verifier types that pointer from the
+/// kernel's BTF, so a register is a plain load it checks against the
+/// struct (a `bpf_probe_read_kernel` cost ~100 ns a call here, a load a
+/// few).
+#[derive(Clone, Copy)]
+struct Regs(u64);
 
-/// `member` from a window of [`regs_window`].
-macro_rules! word {
-    ($window:expr, $member:expr) => {
-        $window[const { pt_regs::word($member) }]
-    };
+impl Regs {
+    /// The current thread's, `None` when the kernel has none.
+    #[inline(always)]
+    fn current() -> Option<Regs> {
+        // SAFETY: helpers without pointer arguments.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        (regs != 0).then_some(Regs(regs))
+    }
+
+    /// The register `member` (offsets checked against BTF by userspace).
+    #[inline(always)]
+    fn get(self, member: pt_regs::Member) -> u64 {
+        // SAFETY: inside `struct pt_regs` (userspace and the verifier
+        // check the offset), which the task keeps while it runs this
+        // program.
+        unsafe { core::ptr::read_volatile((self.0 as usize + member.1) as *const u64) }
+    }
+
+    /// The syscall's arguments: the kernel leaves them in the registers.
+    #[inline(always)]
+    fn syscall_args(self) -> [u64; SYSCALL_MAX_ARGS] {
+        let a = pt_regs::ARGS;
+        [
+            self.get(a[0]),
+            self.get(a[1]),
+            self.get(a[2]),
+            self.get(a[3]),
+            self.get(a[4]),
+            self.get(a[5]),
+        ]
+    }
 }
 
 /// The current thread's (tgid, tid) as memtrace sees them: in its PID
@@ -339,11 +353,11 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
     } else {
         None
     };
-    let Some(regs) = user_regs() else {
+    let Some(regs) = Regs::current() else {
         count(counter::LOST_PENDING);
         return 0;
     };
-    let args = syscall_args(&regs);
+    let args = regs.syscall_args();
     if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
         return 0;
     }
@@ -355,7 +369,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
         start_ns,
         args,
         ret,
-        site: call_site(tgid, &regs, frame_pointers),
+        site: call_site(tgid, regs, frame_pointers),
     };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
@@ -465,43 +479,18 @@ struct CallSite {
     cached: Option<u32>,
 }
 
-/// The current thread's user registers (the `pt_regs` window), read once
-/// for the arguments and the call site.
-#[inline(always)]
-fn user_regs() -> Option<[u64; pt_regs::WINDOW_WORDS]> {
-    // SAFETY: helpers without pointer arguments.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    if regs == 0 {
-        return None;
-    }
-    Some(regs_window(regs))
-}
-
-/// The syscall's arguments: the kernel leaves them in the registers.
-#[inline(always)]
-fn syscall_args(w: &[u64; pt_regs::WINDOW_WORDS]) -> [u64; SYSCALL_MAX_ARGS] {
-    [
-        word!(w, pt_regs::ARGS[0]),
-        word!(w, pt_regs::ARGS[1]),
-        word!(w, pt_regs::ARGS[2]),
-        word!(w, pt_regs::ARGS[3]),
-        word!(w, pt_regs::ARGS[4]),
-        word!(w, pt_regs::ARGS[5]),
-    ]
-}
-
 /// The user registers at the syscall, and the stack from the cache when
 /// the same place with the same stack words was unwound before.
 #[inline(always)]
-fn call_site(tgid: u32, w: &[u64; pt_regs::WINDOW_WORDS], frame_pointers: bool) -> CallSite {
+fn call_site(tgid: u32, regs: Regs, frame_pointers: bool) -> CallSite {
     let mut site = CallSite {
         regs: UserRegs::default(),
         flags: 0,
         cached: None,
     };
-    site.regs.ip = word!(w, pt_regs::IP);
-    site.regs.sp = word!(w, pt_regs::SP);
-    site.regs.bp = word!(w, pt_regs::BP);
+    site.regs.ip = regs.get(pt_regs::IP);
+    site.regs.sp = regs.get(pt_regs::SP);
+    site.regs.bp = regs.get(pt_regs::BP);
     if site.regs.sp == 0 {
         return site;
     }
