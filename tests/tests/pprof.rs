@@ -6,11 +6,11 @@
 mod common;
 mod serving;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
-use common::{Waiting, report_of, require_tool, run_launch, temp_path};
+use common::{report_of, require_tool, run_launch, temp_path};
 use serde_json::Value;
-use serving::Served;
+use serving::GroundTruthServed;
 
 const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
 const FUNCS: [&str; 4] = ["cache_alpha", "cache_beta", "adjacent_one", "adjacent_two"];
@@ -189,16 +189,12 @@ fn pprof_file_lists_the_fixture_functions_with_their_rss() {
 
 #[test]
 fn pprof_endpoint_serves_the_attributed_report() {
-    let out = temp_path("pprof-serve");
-    let mut w = Waiting::start(GROUND_TRUTH, &["--out", out.to_str().expect("utf8")]);
-    let served = Served::start(w.pid);
-    w.go();
-    w.expect_line("done");
-    // The fixture now waits for stdin: its memory no longer changes.
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, body) = served.get_text("/debug/memory/attributed.json?top=0");
-    assert_eq!(code, 200, "{body}");
-    let report: Value = serde_json::from_str(&body).expect("JSON report");
+    let GroundTruthServed {
+        fixture: mut w,
+        served,
+        report,
+        ..
+    } = GroundTruthServed::start("pprof-serve");
     check_profile(&served.url("/debug/pprof/memtrace"), &report);
 
     let (code, body) = served.get_text("/debug/pprof/memtrace?color=blue");

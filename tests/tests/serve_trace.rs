@@ -4,27 +4,18 @@
 mod common;
 mod serving;
 
-use std::time::Duration;
-
-use common::{Waiting, call_site_rss, read_jsonl, require_root, temp_path};
-use serde_json::Value;
-use serving::Served;
-
-const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
+use common::{call_site_rss, read_jsonl, require_root};
+use serving::GroundTruthServed;
 
 #[test]
 fn serve_trace_reports_call_sites_and_rejects_bad_input() {
     require_root();
-    let out = temp_path("serve-gt");
-    let mut w = Waiting::start(GROUND_TRUTH, &["--out", out.to_str().expect("utf8")]);
-    let served = Served::start(w.pid);
-
-    w.go();
-    w.expect_line("done");
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, body) = served.get_text("/debug/memory/attributed.json?top=0");
-    assert_eq!(code, 200, "{body}");
-    let report: Value = serde_json::from_str(&body).expect("JSON report");
+    let GroundTruthServed {
+        fixture: mut w,
+        served,
+        out,
+        report,
+    } = GroundTruthServed::start("serve-gt");
     let alpha = call_site_rss(&report, |f| f.ends_with("ground_truth::cache_alpha"));
     let expected = read_jsonl(&out)
         .iter()

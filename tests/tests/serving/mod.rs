@@ -11,7 +11,45 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{memtrace_bin, require_root, wait_with_timeout};
+use serde_json::Value;
+
+use crate::common::{Waiting, memtrace_bin, require_root, temp_path, wait_with_timeout};
+
+/// The ground-truth fixture, having logged what it mapped to `out`, served
+/// by `memtrace serve --trace` from before its first mapping, and the
+/// attributed report of it once it has finished mapping.
+pub struct GroundTruthServed {
+    pub fixture: Waiting,
+    pub served: Served,
+    /// The fixture's log of its mappings (JSON lines).
+    pub out: std::path::PathBuf,
+    /// `/debug/memory/attributed.json?top=0`.
+    pub report: Value,
+}
+
+impl GroundTruthServed {
+    pub fn start(name: &str) -> GroundTruthServed {
+        let out = temp_path(name);
+        let mut fixture = Waiting::start(
+            env!("CARGO_BIN_EXE_ground_truth"),
+            &["--out", out.to_str().expect("utf8")],
+        );
+        let served = Served::start(fixture.pid);
+        fixture.go();
+        fixture.expect_line("done");
+        // The fixture now waits for stdin: its memory no longer changes.
+        std::thread::sleep(Duration::from_millis(300));
+        let (code, body) = served.get_text("/debug/memory/attributed.json?top=0");
+        assert_eq!(code, 200, "{body}");
+        let report = serde_json::from_str(&body).expect("JSON report");
+        GroundTruthServed {
+            fixture,
+            served,
+            out,
+            report,
+        }
+    }
+}
 
 /// A `memtrace serve` on a free loopback port, killed when dropped so a
 /// failed test leaves no server (and no eBPF programs) behind.
