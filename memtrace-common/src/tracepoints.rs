@@ -81,6 +81,12 @@ pub struct Syscall {
     pub enter: Option<&'static str>,
     /// Its exit tracepoint and program (`sys_exit_mmap`).
     pub exit: &'static str,
+    /// Whether its events carry the full user stack. Calls that only
+    /// release memory (munmap) carry their top frames instead: the
+    /// instruction and the word at the stack pointer (the wrapper's
+    /// caller), one user read where the full stack costs the traced thread
+    /// three (`TracerOptions::unmap_stacks` asks for it anyway).
+    pub full_stack: bool,
     /// Its arguments as tracefs names them, in order: the registers of
     /// [`pt_regs::ARGS`] hold them in this order.
     pub args: &'static [&'static str],
@@ -96,27 +102,38 @@ macro_rules! entry_tracepoint {
     };
 }
 
+/// What a call's events carry of its stack (see [`Syscall::full_stack`]).
+macro_rules! full_stack {
+    (stack) => {
+        true
+    };
+    (top) => {
+        false
+    };
+}
+
 macro_rules! syscalls {
-    ($($kind:ident $name:literal $at:ident [$($arg:literal),*];)*) => {
+    ($($kind:ident $name:literal $at:ident $stack:ident [$($arg:literal),*];)*) => {
         /// Every traced syscall, in attach order.
         pub const SYSCALLS: [Syscall; [$($name),*].len()] = [$(Syscall {
             kind: EventKind::$kind,
             name: $name,
             enter: entry_tracepoint!($at, $name),
             exit: concat!("sys_exit_", $name),
+            full_stack: full_stack!($stack),
             args: &[$($arg),*],
         }),*];
     };
 }
 
 syscalls! {
-    Mmap "mmap" exit ["addr", "len", "prot", "flags", "fd", "off"];
-    Munmap "munmap" entry ["addr", "len"];
-    Mremap "mremap" exit ["addr", "old_len", "new_len", "flags", "new_addr"];
-    Brk "brk" exit ["brk"];
-    Mprotect "mprotect" entry ["start", "len", "prot"];
-    Madvise "madvise" entry ["start", "len_in", "behavior"];
-    SetVmaName "prctl" entry ["option", "arg2", "arg3", "arg4", "arg5"];
+    Mmap "mmap" exit stack ["addr", "len", "prot", "flags", "fd", "off"];
+    Munmap "munmap" entry top ["addr", "len"];
+    Mremap "mremap" exit stack ["addr", "old_len", "new_len", "flags", "new_addr"];
+    Brk "brk" exit stack ["brk"];
+    Mprotect "mprotect" entry stack ["start", "len", "prot"];
+    Madvise "madvise" entry stack ["start", "len_in", "behavior"];
+    SetVmaName "prctl" entry stack ["option", "arg2", "arg3", "arg4", "arg5"];
 }
 
 /// The traced syscall that produces `kind`, if `kind` is a syscall event.

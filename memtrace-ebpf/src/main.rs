@@ -98,6 +98,11 @@ static FOLLOW_FORKS: u8 = 0;
 #[unsafe(no_mangle)]
 static KERNEL_STACKS: u8 = 0;
 
+/// Set by userspace before load: non-zero to capture the full stack of
+/// calls that only release memory too (`Syscall::full_stack`).
+#[unsafe(no_mangle)]
+static UNMAP_STACKS: u8 = 0;
+
 /// Set by userspace before load: bytes of records written on one CPU
 /// between wakeups of the reader (a fraction of the ring).
 #[unsafe(no_mangle)]
@@ -124,6 +129,12 @@ static LAYOUT: KernelLayout = KernelLayout {
 fn kernel_stacks_forced() -> bool {
     // SAFETY: a plain read of a global set before load.
     unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
+}
+
+#[inline(always)]
+fn unmap_stacks() -> bool {
+    // SAFETY: a plain read of a global set before load.
+    unsafe { core::ptr::read_volatile(&UNMAP_STACKS) != 0 }
 }
 
 #[inline(always)]
@@ -346,7 +357,7 @@ fn take_start(tid: u32, kind: EventKind) -> Option<u64> {
 }
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
+fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, full_stack: bool) -> u32 {
     let Some((tgid, tid, flags)) = traced_ids_flags() else {
         return 0;
     };
@@ -375,7 +386,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
         start_ns,
         args,
         ret,
-        site: call_site(tgid, regs, frame_pointers),
+        site: call_site(tgid, regs, frame_pointers, full_stack || unmap_stacks()),
     };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
@@ -387,7 +398,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
         // that fault safely.
         unsafe {
             write_syscall(ctx, &raw mut (*ev).syscall, &call);
-            if call.site.cached.is_none() {
+            if call.site.window {
                 read_window(&mut (*ev).syscall, &mut (*ev).stack);
             }
             let name = call.args[4];
@@ -401,11 +412,11 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
                         event_flags::NAME_UNREAD
                     };
             }
-            kernel_stack_if_needed(ctx, &mut (*ev).syscall);
+            kernel_stack_if_needed(ctx, &mut (*ev).syscall, call.site.walk);
         }
         entry.submit(wakeup_flags(size_of::<SetVmaNameEvent>()));
-    } else if call.site.cached.is_some() {
-        // A stack seen before: a small record, no window.
+    } else if !call.site.window {
+        // A stack seen before, or top frames only: a small record.
         let Some(mut entry) = reserve::<SyscallEvent>() else {
             return 0;
         };
@@ -413,7 +424,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
         // 8-byte aligned.
         unsafe {
             write_syscall(ctx, entry.as_mut_ptr(), &call);
-            kernel_stack_if_needed(ctx, &mut *entry.as_mut_ptr());
+            kernel_stack_if_needed(ctx, &mut *entry.as_mut_ptr(), call.site.walk);
         }
         entry.submit(wakeup_flags(size_of::<SyscallEvent>()));
     } else {
@@ -427,7 +438,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool) -> u32 {
         unsafe {
             write_syscall(ctx, &raw mut (*ev).syscall, &call);
             read_window(&mut (*ev).syscall, &mut (*ev).stack);
-            kernel_stack_if_needed(ctx, &mut (*ev).syscall);
+            kernel_stack_if_needed(ctx, &mut (*ev).syscall, call.site.walk);
         }
         entry.submit(wakeup_flags(size_of::<WindowedSyscallEvent>()));
     }
@@ -461,9 +472,16 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
     }
 }
 
-/// A private flag between `call_site` and `kernel_stack_if_needed`: take
-/// the frame-pointer stack (cleared before the record is submitted).
-const FRAME_WALK: u32 = 1 << 31;
+/// When to take the kernel's frame-pointer stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Top frames only: the call asked for no stack.
+    Never,
+    /// When the record ends up with no stack (no window, no cached one).
+    IfNoStack,
+    /// Always (code with frame pointers).
+    Always,
+}
 
 /// A completed call, ready to be written.
 struct Call {
@@ -478,21 +496,28 @@ struct Call {
 }
 
 /// Where a call was made from: the user registers, the word at the stack
-/// pointer, and the cached stack they lead to, if any.
+/// pointer, the cached stack they lead to, if any, and what else the
+/// record needs.
 struct CallSite {
     regs: UserRegs,
     flags: u32,
     cached: Option<u32>,
+    /// The record carries the stack window.
+    window: bool,
+    walk: Walk,
 }
 
-/// The user registers at the syscall, and the stack from the cache when
-/// the same place with the same stack words was unwound before.
+/// The user registers at the syscall, and, when the `full` stack is
+/// wanted, the stack from the cache when the same place with the same
+/// stack words was unwound before (else the record carries the window).
 #[inline(always)]
-fn call_site(tgid: u32, regs: Regs, frame_pointers: bool) -> CallSite {
+fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSite {
     let mut site = CallSite {
         regs: UserRegs::default(),
         flags: 0,
         cached: None,
+        window: false,
+        walk: Walk::Never,
     };
     site.regs.ip = regs.get(pt_regs::IP);
     site.regs.sp = regs.get(pt_regs::SP);
@@ -504,18 +529,24 @@ fn call_site(tgid: u32, regs: Regs, frame_pointers: bool) -> CallSite {
     // was made from a leaf wrapper) comes with the read of the stack that
     // the cache check or the window makes anyway: each user read costs
     // ~100 ns here, whatever its size.
-    if frame_pointers {
+    if !full || frame_pointers {
         // SAFETY: a user read through a helper that faults safely.
         if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
             site.set_ret_addr(ret);
         }
-        site.flags |= FRAME_WALK;
+        if full {
+            site.window = true;
+            site.walk = Walk::Always;
+        }
         return site;
     }
     site.cached = cached_stack(tgid, &mut site);
     if site.cached.is_some() {
         site.flags |= event_flags::STACK_CACHED;
+    } else {
+        site.window = true;
     }
+    site.walk = Walk::IfNoStack;
     site
 }
 
@@ -598,20 +629,24 @@ unsafe fn write_syscall(_ctx: &TracePointContext, ev: *mut SyscallEvent, call: &
     }
 }
 
-/// The frame-pointer walk is the fallback for when there is no stack: no
-/// window could be read nor a cached stack found (without frame pointers it
-/// yields a frame or two and costs the traced thread microseconds per
-/// call), or always with `--kernel-stacks`.
+/// The frame-pointer walk is the fallback for when a full stack was wanted
+/// and there is none: no window could be read nor a cached stack found
+/// (without frame pointers it yields a frame or two and costs the traced
+/// thread microseconds per call); or always with frame pointers, or with
+/// `--kernel-stacks`.
 ///
 /// # Safety
 ///
 /// `ev` must be a ring buffer slot (its flags already written).
 #[inline(always)]
-unsafe fn kernel_stack_if_needed(ctx: &TracePointContext, ev: &mut SyscallEvent) {
+unsafe fn kernel_stack_if_needed(ctx: &TracePointContext, ev: &mut SyscallEvent, walk: Walk) {
     let has_stack = ev.header.flags & (event_flags::HAS_STACK | event_flags::STACK_CACHED) != 0;
-    let walk = ev.header.flags & FRAME_WALK != 0;
-    ev.header.flags &= !FRAME_WALK;
-    if !has_stack || walk || kernel_stacks_forced() {
+    let wanted = match walk {
+        Walk::Never => false,
+        Walk::IfNoStack => !has_stack,
+        Walk::Always => true,
+    };
+    if wanted || kernel_stacks_forced() {
         ev.stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
             Ok(id) => id as i32,
             Err(e) => e,
@@ -842,7 +877,8 @@ macro_rules! syscall_probes {
 
             #[tracepoint]
             pub fn $exit(ctx: TracePointContext) -> u32 {
-                on_exit(&ctx, EventKind::$kind, const { syscall_of(EventKind::$kind).enter.is_some() })
+                let syscall = const { syscall_of(EventKind::$kind) };
+                on_exit(&ctx, EventKind::$kind, syscall.enter.is_some(), syscall.full_stack)
             }
 
             const _: () = {

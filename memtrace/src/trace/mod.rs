@@ -235,6 +235,9 @@ pub struct TracerOptions {
     /// when the user stack window could not be read (costs the traced
     /// threads a few microseconds per call).
     pub kernel_stacks: bool,
+    /// Capture the full stack of munmap calls too, not only their top
+    /// frames (see `memtrace_common::tracepoints::Syscall::full_stack`).
+    pub unmap_stacks: bool,
     /// Most bytes of decoded events waiting in memory for the session;
     /// `None` for [`DEFAULT_QUEUE_BYTES`]. Past it the reader stops taking
     /// events from the ring buffer, which then overflows and counts its
@@ -344,6 +347,8 @@ impl Tracer {
         let kernel_stacks: u8 = opts.kernel_stacks.into();
         loader.override_global("FOLLOW_FORKS", &follow, true);
         loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
+        let unmap_stacks: u8 = opts.unmap_stacks.into();
+        loader.override_global("UNMAP_STACKS", &unmap_stacks, true);
         loader.override_global("PIDNS", &pidns, true);
         loader.override_global("LAYOUT", &layout, true);
         let ring = ring_size(opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
