@@ -304,8 +304,8 @@ pub mod counter {
     /// slot held another thread's call in flight at entry (see
     /// `pending_slot`), or their registers were unreadable at exit.
     pub const LOST_PENDING: u32 = 1;
-    /// Forked children that could not join the traced set (map full, or
-    /// their id unreadable).
+    /// Forked children that could not join the traced set (their id
+    /// unreadable, or above the `pid_max` memtrace sized the set for).
     pub const LOST_CHILDREN: u32 = 2;
     /// Bytes of records written on this CPU since the reader was last
     /// woken (see `WAKEUP_RING_FRACTION`).
@@ -322,14 +322,19 @@ pub const PENDING_SLOTS: u32 = 1 << 16;
 /// reader's position, a cache line the other CPU writes: that cost about
 /// 0.2 µs per event here.
 pub const WAKEUP_RING_FRACTION: u32 = 16;
-/// Maximum number of traced processes.
-pub const MAX_TRACED: u32 = 4096;
+/// The traced-process map is an array of bytes indexed by process id, one
+/// [`traced`] byte per pid, stored as elements of this many bytes (array
+/// map elements are 8-byte aligned): a lookup is an inlined load, where a
+/// hash lookup cost every program run of every process ~40 ns.
+pub const TRACED_PER_ELEMENT: u32 = 8;
+
 /// Frames of the kernel's frame-pointer walk kept per stack: deep enough
 /// for a Go stack from the syscall on the g0 stack through
 /// `runtime.systemstack` to the goroutine's `main.*` frames and beyond.
 pub const KERNEL_STACK_DEPTH: u32 = 48;
 
-/// Values of the traced-process map: bits saying how to trace a process.
+/// Bytes of the traced-process map (see [`TRACED_PER_ELEMENT`]): bits
+/// saying how to trace a process, 0 when it is not traced.
 pub mod traced {
     /// The process is traced.
     pub const TRACED: u8 = 1 << 0;

@@ -9,7 +9,7 @@
 //! ordered by their exit, pay for no entry program (see
 //! `memtrace_common::tracepoints::Syscall::enter`). The sched raw
 //! tracepoints write the small lifecycle records. Every program first checks the caller's
-//! process against `TRACED`, so untraced processes pay one hash lookup.
+//! process against `TRACED`, so untraced processes pay one array load.
 //!
 //! Per-event cost is what the traced process pays, so the hot path avoids
 //! hash-map updates (a per-thread array slot pairs entry and exit) and
@@ -27,7 +27,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_pidns_info},
+    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_pidns_info},
     btf_maps::StackTrace,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -36,14 +36,14 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_get_ns_current_pid_tgid, bpf_task_pt_regs},
     },
     macros::{btf_map, map, raw_tracepoint, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{RawTracePointContext, TracePointContext, tracing::StackIdContext as _},
 };
 use memtrace_common::{
     CachedStack, DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    KERNEL_STACK_DEPTH, MAX_STACKS, MAX_TRACED, NAME_LEN, PENDING_SLOTS, PendingCall,
+    KERNEL_STACK_DEPTH, MAX_STACKS, NAME_LEN, PENDING_SLOTS, PendingCall,
     STACK_CACHE_ENTRIES, STACK_CHECK_WORDS, STACK_WINDOW, STACK_WINDOW_SMALLER, SetVmaNameEvent,
-    StackKey, SyscallEvent, UserRegs, WindowedSyscallEvent, counter, event_flags, pending_slot,
+    StackKey, SyscallEvent, TRACED_PER_ELEMENT, UserRegs, WindowedSyscallEvent, counter, event_flags, pending_slot,
     traced,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
@@ -51,10 +51,42 @@ use memtrace_common::{
     },
 };
 
-/// Processes (tgids, as memtrace sees them) being traced. Userspace adds
-/// the target; with `FOLLOW_FORKS` the fork program adds children.
+/// Processes (tgids, as memtrace sees them) being traced: a
+/// `memtrace_common::traced` byte per pid, non-zero when traced. Userspace
+/// sizes it for `pid_max`, adds the target through its memory mapping;
+/// with `FOLLOW_FORKS` the fork program adds children. Single-byte stores
+/// on both sides: neither rewrites another pid's byte.
 #[map]
-static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TRACED, 0);
+static TRACED: Array<[u8; TRACED_PER_ELEMENT as usize]> =
+    Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The `memtrace_common::traced` byte of process `tgid`; 0 when untraced
+/// (or beyond the map).
+#[inline(always)]
+fn traced_flags(tgid: u32) -> u8 {
+    match TRACED.get(tgid / TRACED_PER_ELEMENT) {
+        Some(bytes) => bytes[(tgid % TRACED_PER_ELEMENT) as usize],
+        None => 0,
+    }
+}
+
+/// Set the `memtrace_common::traced` byte of process `tgid`; `false` when
+/// it is beyond the map.
+#[inline(always)]
+fn set_traced_flags(tgid: u32, flags: u8) -> bool {
+    let Some(bytes) = TRACED.get_ptr_mut(tgid / TRACED_PER_ELEMENT) else {
+        return false;
+    };
+    // SAFETY: a byte inside the map's element; a single-byte store, as
+    // userspace's.
+    unsafe {
+        core::ptr::write_volatile(
+            bytes.cast::<u8>().add((tgid % TRACED_PER_ELEMENT) as usize),
+            flags,
+        )
+    };
+    true
+}
 
 /// Entry times of the calls ordered by entry, in the thread's slot
 /// (`memtrace_common::pending_slot`). A slot whose exit never comes is
@@ -259,9 +291,8 @@ fn traced_ids() -> Option<(u32, u32)> {
 #[inline(always)]
 fn traced_ids_flags() -> Option<(u32, u32, u8)> {
     let (tgid, tid) = current_ids()?;
-    // SAFETY: a one-byte value, read whole.
-    let flags = unsafe { *TRACED.get(tgid)? };
-    Some((tgid, tid, flags))
+    let flags = traced_flags(tgid);
+    (flags != 0).then_some((tgid, tid, flags))
 }
 
 #[inline(always)]
@@ -775,7 +806,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
-    if follow && TRACED.insert(child, traced::TRACED, 0).is_err() {
+    if follow && !set_traced_flags(child, traced::TRACED) {
         count(counter::LOST_CHILDREN);
     }
     if let Some(mut entry) = reserve::<ForkEvent>() {
@@ -832,7 +863,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if tid != tgid {
         // A thread id that the fork program may have added as if it were a
         // process.
-        let _ = TRACED.remove(tid);
+        set_traced_flags(tid, 0);
     }
     // A call the thread never returned from; normally there is none.
     if let Some(slot) = pending(tid) {
@@ -855,7 +886,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         }
         // Forget it here, not only when userspace sees the exit (which may
         // be lost): a later process reusing the pid must not be traced.
-        let _ = TRACED.remove(tgid);
+        set_traced_flags(tgid, 0);
     }
     0
 }

@@ -14,6 +14,7 @@ pub mod launch;
 pub mod release;
 pub mod source;
 pub mod tracefs;
+pub mod traced;
 
 use std::{
     io,
@@ -37,7 +38,6 @@ use aya::{
 };
 use memtrace_common::{
     CachedStack, DEFAULT_RING_BYTES, STACK_CHECK_WORDS, StackKey, WAKEUP_RING_FRACTION, counter,
-    traced,
     tracepoints::{PidNamespace, RAW_TRACEPOINTS, SCHED_PROCESS_FORK, SYSCALLS, SYSCALLS_CATEGORY},
 };
 
@@ -208,15 +208,12 @@ pub enum TraceError {
         #[source]
         source: Box<MapError>,
     },
+    /// The traced set could not be mapped into memtrace.
+    #[error("mapping the traced-process set failed {SNAPSHOT_HINT}")]
+    TracedSet(#[source] io::Error),
     /// A pid could not be added to the traced set.
-    #[error("adding pid {pid} to the traced set failed {SNAPSHOT_HINT}")]
-    AddPid {
-        /// The process.
-        pid: u32,
-        /// The kernel's reason.
-        #[source]
-        source: Box<MapError>,
-    },
+    #[error("cannot trace this process {SNAPSHOT_HINT}")]
+    AddPid(#[source] traced::PidOutOfRange),
     /// The thread that drains the ring buffer could not start.
     #[error("starting the ring buffer reader thread failed {SNAPSHOT_HINT}")]
     Reader(#[source] io::Error),
@@ -274,7 +271,7 @@ pub struct Tracer {
     reader: Reader,
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    traced: BpfHashMap<MapData, u32, u8>,
+    traced: traced::TracedSet,
     /// The kernel side's stack cache, and the keys added per process.
     stack_cache: BpfHashMap<MapData, StackKey, CachedStack>,
     cached_keys: std::collections::HashMap<u32, std::collections::HashSet<StackKey>>,
@@ -353,6 +350,7 @@ impl Tracer {
         loader.override_global("LAYOUT", &layout, true);
         let ring = ring_size(opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
         loader.map_max_entries("EVENTS", ring);
+        loader.map_max_entries("TRACED", traced::elements(traced::pid_max()));
         let wakeup_bytes = u64::from(ring / WAKEUP_RING_FRACTION);
         loader.override_global("WAKEUP_BYTES", &wakeup_bytes, true);
         let mut ebpf = loader
@@ -398,7 +396,7 @@ impl Tracer {
         let stacks = StackTraceMap::try_from(take("STACKS")?).map_err(|e| map_err("STACKS", e))?;
         let counters =
             PerCpuArray::try_from(take("COUNTERS")?).map_err(|e| map_err("COUNTERS", e))?;
-        let traced = BpfHashMap::try_from(take("TRACED")?).map_err(|e| map_err("TRACED", e))?;
+        let traced = traced::TracedSet::new(take("TRACED")?).map_err(TraceError::TracedSet)?;
         let stack_cache =
             BpfHashMap::try_from(take("STACK_CACHE")?).map_err(|e| map_err("STACK_CACHE", e))?;
         Ok(Tracer {
@@ -419,17 +417,12 @@ impl Tracer {
     /// be traced: the kernel reports no ids of namespaces below it.
     pub fn add_pid(&mut self, pid: u32) -> Result<(), TraceError> {
         kernel::check_traceable(self.pidns, pid)?;
-        self.traced
-            .insert(pid, traced::TRACED, 0)
-            .map_err(|e| TraceError::AddPid {
-                pid,
-                source: Box::new(e),
-            })
+        self.traced.add(pid).map_err(TraceError::AddPid)
     }
 
     /// Stop tracing `pid` (e.g. a thread id the fork program added).
     pub fn remove_pid(&mut self, pid: u32) {
-        let _ = self.traced.remove(&pid);
+        self.traced.remove(pid);
     }
 
     /// Whether `pid`'s code keeps frame pointers (Go): its calls then carry
@@ -437,11 +430,9 @@ impl Tracer {
     /// on past stack switches (Go's `runtime.systemstack`). A process no
     /// longer traced stays so.
     pub fn set_frame_pointers(&mut self, pid: u32, on: bool) {
-        if self.traced.get(&pid, 0).is_err() {
-            return;
-        }
-        let bits = traced::TRACED | if on { traced::FRAME_POINTERS } else { 0 };
-        let _ = self.traced.insert(pid, bits, 0);
+        use memtrace_common::traced::{FRAME_POINTERS, TRACED};
+        let bits = TRACED | if on { FRAME_POINTERS } else { 0 };
+        self.traced.update_if_traced(pid, bits);
     }
 
     /// Let the eBPF side send stack `id` instead of a window for calls of
