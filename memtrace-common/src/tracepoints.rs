@@ -81,12 +81,12 @@ pub struct Syscall {
     pub enter: Option<&'static str>,
     /// Its exit tracepoint and program (`sys_exit_mmap`).
     pub exit: &'static str,
-    /// Whether its events carry the full user stack. Calls that only
-    /// release memory (munmap) carry their top frames instead: the
-    /// instruction and the word at the stack pointer (the wrapper's
-    /// caller), one user read where the full stack costs the traced thread
-    /// three (`TracerOptions::unmap_stacks` asks for it anyway).
-    pub full_stack: bool,
+    /// Whether its events carry the call's user stack. Calls that only
+    /// release memory (munmap) carry none: reading even the caller's
+    /// address from the user stack costs the traced thread more than the
+    /// rest of the event, and nothing is attributed to a release
+    /// (`TracerOptions::unmap_stacks` asks for their stacks anyway).
+    pub stack: bool,
     /// Its arguments as tracefs names them, in order: the registers of
     /// [`pt_regs::ARGS`] hold them in this order.
     pub args: &'static [&'static str],
@@ -102,12 +102,12 @@ macro_rules! entry_tracepoint {
     };
 }
 
-/// What a call's events carry of its stack (see [`Syscall::full_stack`]).
-macro_rules! full_stack {
+/// Whether a call's events carry its stack (see [`Syscall::stack`]).
+macro_rules! call_stack {
     (stack) => {
         true
     };
-    (top) => {
+    (nostack) => {
         false
     };
 }
@@ -120,7 +120,7 @@ macro_rules! syscalls {
             name: $name,
             enter: entry_tracepoint!($at, $name),
             exit: concat!("sys_exit_", $name),
-            full_stack: full_stack!($stack),
+            stack: call_stack!($stack),
             args: &[$($arg),*],
         }),*];
     };
@@ -128,7 +128,7 @@ macro_rules! syscalls {
 
 syscalls! {
     Mmap "mmap" exit stack ["addr", "len", "prot", "flags", "fd", "off"];
-    Munmap "munmap" entry top ["addr", "len"];
+    Munmap "munmap" entry nostack ["addr", "len"];
     Mremap "mremap" exit stack ["addr", "old_len", "new_len", "flags", "new_addr"];
     Brk "brk" exit stack ["brk"];
     Mprotect "mprotect" entry stack ["start", "len", "prot"];

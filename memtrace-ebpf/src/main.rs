@@ -131,7 +131,7 @@ static FOLLOW_FORKS: u8 = 0;
 static KERNEL_STACKS: u8 = 0;
 
 /// Set by userspace before load: non-zero to capture the full stack of
-/// calls that only release memory too (`Syscall::full_stack`).
+/// calls that only release memory too (`Syscall::stack`).
 #[unsafe(no_mangle)]
 static UNMAP_STACKS: u8 = 0;
 
@@ -388,7 +388,7 @@ fn take_start(tid: u32, kind: EventKind) -> Option<u64> {
 }
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, full_stack: bool) -> u32 {
+fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, stack: bool) -> u32 {
     let Some((tgid, tid, flags)) = traced_ids_flags() else {
         return 0;
     };
@@ -417,7 +417,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, full_stack:
         start_ns,
         args,
         ret,
-        site: call_site(tgid, regs, frame_pointers, full_stack || unmap_stacks()),
+        site: call_site(tgid, regs, frame_pointers, stack || unmap_stacks()),
     };
     if kind == EventKind::SetVmaName {
         let Some(mut entry) = reserve::<SetVmaNameEvent>() else {
@@ -506,7 +506,7 @@ fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> Even
 /// When to take the kernel's frame-pointer stack.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Walk {
-    /// Top frames only: the call asked for no stack.
+    /// The call asked for no stack.
     Never,
     /// When the record ends up with no stack (no window, no cached one).
     IfNoStack,
@@ -538,9 +538,11 @@ struct CallSite {
     walk: Walk,
 }
 
-/// The user registers at the syscall, and, when the `full` stack is
-/// wanted, the stack from the cache when the same place with the same
-/// stack words was unwound before (else the record carries the window).
+/// Where the call was made from, when its `full` stack is wanted (else
+/// nothing: a user read to learn even the caller costs ~150 ns here, more
+/// than the rest of an munmap's record): the user registers, and the
+/// stack from the cache when the same place with the same stack words was
+/// unwound before (else the record carries the window).
 #[inline(always)]
 fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSite {
     let mut site = CallSite {
@@ -550,6 +552,9 @@ fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSit
         window: false,
         walk: Walk::Never,
     };
+    if !full {
+        return site;
+    }
     site.regs.ip = regs.get(pt_regs::IP);
     site.regs.sp = regs.get(pt_regs::SP);
     site.regs.bp = regs.get(pt_regs::BP);
@@ -559,16 +564,14 @@ fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSit
     // The word at the stack pointer (the return address when the syscall
     // was made from a leaf wrapper) comes with the read of the stack that
     // the cache check or the window makes anyway: each user read costs
-    // ~100 ns here, whatever its size.
-    if !full || frame_pointers {
+    // ~150 ns here, whatever its size.
+    if frame_pointers {
         // SAFETY: a user read through a helper that faults safely.
         if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
             site.set_ret_addr(ret);
         }
-        if full {
-            site.window = true;
-            site.walk = Walk::Always;
-        }
+        site.window = true;
+        site.walk = Walk::Always;
         return site;
     }
     site.cached = cached_stack(tgid, &mut site);
@@ -909,7 +912,7 @@ macro_rules! syscall_probes {
             #[tracepoint]
             pub fn $exit(ctx: TracePointContext) -> u32 {
                 let syscall = const { syscall_of(EventKind::$kind) };
-                on_exit(&ctx, EventKind::$kind, syscall.enter.is_some(), syscall.full_stack)
+                on_exit(&ctx, EventKind::$kind, syscall.enter.is_some(), syscall.stack)
             }
 
             const _: () = {

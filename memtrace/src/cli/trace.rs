@@ -70,10 +70,10 @@ pub struct Args {
     #[arg(long)]
     pub kernel_stacks: bool,
 
-    /// Capture the full call stack of munmap calls too. By default an
-    /// munmap event carries its caller only (the call and the function
-    /// that made it), which costs the traced process about a third of a
-    /// full stack's time per call; mappings always carry full stacks.
+    /// Capture the call stacks of munmap calls too. By default munmap
+    /// events carry none, which roughly halves what tracing an munmap costs
+    /// the traced process; every call that maps or changes memory always
+    /// carries its full stack.
     #[arg(long)]
     pub unmap_stacks: bool,
 

@@ -232,8 +232,8 @@ pub struct TracerOptions {
     /// when the user stack window could not be read (costs the traced
     /// threads a few microseconds per call).
     pub kernel_stacks: bool,
-    /// Capture the full stack of munmap calls too, not only their top
-    /// frames (see `memtrace_common::tracepoints::Syscall::full_stack`).
+    /// Capture the stacks of munmap calls too (see
+    /// `memtrace_common::tracepoints::Syscall::stack`).
     pub unmap_stacks: bool,
     /// Most bytes of decoded events waiting in memory for the session;
     /// `None` for [`DEFAULT_QUEUE_BYTES`]. Past it the reader stops taking
