@@ -134,12 +134,12 @@ pub mod event_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
-    /// `bpf_ktime_get_ns()` when the event completed (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event took effect,
+    /// which orders events: a syscall's entry for calls ordered by their
+    /// entry (`tracepoints::Syscall::enter`), its exit for the others, the
+    /// moment itself for lifecycle events. One clock read per event: each
+    /// costs the traced thread ~50 ns here.
     pub ktime_ns: u64,
-    /// Duration of the syscall, entry to exit, for calls ordered by their
-    /// entry (`tracepoints::Syscall::enter`); 0 for the others and for
-    /// lifecycle events.
-    pub duration_ns: u64,
     /// [`EventKind`] as u32.
     pub kind: u32,
     pub tgid: u32,
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<EventHeader>(), 8 * 2 + 4 * 4);
+        assert_eq!(size_of::<EventHeader>(), 8 + 4 * 4);
         assert_eq!(size_of::<UserRegs>(), 8 * 4);
         assert_eq!(
             size_of::<SyscallEvent>(),

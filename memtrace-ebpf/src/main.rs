@@ -27,7 +27,9 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_pidns_info},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_pidns_info,
+    },
     btf_maps::StackTrace,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -41,10 +43,9 @@ use aya_ebpf::{
 };
 use memtrace_common::{
     CachedStack, DEFAULT_RING_BYTES, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    KERNEL_STACK_DEPTH, MAX_STACKS, NAME_LEN, PENDING_SLOTS, PendingCall,
-    STACK_CACHE_ENTRIES, STACK_CHECK_WORDS, STACK_WINDOW, STACK_WINDOW_SMALLER, SetVmaNameEvent,
-    StackKey, SyscallEvent, TRACED_PER_ELEMENT, UserRegs, WindowedSyscallEvent, counter, event_flags, pending_slot,
-    traced,
+    KERNEL_STACK_DEPTH, MAX_STACKS, NAME_LEN, PENDING_SLOTS, PendingCall, STACK_CACHE_ENTRIES,
+    STACK_CHECK_WORDS, STACK_WINDOW, STACK_WINDOW_SMALLER, SetVmaNameEvent, StackKey, SyscallEvent,
+    TRACED_PER_ELEMENT, UserRegs, WindowedSyscallEvent, counter, event_flags, pending_slot, traced,
     tracepoints::{
         self, KernelLayout, PidNamespace, SCHED_PROCESS_EXEC, SCHED_PROCESS_EXIT,
         SCHED_PROCESS_FORK, SYSCALL_MAX_ARGS, SYSCALL_RET, pt_regs, same_name,
@@ -206,7 +207,10 @@ macro_rules! read_field {
             );
             assert!(
                 $field.offset >= 8 && $field.offset % $field.size == 0,
-                concat!(stringify!($field), " is not a field the verifier lets a program load")
+                concat!(
+                    stringify!($field),
+                    " is not a field the verifier lets a program load"
+                )
             );
         };
         // SAFETY: `$field` is inside the record on kernels that userspace's
@@ -487,15 +491,13 @@ fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     entry
 }
 
-/// The header of every record: the current thread, and the time now (the
-/// end of the syscall that started at `started_ns`, if any).
+/// The header of every record: the current thread, and when the event took
+/// effect: `started_ns` for a call ordered by its entry, else now.
 #[inline(always)]
 fn header(kind: EventKind, tgid: u32, tid: u32, started_ns: Option<u64>) -> EventHeader {
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     EventHeader {
-        ktime_ns: now,
-        duration_ns: started_ns.map_or(0, |start| now.wrapping_sub(start)),
+        // SAFETY: a helper without arguments.
+        ktime_ns: started_ns.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() }),
         kind: kind as u32,
         tgid,
         tid,

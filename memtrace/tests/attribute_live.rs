@@ -20,7 +20,6 @@ fn mmap_event(addr: u64, pages: u64, site: u32) -> Event {
     let pid = std::process::id();
     Event {
         time_ns: 1,
-        duration_ns: 1,
         pid,
         tid: pid,
         call: Call::Mmap {

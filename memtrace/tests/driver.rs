@@ -82,7 +82,6 @@ fn map_for_real() -> (u64, Event) {
     let me = std::process::id();
     let ev = Event {
         time_ns: memtrace::session::monotonic_ns(),
-        duration_ns: 1000,
         pid: me,
         tid: me,
         call: Call::Mmap {

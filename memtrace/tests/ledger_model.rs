@@ -113,7 +113,6 @@ fn op() -> impl Strategy<Value = Op> {
 fn event(call: Call, result: i64, site: u32) -> Event {
     Event {
         time_ns: 0,
-        duration_ns: 0,
         pid: 1,
         tid: 1,
         call,

@@ -653,7 +653,6 @@ mod tests {
     fn ev(call: Call, result: i64, site: u32) -> Event {
         Event {
             time_ns: 1_000,
-            duration_ns: 10,
             pid: 100,
             tid: 100,
             call,

@@ -788,7 +788,6 @@ mod tests {
         use crate::trace::event::{Call, Event};
         Event {
             time_ns: 1,
-            duration_ns: 1,
             pid: 1,
             tid: 1,
             call: Call::Mmap {

@@ -196,7 +196,6 @@ impl<S: EventSource> Session<S> {
             .fold(0, |p, (_, bit)| p | bit);
             let ev = Event {
                 time_ns: self.start_ns,
-                duration_ns: 0,
                 pid,
                 tid: pid,
                 call: Call::Mmap {
@@ -532,10 +531,10 @@ impl SiteStacks for Sites<'_> {
 
 /// When an event's change to the address space is known to have happened,
 /// as a sort key: the entry of the calls the eBPF side times from their
-/// entry, the exit of the others, whose duration is 0
+/// entry, the exit of the others
 /// (`memtrace_common::tracepoints::Syscall::enter` says which and why).
 fn apply_order(ev: &Event) -> u64 {
-    ev.time_ns.saturating_sub(ev.duration_ns)
+    ev.time_ns
 }
 
 /// Whether `pid` runs code that keeps frame pointers: Go binaries (told by

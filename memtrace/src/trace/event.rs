@@ -90,9 +90,10 @@ impl VmaName {
 /// One completed address-space change (or process lifecycle step).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
-    /// CLOCK_MONOTONIC nanoseconds at completion.
+    /// CLOCK_MONOTONIC nanoseconds when the call took effect: its entry
+    /// for calls ordered by their entry, else its exit (see
+    /// `memtrace_common::tracepoints::Syscall::enter`).
     pub time_ns: u64,
-    pub duration_ns: u64,
     pub pid: u32,
     pub tid: u32,
     pub call: Call,
@@ -291,7 +292,6 @@ impl Event {
     fn lifecycle(header: &EventHeader, call: Call) -> Event {
         Event {
             time_ns: header.ktime_ns,
-            duration_ns: header.duration_ns,
             pid: header.tgid,
             tid: header.tid,
             call,
@@ -380,7 +380,6 @@ mod tests {
     fn header(kind: EventKind, flags: u32) -> EventHeader {
         EventHeader {
             ktime_ns: 1_000,
-            duration_ns: 20,
             kind: kind as u32,
             tgid: 7,
             tid: 8,
@@ -445,10 +444,7 @@ mod tests {
                 offset: 0
             }
         );
-        assert_eq!(
-            (ev.time_ns, ev.duration_ns, ev.pid, ev.tid),
-            (1_000, 20, 7, 8)
-        );
+        assert_eq!((ev.time_ns, ev.pid, ev.tid), (1_000, 7, 8));
         assert_eq!(ev.result, 0x7f00_0000_0000);
         assert_eq!(ev.stack_id, None, "a negative stack id is no stack");
         assert_eq!(ev.ip, 0x7f00_0000_1000);

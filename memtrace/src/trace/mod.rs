@@ -13,8 +13,8 @@ pub mod kernel;
 pub mod launch;
 pub mod release;
 pub mod source;
-pub mod tracefs;
 pub mod traced;
+pub mod tracefs;
 
 use std::{
     io,

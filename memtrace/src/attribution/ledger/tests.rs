@@ -19,7 +19,6 @@ fn a(n: u64) -> u64 {
 fn ev(call: Call, result: i64, stack: u32) -> Event {
     Event {
         time_ns: 1_000 + u64::from(stack),
-        duration_ns: 10,
         pid: PID,
         tid: PID + 1,
         call,
