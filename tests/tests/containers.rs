@@ -8,8 +8,8 @@ mod common;
 use std::{path::PathBuf, process::Command};
 
 use common::{
-    Waiting, assert_steps_traced, memtrace_bin, read_jsonl, report_of, require_tool, run_attached,
-    run_command, temp_path,
+    UnmapStacks, Waiting, assert_steps_traced, memtrace_bin, read_jsonl, report_of, require_tool,
+    run_attached, run_command, temp_path,
 };
 use serde_json::Value;
 
@@ -52,7 +52,7 @@ fn inside_a_pid_namespace_every_step_is_traced_with_its_call_site() {
         run.summary,
         run.stderr
     );
-    assert_steps_traced(&steps, &run.events);
+    assert_steps_traced(&steps, &run.events, UnmapStacks::Off);
     // Ids are the namespace's: the fixture's, memtrace being pid 1.
     let fixture_pid = steps[0]["tid"].as_u64().expect("tid");
     assert!(
@@ -120,7 +120,7 @@ fn binaries_only_in_the_targets_mount_namespace_are_symbolized() {
     let _ = std::fs::remove_dir(&dir);
     assert_eq!(run.status, 0, "memtrace status: {}", run.stderr);
     let steps = read_jsonl(&out);
-    assert_steps_traced(&steps, &run.events);
+    assert_steps_traced(&steps, &run.events, UnmapStacks::Off);
     let module = run
         .events
         .iter()

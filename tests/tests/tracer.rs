@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Waiting, assert_steps_traced, read_jsonl, run_attached, run_launch, temp_path};
+use common::{
+    UnmapStacks, Waiting, assert_steps_traced, read_jsonl, run_attached, run_launch, temp_path,
+};
 use serde_json::Value;
 
 const MAPPINGS: &str = env!("CARGO_BIN_EXE_mappings");
@@ -20,8 +22,9 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn launch_mode_traces_every_step_with_its_call_site() {
     let out = temp_path("launch-steps");
+    // munmap's stacks asked for too; pid mode checks the default, none.
     let run = run_launch(
-        &["--json"],
+        &["--json", "--unmap-stacks"],
         MAPPINGS,
         &["--out", out.to_str().expect("utf8")],
     );
@@ -31,7 +34,7 @@ fn launch_mode_traces_every_step_with_its_call_site() {
         run.stderr
     );
     let steps = read_jsonl(&out);
-    assert_steps_traced(&steps, &run.events);
+    assert_steps_traced(&steps, &run.events, UnmapStacks::On);
     assert_eq!(
         run.summary["lost_events"], 0,
         "no events lost: {}",
@@ -59,7 +62,7 @@ fn pid_mode_traces_every_step_with_its_call_site() {
     let run = run_attached(&["--json"], w, |w| w.go());
     assert_eq!(run.status, 0, "memtrace status: {}", run.stderr);
     let steps = read_jsonl(&out);
-    assert_steps_traced(&steps, &run.events);
+    assert_steps_traced(&steps, &run.events, UnmapStacks::Off);
     assert!(
         run.events.iter().all(|e| e["pid"] == pid),
         "only the target's events"

@@ -557,10 +557,19 @@ pub fn show_ranges(r: &[(u64, u64)], max: usize) -> String {
     s
 }
 
+/// Whether memtrace ran with `--unmap-stacks`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum UnmapStacks {
+    /// By default munmap events carry no stack.
+    Off,
+    On,
+}
+
 /// Check that every step the fixture logged is in memtrace's stream with
 /// the same kind, thread, range and result, attributed to the fixture
-/// function that made the call.
-pub fn assert_steps_traced(steps: &[Value], events: &[Value]) {
+/// function that made the call (munmap steps: with `unmap` on; with it off
+/// their events must carry no stack).
+pub fn assert_steps_traced(steps: &[Value], events: &[Value], unmap: UnmapStacks) {
     assert!(steps.len() >= 17, "fixture logged too few steps: {steps:?}");
     // Steps of one thread happen in order, and so do its events: match each
     // step after the previous match of the same thread.
@@ -583,6 +592,13 @@ pub fn assert_steps_traced(steps: &[Value], events: &[Value]) {
             panic!("step {step} is not in the event stream; events of that kind: {same_kind:#?}");
         };
         cursor.insert(num(&step["tid"]), at + 1);
+        if kind == "munmap" && unmap == UnmapStacks::Off {
+            assert!(
+                ev["stack"].as_array().is_some_and(Vec::is_empty) && ev["call_site"].is_null(),
+                "an munmap without --unmap-stacks carries no stack: {ev}"
+            );
+            continue;
+        }
         let func = step["func"].as_str().expect("func");
         let site = ev["call_site"]["function"].as_str().unwrap_or("");
         assert!(
