@@ -146,6 +146,13 @@ fn library_tracer_sees_a_child_mmap() {
     let mut w = Waiting::start(MAPPINGS, &["--out", out.to_str().expect("utf8")]);
     let mut tracer = Tracer::load(&Default::default()).unwrap_or_else(|e| panic!("{e}"));
     tracer.add_pid(w.pid).unwrap_or_else(|e| panic!("{e}"));
+    // The traced set holds the pids below pid_max, and says so past it.
+    let err = tracer.add_pid(u32::MAX).expect_err("no pid is that high");
+    let why = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("pid_max")),
+        "{err}: {why:?}"
+    );
     w.go();
     common::wait_with_timeout(&mut w.child, Duration::from_secs(30));
     let mut events = Vec::new();
