@@ -71,9 +71,9 @@ pub struct Args {
     pub kernel_stacks: bool,
 
     /// Capture the call stacks of munmap calls too. By default munmap
-    /// events carry none, which roughly halves what tracing an munmap costs
-    /// the traced process; every call that maps or changes memory always
-    /// carries its full stack.
+    /// events carry none: a release is attributed to nothing, and its stack
+    /// adds about two thirds to what tracing an munmap costs the traced
+    /// process. Every call that maps or changes memory carries its stack.
     #[arg(long)]
     pub unmap_stacks: bool,
 
