@@ -142,6 +142,12 @@ static KERNEL_STACKS: u8 = 0;
 #[unsafe(no_mangle)]
 static UNMAP_STACKS: u8 = 0;
 
+/// Set by userspace before load: non-zero to have the syscall programs
+/// return right after the process filter, recording nothing: the floor of
+/// what tracing costs, for the overhead benchmark (`--probes-only`).
+#[unsafe(no_mangle)]
+static PROBES_ONLY: u8 = 0;
+
 /// Set by userspace before load: bytes of records written on one CPU
 /// between wakeups of the reader (a fraction of the ring).
 #[unsafe(no_mangle)]
@@ -168,6 +174,12 @@ static LAYOUT: KernelLayout = KernelLayout {
 fn kernel_stacks_forced() -> bool {
     // SAFETY: a plain read of a global set before load.
     unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
+}
+
+#[inline(always)]
+fn probes_only() -> bool {
+    // SAFETY: a plain read of a global set before load.
+    unsafe { core::ptr::read_volatile(&PROBES_ONLY) != 0 }
 }
 
 #[inline(always)]
@@ -356,6 +368,9 @@ fn on_enter(kind: EventKind) -> u32 {
     let Some((_, tid)) = traced_ids() else {
         return 0;
     };
+    if probes_only() {
+        return 0;
+    }
     let Some(slot) = pending(tid) else {
         return 0;
     };
@@ -402,6 +417,9 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, stack: bool
     let Some((tgid, tid, flags)) = traced_ids_flags() else {
         return 0;
     };
+    if probes_only() {
+        return 0;
+    }
     let frame_pointers = flags & traced::FRAME_POINTERS != 0;
     let start_ns = if at_entry {
         match take_start(tid, kind) {

@@ -8,19 +8,19 @@
 //! machine noise hits all alike:
 //!
 //! - untraced;
-//! - the floor: bpftrace with empty programs, filtering on the pid, on the
-//!   tracepoints memtrace attaches for these calls (mmap's exit, munmap's
-//!   entry and exit: `memtrace_common::tracepoints::SYSCALLS`);
-//! - the same on all four (mmap and munmap, entry and exit), the floor as
-//!   issue 10 first defined it, when memtrace attached all four;
+//! - the floor: memtrace's own programs, attached as memtrace attaches
+//!   them, returning right after the process filter (`--probes-only`);
+//! - bpftrace with empty programs, filtering on the pid, on the same
+//!   tracepoints (mmap's exit, munmap's entry and exit:
+//!   `memtrace_common::tracepoints::SYSCALLS`): the floor as issue 10
+//!   defined it. It costs the workload more than memtrace's own floor
+//!   (bpftrace's way of attaching adds to it), so it is shown, not judged
+//!   against: against it memtrace would look cheaper than it is;
 //! - the peer: bpftrace collecting `ustack(16)` on the four tracepoints;
 //! - memtrace (`--quiet`).
 //!
 //! Targets (issue 10): memtrace's added CPU per iteration at most 1.5× the
-//! floor's added CPU, and below the peer's, on the 1-page workload. The
-//! verdict is against the floor on memtrace's own tracepoints: against the
-//! four-tracepoint floor, memtrace would be credited with the entry
-//! program it no longer has.
+//! floor's added CPU, and below the peer's, on the 1-page workload.
 //!
 //! The added CPU includes the kernel's tracepoint machinery, and on a
 //! shared machine it moves by a microsecond from run to run. So a second
@@ -56,18 +56,18 @@ const CALLS: [EventKind; 2] = [EventKind::Mmap, EventKind::Munmap];
 #[derive(Clone, Copy, PartialEq)]
 enum Way {
     Untraced,
-    /// Empty programs on memtrace's tracepoints.
+    /// memtrace's programs returning after the process filter.
     Floor,
-    /// Empty programs on the entry and exit of each call.
-    FloorAll,
+    /// bpftrace's empty programs on memtrace's tracepoints.
+    BpftraceFloor,
     Peer,
     Memtrace,
 }
 
 const WAYS: [(Way, &str); 5] = [
     (Way::Untraced, "untraced"),
-    (Way::Floor, "floor (memtrace's tps)"),
-    (Way::FloorAll, "floor (all 4 tps)"),
+    (Way::Floor, "floor (probes only)"),
+    (Way::BpftraceFloor, "bpftrace empty progs"),
     (Way::Peer, "bpftrace ustack(16)"),
     (Way::Memtrace, "memtrace"),
 ];
@@ -119,7 +119,7 @@ pub fn run() -> anyhow::Result<()> {
             println!("{line}");
         }
         let m: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-        let (untraced, floor, floor_all, peer, ours) = (m[0], m[1], m[2], m[3], m[4]);
+        let (untraced, floor, bpftrace_floor, peer, ours) = (m[0], m[1], m[2], m[3], m[4]);
         let added = |x: f64| x - untraced;
         println!("medians:");
         for ((_, name), v) in WAYS.iter().zip(&m) {
@@ -131,10 +131,10 @@ pub fn run() -> anyhow::Result<()> {
         }
         let vs_floor = added(ours) / added(floor).max(1.0);
         println!(
-            "  memtrace's added cost: {vs_floor:.2}x the floor's on its tracepoints \
-             (target <= {TARGET_VS_FLOOR}), {:.2}x the floor's on all four, \
-             {:.2}x bpftrace ustack's (target < 1)",
-            added(ours) / added(floor_all).max(1.0),
+            "  memtrace's added cost: {vs_floor:.2}x the floor's, its own probes doing \
+             nothing (target <= {TARGET_VS_FLOOR}); {:.2}x bpftrace's empty programs' \
+             (shown, not judged); {:.2}x bpftrace ustack's (target < 1)",
+            added(ours) / added(bpftrace_floor).max(1.0),
             added(ours) / added(peer).max(1.0)
         );
         if pages == "1" {
@@ -156,10 +156,9 @@ fn command(
 ) -> Command {
     let mut cmd = match way {
         Way::Untraced => Command::new(workload),
-        Way::Floor | Way::FloorAll | Way::Peer => {
+        Way::BpftraceFloor | Way::Peer => {
             let script = match way {
-                Way::Floor => format!("{} /pid == cpid/ {{}}", tracepoints(false)),
-                Way::FloorAll => format!("{} /pid == cpid/ {{}}", tracepoints(true)),
+                Way::BpftraceFloor => format!("{} /pid == cpid/ {{}}", tracepoints(false)),
                 _ => format!(
                     "{} /pid == cpid/ {{ @s[ustack(16)] = count(); }} END {{ clear(@s); }}",
                     tracepoints(true)
@@ -172,13 +171,17 @@ fn command(
                 .arg(format!("{} {iterations} {pages}", workload.display()));
             c
         }
-        Way::Memtrace => {
+        Way::Floor | Way::Memtrace => {
             let mut c = Command::new(memtrace);
-            c.args(["--quiet", "--no-report", "--"]).arg(workload);
+            c.args(["--quiet", "--no-report"]);
+            if way == Way::Floor {
+                c.arg("--probes-only");
+            }
+            c.arg("--").arg(workload);
             c
         }
     };
-    if matches!(way, Way::Untraced | Way::Memtrace) {
+    if matches!(way, Way::Untraced | Way::Floor | Way::Memtrace) {
         cmd.args([iterations, pages]);
     }
     cmd
@@ -207,11 +210,13 @@ fn program_time(
     })();
     let _ = std::fs::write(STATS, before.trim());
     result?;
-    if let [floor, _, peer, ours] = times[..] {
+    if let [floor, bpftrace_floor, peer, ours] = times[..] {
         println!(
-            "  memtrace's programs: {:.2}x the floor's on its tracepoints, {:.2}x bpftrace \
-             ustack's",
+            "  memtrace's programs: +{:.1} ns over the floor's ({:.2}x), {:.2}x bpftrace's \
+             empty programs', {:.2}x bpftrace ustack's",
+            ours - floor,
             ours / floor.max(1.0),
+            ours / bpftrace_floor.max(1.0),
             ours / peer.max(1.0)
         );
     }

@@ -77,6 +77,12 @@ pub struct Args {
     #[arg(long)]
     pub unmap_stacks: bool,
 
+    /// Benchmarking: attach the programs but let them return right after
+    /// the process filter, recording nothing (the floor of tracing's cost
+    /// that `cargo xtask bench overhead` compares memtrace with).
+    #[arg(long, hide = true)]
+    pub probes_only: bool,
+
     /// Call sites listed in the text report (0: all); `--json` always
     /// lists every call site.
     #[arg(long, value_name = "N", default_value_t = 10)]
@@ -236,6 +242,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ring_bytes: Some(args.ring_buffer_size),
         kernel_stacks: args.kernel_stacks,
         unmap_stacks: args.unmap_stacks,
+        probes_only: args.probes_only,
         queue_bytes: Some(args.event_buffer),
     };
     let mut files = ReportFiles::create(&args)?;

@@ -235,6 +235,10 @@ pub struct TracerOptions {
     /// Capture the stacks of munmap calls too (see
     /// `memtrace_common::tracepoints::Syscall::stack`).
     pub unmap_stacks: bool,
+    /// Let the syscall programs return right after the process filter,
+    /// recording nothing: what the probes alone cost (the overhead
+    /// benchmark's floor).
+    pub probes_only: bool,
     /// Most bytes of decoded events waiting in memory for the session;
     /// `None` for [`DEFAULT_QUEUE_BYTES`]. Past it the reader stops taking
     /// events from the ring buffer, which then overflows and counts its
@@ -346,6 +350,8 @@ impl Tracer {
         loader.override_global("KERNEL_STACKS", &kernel_stacks, true);
         let unmap_stacks: u8 = opts.unmap_stacks.into();
         loader.override_global("UNMAP_STACKS", &unmap_stacks, true);
+        let probes_only: u8 = opts.probes_only.into();
+        loader.override_global("PROBES_ONLY", &probes_only, true);
         loader.override_global("PIDNS", &pidns, true);
         loader.override_global("LAYOUT", &layout, true);
         let ring = ring_size(opts.ring_bytes.unwrap_or(DEFAULT_RING_BYTES));
