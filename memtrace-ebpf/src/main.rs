@@ -475,7 +475,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, stack: bool
         }
         entry.submit(wakeup_flags(size_of::<SetVmaNameEvent>()));
     } else if !call.site.window {
-        // A stack seen before, or top frames only: a small record.
+        // A stack seen before, or no stack wanted: a small record.
         let Some(mut entry) = reserve::<SyscallEvent>() else {
             return 0;
         };
@@ -581,6 +581,7 @@ fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSit
     if !full {
         return site;
     }
+    site.walk = Walk::IfNoStack;
     site.regs.ip = regs.get(pt_regs::IP);
     site.regs.sp = regs.get(pt_regs::SP);
     site.regs.bp = regs.get(pt_regs::BP);
@@ -606,7 +607,6 @@ fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSit
     } else {
         site.window = true;
     }
-    site.walk = Walk::IfNoStack;
     site
 }
 
