@@ -559,6 +559,40 @@ const V8_ARRAY_BUFFERS: &[&str] = &[
     "v8::BackingStore",
 ];
 
+// Classes that more than one rule leads to (each rule one way of telling
+// the same memory).
+const JVM_GC_CLASS: MemoryClass = class(
+    "jvm_gc",
+    C::RuntimeHeaps,
+    Some(R::Jvm),
+    "JVM GC data (card table, bitmaps, remsets)",
+    "JVM GC data",
+);
+
+const V8_CODE_CLASS: MemoryClass = class(
+    "v8_code",
+    C::JitCode,
+    Some(R::V8),
+    "V8 code space",
+    "V8 code",
+);
+
+const JVM_CODE_CACHE_CLASS: MemoryClass = class(
+    "jvm_code_cache",
+    C::JitCode,
+    Some(R::Jvm),
+    "JVM code cache",
+    "JVM code cache",
+);
+
+const GLIBC_MALLOC_CLASS: MemoryClass = class(
+    "glibc_malloc",
+    C::AllocatorArenas,
+    Some(R::Glibc),
+    "glibc malloc (arenas, brk heap, mmapped chunks)",
+    "glibc malloc",
+);
+
 /// The rules, first match wins. Every list ends in a rule without
 /// conditions, so each call site gets exactly one class.
 pub const RULES: &[Rule] = &[
@@ -628,13 +662,7 @@ pub const RULES: &[Rule] = &[
     // JVM: as `jcmd VM.native_memory` groups it.
     Rule {
         when: &[Owner(R::Jvm), Calls(JVM_CODE)],
-        class: class(
-            "jvm_code_cache",
-            C::JitCode,
-            Some(R::Jvm),
-            "JVM code cache",
-            "JVM code cache",
-        ),
+        class: JVM_CODE_CACHE_CLASS,
     },
     Rule {
         when: &[Owner(R::Jvm), Calls(JVM_CDS)],
@@ -660,23 +688,11 @@ pub const RULES: &[Rule] = &[
     // same code as the heap itself; only their reservations differ.
     Rule {
         when: &[Owner(R::Jvm), ReservedBy(JVM_GC_RESERVATIONS)],
-        class: class(
-            "jvm_gc",
-            C::RuntimeHeaps,
-            Some(R::Jvm),
-            "JVM GC data (card table, bitmaps, remsets)",
-            "JVM GC data",
-        ),
+        class: JVM_GC_CLASS,
     },
     Rule {
         when: &[Owner(R::Jvm), Calls(JVM_GC)],
-        class: class(
-            "jvm_gc",
-            C::RuntimeHeaps,
-            Some(R::Jvm),
-            "JVM GC data (card table, bitmaps, remsets)",
-            "JVM GC data",
-        ),
+        class: JVM_GC_CLASS,
     },
     Rule {
         when: &[Owner(R::Jvm), Calls(JVM_HEAP)],
@@ -690,13 +706,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         when: &[Owner(R::Jvm), Exec],
-        class: class(
-            "jvm_code_cache",
-            C::JitCode,
-            Some(R::Jvm),
-            "JVM code cache",
-            "JVM code cache",
-        ),
+        class: JVM_CODE_CACHE_CLASS,
     },
     Rule {
         when: &[Owner(R::Jvm)],
@@ -711,23 +721,11 @@ pub const RULES: &[Rule] = &[
     // V8: as node's process.memoryUsage() splits it.
     Rule {
         when: &[Owner(R::V8), Exec],
-        class: class(
-            "v8_code",
-            C::JitCode,
-            Some(R::V8),
-            "V8 code space",
-            "V8 code",
-        ),
+        class: V8_CODE_CLASS,
     },
     Rule {
         when: &[Owner(R::V8), Calls(V8_CODE)],
-        class: class(
-            "v8_code",
-            C::JitCode,
-            Some(R::V8),
-            "V8 code space",
-            "V8 code",
-        ),
+        class: V8_CODE_CLASS,
     },
     Rule {
         when: &[Owner(R::V8)],
@@ -844,23 +842,11 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         when: &[Owner(R::Glibc)],
-        class: class(
-            "glibc_malloc",
-            C::AllocatorArenas,
-            Some(R::Glibc),
-            "glibc malloc (arenas, brk heap, mmapped chunks)",
-            "glibc malloc",
-        ),
+        class: GLIBC_MALLOC_CLASS,
     },
     Rule {
         when: &[Brk],
-        class: class(
-            "glibc_malloc",
-            C::AllocatorArenas,
-            Some(R::Glibc),
-            "glibc malloc (arenas, brk heap, mmapped chunks)",
-            "glibc malloc",
-        ),
+        class: GLIBC_MALLOC_CLASS,
     },
     Rule {
         when: &[],

@@ -807,6 +807,17 @@ mod tests {
         }
     }
 
+    /// A resident anonymous VMA of `pages` pages at page `page` from BASE.
+    fn vma(page: u64, pages: u64) -> crate::proc::smaps::Vma {
+        crate::proc::smaps::Vma {
+            start: BASE + page * P,
+            end: BASE + (page + pages) * P,
+            rss: pages * P,
+            anonymous: pages * P,
+            ..Default::default()
+        }
+    }
+
     /// Stacks keyed on the test events' call-stack ids.
     struct Stacks;
 
@@ -975,14 +986,6 @@ mod tests {
 
     #[test]
     fn a_call_site_keeps_its_key_when_its_ranges_change() {
-        use crate::proc::smaps::Vma;
-        let vma = |page: u64, pages: u64| Vma {
-            start: BASE + page * P,
-            end: BASE + (page + pages) * P,
-            rss: pages * P,
-            anonymous: pages * P,
-            ..Vma::default()
-        };
         let key_of = |r: &AttributedReport, f: &str| {
             r.call_sites
                 .iter()
@@ -1089,18 +1092,10 @@ mod tests {
 
     #[test]
     fn rows_that_read_the_same_are_one_row_with_exact_totals() {
-        use crate::proc::smaps::Vma;
         let mut l = Ledger::new();
         for (page, pages, site) in [(0, 8, 1), (20, 4, 2), (40, 2, 3)] {
             l.apply(&mmap_event(page, pages, libc::MAP_PRIVATE, site));
         }
-        let vma = |page: u64, pages: u64| Vma {
-            start: BASE + page * P,
-            end: BASE + (page + pages) * P,
-            rss: pages * P,
-            anonymous: pages * P,
-            ..Vma::default()
-        };
         let vmas = [vma(0, 8), vma(20, 4), vma(40, 2)];
         let at = super::super::join::attribute(&vmas, &l, &mut NoPages);
         let r = build(&at, &l, ReportOptions { ranges: false }, &mut GoStacks);
