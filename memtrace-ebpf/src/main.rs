@@ -204,6 +204,12 @@ fn layout() -> KernelLayout {
 const PR_SET_VMA: u64 = 0x53564d41;
 const PR_SET_VMA_ANON_NAME: u64 = 0;
 
+/// Whether `prctl`'s arguments name an anonymous range.
+#[inline(always)]
+fn names_a_range(args: &[u64; SYSCALL_MAX_ARGS]) -> bool {
+    args[0] == PR_SET_VMA && args[1] == PR_SET_VMA_ANON_NAME
+}
+
 /// Argument `$name` of raw tracepoint `$tp`, its position found at build
 /// time.
 macro_rules! arg {
@@ -362,13 +368,20 @@ fn pending(tid: u32) -> Option<*mut PendingCall> {
     PENDING.get_ptr_mut(pending_slot(tid))
 }
 
-/// Note when the thread's call began. The arguments are read at exit.
+/// Note when the thread's call began. The arguments are read at exit,
+/// but a `prctl` that names no range is let go here: it would take a slot
+/// (and could be counted lost) for no event.
 #[inline(always)]
 fn on_enter(kind: EventKind) -> u32 {
     let Some((_, tid)) = traced_ids() else {
         return 0;
     };
     if probes_only() {
+        return 0;
+    }
+    if kind == EventKind::SetVmaName
+        && !Regs::current().is_some_and(|regs| names_a_range(&regs.syscall_args()))
+    {
         return 0;
     }
     let Some(slot) = pending(tid) else {
@@ -434,7 +447,7 @@ fn on_exit(ctx: &TracePointContext, kind: EventKind, at_entry: bool, stack: bool
         return 0;
     };
     let args = regs.syscall_args();
-    if kind == EventKind::SetVmaName && (args[0] != PR_SET_VMA || args[1] != PR_SET_VMA_ANON_NAME) {
+    if kind == EventKind::SetVmaName && !names_a_range(&args) {
         return 0;
     }
     let ret = read_field!(ctx, SYSCALL_RET, i64);
@@ -593,10 +606,6 @@ fn call_site(tgid: u32, regs: Regs, frame_pointers: bool, full: bool) -> CallSit
     // the cache check or the window makes anyway: each user read costs
     // ~150 ns here, whatever its size.
     if frame_pointers {
-        // SAFETY: a user read through a helper that faults safely.
-        if let Ok(ret) = unsafe { bpf_probe_read_user(site.regs.sp as *const u64) } {
-            site.set_ret_addr(ret);
-        }
         site.window = true;
         site.walk = Walk::Always;
         return site;
