@@ -444,6 +444,19 @@ impl SiteCategory {
         SiteCategory::Untraced,
     ];
 
+    /// Stable machine name, as JSON writes it (`"runtime_heaps"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SiteCategory::NamedRegions => "named_regions",
+            SiteCategory::ThreadStacks => "thread_stacks",
+            SiteCategory::JitCode => "jit_code",
+            SiteCategory::RuntimeHeaps => "runtime_heaps",
+            SiteCategory::AllocatorArenas => "allocator_arenas",
+            SiteCategory::OtherCallSites => "other_call_sites",
+            SiteCategory::Untraced => "untraced",
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             SiteCategory::NamedRegions => "named regions",

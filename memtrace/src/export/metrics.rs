@@ -38,7 +38,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::attribution::report::{AttributedReport, SiteCategory};
+use crate::attribution::report::AttributedReport;
 use crate::session::stream::Summary;
 use crate::snapshot::{Snapshot, Totals};
 
@@ -149,7 +149,7 @@ impl AttributionInput {
                 .categories
                 .iter()
                 .map(|c| CategoryRss {
-                    category: category_name(c.name),
+                    category: c.name.name().to_owned(),
                     rss_bytes: c.rss_bytes,
                     shared_rss_bytes: c.shared_rss_bytes,
                     subcategories: c
@@ -164,7 +164,7 @@ impl AttributionInput {
                 .iter()
                 .map(|s| SiteRss {
                     site: s.label(),
-                    category: category_name(s.category),
+                    category: s.category.name().to_owned(),
                     subcategory: s.subcategory.to_owned(),
                     rss_bytes: s.rss_bytes,
                     shared_rss_bytes: s.shared_rss_bytes,
@@ -188,13 +188,6 @@ impl AttributionInput {
 
 /// The category's name as the JSON report spells it (`allocator_arenas`),
 /// so metrics and JSON agree.
-fn category_name(c: SiteCategory) -> String {
-    match serde_json::to_value(c) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{c:?}"),
-    }
-}
-
 /// memtrace's own resident memory and CPU time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OwnUsage {

@@ -185,7 +185,7 @@ pub fn profile(report: &AttributedReport) -> proto::Profile {
             frames: vec![label_frame("[untraced]")],
         };
         let locations = b.locations(&stack);
-        let label = vec![b.label("category", "untraced")];
+        let label = vec![b.label("category", SiteCategory::Untraced.name())];
         b.sample(locations, [untraced, 0, 0], label);
     }
     b.finish(report)
@@ -200,13 +200,6 @@ pub fn encode(report: &AttributedReport) -> io::Result<Vec<u8>> {
 }
 
 /// A category as the JSON report names it (`allocator_arenas`).
-fn category_name(c: SiteCategory) -> String {
-    match serde_json::to_value(c) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{c:?}"),
-    }
-}
-
 /// A frame that is only a name.
 fn label_frame(name: &str) -> Frame {
     Frame {
@@ -283,7 +276,7 @@ impl<'a> Builder<'a> {
     /// One sample per stack of the row.
     fn site(&mut self, site: &SiteReport) {
         let mut labels = vec![
-            self.label("category", &category_name(site.category)),
+            self.label("category", site.category.name()),
             self.label("subcategory", site.subcategory),
             self.label("call_site", &site.label()),
         ];

@@ -201,10 +201,6 @@ impl Alerts {
         Alerts { rules, states }
     }
 
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
-    }
-
     /// Every rule's state after the last [`Alerts::evaluate`].
     pub fn states(&self) -> &[AlertState] {
         &self.states

@@ -50,8 +50,10 @@ fn scrape(state: &ServeState) -> Result<MetricsInput, ServeError> {
     let (report, summary) = tracing.report_and_summary()?;
     Ok(MetricsInput {
         pid: state.pid,
-        exe: std::fs::read_link(format!("/proc/{}/exe", state.pid))
-            .ok()
+        // As the snapshot names it (without " (deleted)"), so the label
+        // is the same traced or not.
+        exe: snapshot::classify::ExeId::of_process(state.pid)
+            .path
             .map(|p| p.to_string_lossy().into_owned()),
         totals,
         regions: Vec::new(),

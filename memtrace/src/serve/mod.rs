@@ -219,15 +219,10 @@ pub struct TracingHandle {
 
 impl TracingHandle {
     /// Load the tracer, trace `pid` and keep its ledger current on a
-    /// thread of its own until the handle (and every clone) is dropped;
-    /// the history with the default options.
-    pub fn start(pid: u32) -> Result<TracingHandle, StartError> {
-        TracingHandle::start_with(pid, &WatchOptions::default())
-    }
-
-    /// [`TracingHandle::start`], sampling the report into a history as
-    /// `watch` says (`--sample-every`, `--history`, `--alert`…); an alert
-    /// that trips is one line on stderr.
+    /// thread of its own until the handle (and every clone) is dropped,
+    /// sampling the report into a history as `watch` says
+    /// (`--sample-every`, `--history`, `--alert`…); an alert that trips is
+    /// one line on stderr.
     pub fn start_with(pid: u32, watch: &WatchOptions) -> Result<TracingHandle, StartError> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TraceError>>();
         let (req_tx, req_rx) = mpsc::channel::<ReportReply>();
@@ -313,12 +308,6 @@ impl TracingHandle {
     /// Every `--alert` rule's state after the last sample (for `/metrics`).
     pub fn alerts(&self) -> Vec<AlertState> {
         self.watch().alerts.states().to_vec()
-    }
-
-    /// Read the history under its lock (keep it short: the session thread
-    /// waits for it to sample).
-    pub fn with_watch<R>(&self, f: impl FnOnce(&Watch) -> R) -> R {
-        f(&self.watch())
     }
 
     fn watch(&self) -> MutexGuard<'_, Watch> {

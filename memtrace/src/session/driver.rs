@@ -328,7 +328,7 @@ impl<S: EventSource> Run<'_, S> {
                     time_ns: monotonic_ns(),
                     anon_rss_bytes: input.attribution.totals.anon_rss_bytes,
                 };
-                if watch.keep(input, line.time_ns, lost, took) && !self.opts.quiet {
+                if watch.keep(input, lost, took) && !self.opts.quiet {
                     out.peak(line, self.session.start_ns)?;
                 }
             }

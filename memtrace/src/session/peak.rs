@@ -62,8 +62,6 @@ const SPACING: u32 = 9;
 /// A capture at a peak.
 pub struct Peak {
     pub input: ReportInput,
-    /// When it was taken (CLOCK_MONOTONIC ns, the events' time base).
-    pub time_ns: u64,
     /// Events lost before it was taken.
     pub lost_events: u64,
 }
@@ -129,15 +127,9 @@ impl PeakWatch {
         now >= self.next_capture && due(self.captured_sample, prev, anon, self.noise)
     }
 
-    /// Keep `input`, captured at `time_ns` in `took` with `lost_events`
-    /// lost so far, as the peak; whether it is the new peak.
-    pub fn keep(
-        &mut self,
-        input: ReportInput,
-        time_ns: u64,
-        lost_events: u64,
-        took: Duration,
-    ) -> bool {
+    /// Keep `input`, captured in `took` with `lost_events` lost so far, as
+    /// the peak; whether it is the new peak.
+    pub fn keep(&mut self, input: ReportInput, lost_events: u64, took: Duration) -> bool {
         self.captured_sample = Some(self.prev);
         self.next_capture = Instant::now() + took * SPACING;
         // A capture below the kept one (the statm counters are per-CPU
@@ -147,11 +139,7 @@ impl PeakWatch {
             .as_ref()
             .is_none_or(|p| input.attribution.totals.anon_rss_bytes >= p.anon_rss_bytes());
         if higher {
-            self.peak = Some(Peak {
-                input,
-                time_ns,
-                lost_events,
-            });
+            self.peak = Some(Peak { input, lost_events });
         }
         higher
     }

@@ -468,7 +468,7 @@ impl Summary {
         }
         if self.lost.untraced_children > 0 {
             s.push_str(&format!(
-                "children left untraced (traced set full): {}\n",
+                "children left untraced (id unreadable or above pid_max): {}\n",
                 self.lost.untraced_children
             ));
         }

@@ -258,7 +258,8 @@ pub struct Lost {
     /// the thread's pending-call slot (normally zero; see
     /// `memtrace_common::pending_slot`), or the registers were unreadable.
     pub pending: u64,
-    /// Children (with `--follow-forks`) left untraced: traced set full.
+    /// Children (with `--follow-forks`) left untraced: their id unreadable,
+    /// or above the `pid_max` the traced set was sized for.
     pub untraced_children: u64,
 }
 

@@ -120,11 +120,6 @@ impl Served {
         format!("http://{}{path}", self.addr)
     }
 
-    /// GET `path`: (status code, body bytes).
-    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        get(&self.addr, path)
-    }
-
     /// GET `path` as text.
     pub fn get_text(&self, path: &str) -> (u16, String) {
         get_text(&self.addr, path)

@@ -696,3 +696,11 @@ fn the_runtimes_own_generated_code_is_not_a_call_site() {
     assert_eq!(at, "Unsafe_AllocateMemory0");
     assert_eq!(via.as_deref(), Some("os::malloc(unsigned long, MEMFLAGS)"));
 }
+
+#[test]
+fn category_names_are_the_json_names() {
+    for c in SiteCategory::ALL {
+        let json = serde_json::to_value(c).expect("a category serializes");
+        assert_eq!(json.as_str(), Some(c.name()), "{c:?}");
+    }
+}
