@@ -181,24 +181,14 @@ fn history_json_names_the_growing_site_with_its_rate() {
         .find(|(_, b)| *b > threshold)
         .map(|p| p.0)
         .expect("the fixture crossed the threshold");
-    // The first document naming it; in it, the first sample past the
-    // threshold (documents are fetched every ~30 ms, samples come every
-    // 100 ms: a later document may be the first one fetched).
+    // The first document naming it: its newest sample is the one that
+    // named it (documents are fetched every ~30 ms, samples come every
+    // 100 ms).
     let first = docs
         .iter()
         .find(|d| !growing_labels(d).is_empty())
         .expect("the leak was named");
-    let series: Vec<u64> = site(first, "grow_leaky_cache").expect("leak series")["rss_bytes"]
-        .as_array()
-        .expect("values")
-        .iter()
-        .map(|v| v.as_u64().unwrap_or(0))
-        .collect();
-    let at = series
-        .iter()
-        .position(|v| v - series[0] > threshold)
-        .expect("a sample past the threshold");
-    let named_ms = first["samples"][at]["unix_ms"].as_u64().expect("ms");
+    let named_ms = newest_ms(first);
     println!("threshold crossed at {crossed_ms}, named in the sample of {named_ms}");
     assert!(
         named_ms <= crossed_ms + 2 * SAMPLE_MS,

@@ -50,8 +50,9 @@ fn launch_reports_a_worker_that_outlives_the_main_thread() {
 fn thread_creation_is_not_a_fork() {
     // The fixture starts threads and never forks: the kernel side drops
     // thread creation, so no fork is reported (and no thread id is ever
-    // taken for a process).
-    let run = run_launch(&["--json"], THREAD_EXIT, &[]);
+    // taken for a process). Only with --follow-forks is the fork program
+    // attached at all.
+    let run = run_launch(&["--json", "--follow-forks"], THREAD_EXIT, &[]);
     assert_eq!(run.status, 0, "{}", run.stderr);
     let forks: Vec<_> = run.events.iter().filter(|e| e["kind"] == "fork").collect();
     assert!(forks.is_empty(), "threads reported as forks: {forks:#?}");
