@@ -40,6 +40,15 @@ pub struct Usage {
     pub system: Duration,
 }
 
+/// `cat /proc/PID/smaps` to /dev/null, run directly: through a shell the
+/// baseline would include the shell's start-up, and flatter memtrace.
+pub fn cat_smaps(pid: u32) -> std::process::Command {
+    let mut cmd = std::process::Command::new("cat");
+    cmd.arg(format!("/proc/{pid}/smaps"))
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
 /// Run `cmd` to completion and measure it: wall time from spawn to exit,
 /// and the child's own CPU times from `wait4` (children it waited for
 /// included, as the kernel counts them). Fails if it exits unsuccessfully.

@@ -28,8 +28,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     bench::{
-        KillOnDrop, expect_line, http_get, median, ms, start_target, status_kib, verdict,
-        wait_for_server,
+        KillOnDrop, cat_smaps, expect_line, http_get, median, ms, start_target, status_kib,
+        verdict, wait_for_server,
     },
     build_release,
 };
@@ -94,7 +94,7 @@ fn serve_bench(bin: &Path) -> anyhow::Result<f64> {
     let mut report = Vec::new();
     println!("\nround   cat smaps ms   attributed report ms");
     for round in 0..ROUNDS {
-        let c = cat_smaps(pid)?;
+        let c = time_cat_smaps(pid)?;
         let t = Instant::now();
         http_get(LISTEN, REPORT)?;
         let r = t.elapsed();
@@ -176,7 +176,7 @@ fn cli_round(bin: &Path, show: bool) -> anyhow::Result<(Duration, Duration)> {
     thread::sleep(Duration::from_millis(500));
     let mut cats = Vec::new();
     for _ in 0..3 {
-        cats.push(cat_smaps(pid)?);
+        cats.push(time_cat_smaps(pid)?);
     }
     let t = Instant::now();
     writeln!(stdin, "exit")?;
@@ -201,11 +201,9 @@ fn cli_round(bin: &Path, show: bool) -> anyhow::Result<(Duration, Duration)> {
 }
 
 /// Time one `cat /proc/PID/smaps > /dev/null`.
-fn cat_smaps(pid: u32) -> anyhow::Result<Duration> {
+fn time_cat_smaps(pid: u32) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let status = Command::new("sh")
-        .args(["-c", &format!("cat /proc/{pid}/smaps > /dev/null")])
-        .status()?;
+    let status = cat_smaps(pid).status()?;
     if !status.success() {
         bail!("cat failed");
     }

@@ -24,8 +24,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     bench::{
-        KillOnDrop, expect_line, http_get, median, ms, run_measured, start_target, status_kib,
-        verdict, wait_for_server,
+        KillOnDrop, cat_smaps, expect_line, http_get, median, ms, run_measured, start_target,
+        status_kib, verdict, wait_for_server,
     },
     build_release,
 };
@@ -74,9 +74,7 @@ pub fn run(secs: u64) -> anyhow::Result<()> {
     println!("\n  second   cat smaps CPU ms   memtrace RSS MiB");
     while started.elapsed() < Duration::from_secs(secs) {
         let second = started.elapsed().as_secs();
-        let u = run_measured(
-            Command::new("sh").args(["-c", &format!("cat /proc/{pid}/smaps > /dev/null")]),
-        )?;
+        let u = run_measured(&mut cat_smaps(pid))?;
         let c = u.user + u.system;
         cat.push(c);
         println!(

@@ -16,7 +16,9 @@
 //!   defined it. It costs the workload more than memtrace's own floor
 //!   (bpftrace's way of attaching adds to it), so it is shown, not judged
 //!   against: against it memtrace would look cheaper than it is;
-//! - the peer: bpftrace collecting `ustack(16)` on the four tracepoints;
+//! - the peer: bpftrace on the same tracepoints, collecting `ustack(16)`
+//!   where memtrace takes a stack (mmap's exit; munmap's events carry
+//!   none by default) and empty elsewhere;
 //! - memtrace (`--quiet`).
 //!
 //! Targets (issue 10): memtrace's added CPU per iteration at most 1.5× the
@@ -72,24 +74,35 @@ const WAYS: [(Way, &str); 5] = [
     (Way::Memtrace, "memtrace"),
 ];
 
-/// bpftrace's list of the tracepoints of the workload's calls: memtrace's
-/// (`all` false) or every entry and exit.
-fn tracepoints(all: bool) -> String {
-    let mut names = Vec::new();
+/// The bpftrace program on memtrace's tracepoints for the workload's
+/// calls, filtering on the pid: empty, or (`stacks`) collecting
+/// `ustack(16)` where memtrace takes a stack (the exit of calls whose
+/// events carry one), so the peer does the work memtrace does.
+fn bpftrace_script(stacks: bool) -> String {
+    let probe = |names: &[&str], body: &str| {
+        let list = names
+            .iter()
+            .map(|n| format!("tracepoint:{SYSCALLS_CATEGORY}:{n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!("{list} /pid == cpid/ {{{body}}}\n")
+    };
+    let (mut empty, mut stacked) = (Vec::new(), Vec::new());
     for kind in CALLS {
         let Some(sc) = syscall(kind) else { continue };
-        if all {
-            names.push(format!("sys_enter_{}", sc.name));
+        empty.extend(sc.enter);
+        if stacks && sc.stack {
+            stacked.push(sc.exit);
         } else {
-            names.extend(sc.enter.map(str::to_string));
+            empty.push(sc.exit);
         }
-        names.push(sc.exit.to_string());
     }
-    names
-        .iter()
-        .map(|n| format!("tracepoint:{SYSCALLS_CATEGORY}:{n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut script = probe(&empty, "");
+    if !stacked.is_empty() {
+        script.push_str(&probe(&stacked, " @s[ustack(16)] = count(); "));
+        script.push_str("END { clear(@s); }\n");
+    }
+    script
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -157,13 +170,7 @@ fn command(
     let mut cmd = match way {
         Way::Untraced => Command::new(workload),
         Way::BpftraceFloor | Way::Peer => {
-            let script = match way {
-                Way::BpftraceFloor => format!("{} /pid == cpid/ {{}}", tracepoints(false)),
-                _ => format!(
-                    "{} /pid == cpid/ {{ @s[ustack(16)] = count(); }} END {{ clear(@s); }}",
-                    tracepoints(true)
-                ),
-            };
+            let script = bpftrace_script(way == Way::Peer);
             let mut c = Command::new(bpftrace);
             c.arg("-e")
                 .arg(script)
