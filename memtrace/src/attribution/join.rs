@@ -61,7 +61,7 @@ use serde::{Serialize, Serializer};
 
 use super::ledger::{Ledger, NameId, OriginId, Range};
 use crate::proc::pagemap::{PageCounter, Pagemap};
-use crate::proc::smaps::{SmapsStream, Vma, stream_smaps};
+use crate::proc::smaps::{SmapsStream, Vma, settled, stream_smaps};
 use crate::proc::{PAGE_SIZE, ProcError};
 
 /// A process's resident anonymous memory and how much of it is attributed
@@ -186,25 +186,34 @@ pub fn attribute_process(pid: u32, vmas: &[Vma], ledger: &Ledger) -> Attribution
 /// generates the next, so the join and its pagemap reads overlap the smaps
 /// read instead of following it. Same result as reading all of smaps first.
 ///
-/// Fails only if smaps cannot be read or parsed to the end.
+/// A read torn by the process's own changes is joined again from a new
+/// stream ([`settled`]). Fails only if smaps cannot be read or parsed to
+/// the end.
 pub fn attribute_stream(
     pid: u32,
-    mut smaps: SmapsStream,
+    smaps: SmapsStream,
     ledger: &Ledger,
 ) -> Result<Attribution, ProcError> {
     let mut pagemap: Box<dyn PageCounter> = match Pagemap::open(pid) {
         Ok(pagemap) => Box::new(pagemap),
         Err(e) => Box::new(Unavailable(Some(io::Error::other(e)))),
     };
-    let mut join = Join::new(ledger);
-    while let Some(batch) = smaps.next_batch() {
-        for vma in &batch {
-            join.add(vma, pagemap.as_mut());
+    let mut first = Some(smaps);
+    let mut attribution = settled(|| {
+        let mut smaps = match first.take() {
+            Some(smaps) => smaps,
+            None => stream_smaps(pid)?,
+        };
+        let mut join = Join::new(ledger);
+        while let Some(batch) = smaps.next_batch() {
+            for vma in &batch {
+                join.add(vma, pagemap.as_mut());
+            }
+            smaps.recycle(batch);
         }
-        smaps.recycle(batch);
-    }
-    smaps.finish()?;
-    let mut attribution = join.finish();
+        smaps.finish()?;
+        Ok(join.finish())
+    })?;
     attribution.pid = pid;
     Ok(attribution)
 }

@@ -101,6 +101,18 @@ pub enum ProcError {
         #[source]
         source: io::Error,
     },
+    /// The process changed its mappings during every one of
+    /// [`smaps::READ_ATTEMPTS`] reads of its smaps in a way that left some
+    /// memory counted twice or not at all.
+    #[error(
+        "pid {pid} changed its memory mappings during each of {} reads of its smaps, \
+         so none is a consistent picture: try again",
+        smaps::READ_ATTEMPTS
+    )]
+    Unsettled {
+        /// The process.
+        pid: u32,
+    },
     /// The kernel's text did not parse (should not happen; please report).
     #[error("pid {pid}: {source}")]
     Parse {

@@ -17,6 +17,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use super::ProcError;
@@ -391,6 +392,44 @@ pub enum ReadError {
     /// The text was malformed.
     #[error(transparent)]
     Parse(ParseError),
+    /// The process changed its mappings during the read in a way that
+    /// left some memory counted twice or not at all (see `Parser::restate`):
+    /// read it again.
+    #[error("the process changed its mappings during the read")]
+    Torn,
+}
+
+/// Regions restated over regions already read, by every read in this
+/// process so far: see [`restatements`].
+static RESTATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the smaps text parsed by this process so far went back
+/// over regions already read (the process read changed its mappings
+/// between two `read(2)`s), whether the restatement replaced them exactly
+/// or tore the read. Tells how restless a target is, and lets tests know
+/// that the case they check happened.
+pub fn restatements() -> u64 {
+    RESTATEMENTS.load(Ordering::Relaxed)
+}
+
+/// How many times in a row a live read torn by the process's own changes
+/// is tried before [`ProcError::Unsettled`] is the answer.
+pub const READ_ATTEMPTS: u32 = 4;
+
+/// Run `read` (one whole read of a process's smaps) again while it fails
+/// with [`ProcError::Unsettled`], [`READ_ATTEMPTS`] times at most. A tear
+/// needs a change at the place and moment one `read(2)` ends, so on all
+/// but the most restless processes the next read is whole. (One that
+/// resizes hundreds of regions without pause tears about half its reads:
+/// it gets the error, not a figure that counts memory twice.)
+pub fn settled<T>(mut read: impl FnMut() -> Result<T, ProcError>) -> Result<T, ProcError> {
+    let mut attempts = 1;
+    loop {
+        match read() {
+            Err(ProcError::Unsettled { .. }) if attempts < READ_ATTEMPTS => attempts += 1,
+            result => return result,
+        }
+    }
 }
 
 /// Read and parse `/proc/PID/smaps`.
@@ -402,12 +441,15 @@ pub enum ReadError {
 ///
 /// An empty result is valid here (see [`crate::snapshot::capture`] for
 /// telling kernel threads and exited processes apart).
+///
+/// A read torn by the process's own changes is read again ([`settled`]).
 pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, ProcError> {
-    let path = format!("/proc/{pid}/smaps");
-    let file = File::open(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
-    read_pipelined(file, seq_read_size()).map_err(|e| match e {
-        ReadError::Io(e) => ProcError::from_io(pid, &path, e),
-        ReadError::Parse(e) => ProcError::Parse { pid, source: e },
+    settled(|| {
+        let path = format!("/proc/{pid}/smaps");
+        let file = File::open(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
+        pipeline(file, seq_read_size(), &mut |_| true)
+            .and_then(Parser::finish_read)
+            .map_err(|e| read_error(pid, &path, e))
     })
 }
 
@@ -415,39 +457,46 @@ pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, ProcError> {
 /// complete, in order, on the parser thread: work per VMA (classifying,
 /// totalling) then overlaps the kernel's generation of the rest instead of
 /// following the read. The last VMA is handed over on the calling thread
-/// once the read is over. On an error, `each` may have seen some VMAs.
+/// once the read is over. On an error, `each` may have seen some VMAs;
+/// on [`ProcError::Unsettled`] start again ([`settled`]).
 pub fn read_smaps_with(
     pid: u32,
     each: &mut (dyn FnMut(&Vma) + Send),
 ) -> Result<Vec<Vma>, ProcError> {
     let path = format!("/proc/{pid}/smaps");
     let file = File::open(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
-    let mut seen = 0;
-    let parsed = pipeline(file, seq_read_size(), &mut |parser| {
-        // The last VMA may have more lines in the next chunk.
-        let complete = parser.vmas.len().saturating_sub(1);
-        for vma in parser.vmas.get(seen..complete).unwrap_or_default() {
+    let mut parser = pipeline(file, seq_read_size(), &mut |parser| {
+        for vma in parser.hand_out(1) {
             each(vma);
         }
-        seen = seen.max(complete);
         true
-    });
-    let vmas = parsed
-        .and_then(|parser| parser.finish().map_err(ReadError::Parse))
-        .map_err(|e| match e {
-            ReadError::Io(e) => ProcError::from_io(pid, &path, e),
-            ReadError::Parse(e) => ProcError::Parse { pid, source: e },
-        })?;
-    for vma in vmas.get(seen..).unwrap_or_default() {
+    })
+    .map_err(|e| read_error(pid, &path, e))?;
+    for vma in parser.hand_out(0) {
         each(vma);
     }
-    Ok(vmas)
+    parser.finish_read().map_err(|e| read_error(pid, &path, e))
+}
+
+/// The [`ProcError`] for a failed read of `pid`'s smaps at `path`.
+fn read_error(pid: u32, path: &str, e: ReadError) -> ProcError {
+    match e {
+        ReadError::Io(e) => ProcError::from_io(pid, path, e),
+        ReadError::Parse(e) => ProcError::Parse { pid, source: e },
+        ReadError::Torn => ProcError::Unsettled { pid },
+    }
 }
 
 /// Read and parse an smaps file at `path` the way [`read_smaps`] does
 /// (two threads, chunked). Useful for saved smaps files.
 pub fn read_file(path: &std::path::Path) -> Result<Vec<Vma>, ReadError> {
-    read_pipelined(File::open(path).map_err(ReadError::Io)?, usize::MAX)
+    pipeline(
+        File::open(path).map_err(ReadError::Io)?,
+        usize::MAX,
+        &mut |_| true,
+    )?
+    .finish()
+    .map_err(ReadError::Parse)
 }
 
 /// Bytes handed from the reader thread to the parser thread at a time.
@@ -455,12 +504,6 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<Vma>, ReadError> {
 /// caches (the kernel writes a chunk, the parser reads it right after),
 /// large enough that thread hand-offs are rare (about one per 700 VMAs).
 const CHUNK: usize = 512 << 10;
-
-fn read_pipelined(file: File, max_read: usize) -> Result<Vec<Vma>, ReadError> {
-    pipeline(file, max_read, &mut |_| true)?
-        .finish()
-        .map_err(ReadError::Parse)
-}
 
 /// Read `file` on this thread, at most `max_read` bytes per `read(2)`,
 /// and parse it on a second one, calling `after_chunk` on the parser
@@ -589,7 +632,7 @@ pub fn stream_smaps(pid: u32) -> Result<SmapsStream, ProcError> {
             // The last VMA may have more lines in the next chunk: keep it.
             let mut parser = pipeline(file, seq_read_size(), &mut |parser| sink.send(parser, 1))?;
             sink.send(&mut parser, 0);
-            Ok(())
+            parser.finish_read().map(drop)
         })
         .map_err(|e| ProcError::from_io(pid, &path, e))?;
     Ok(SmapsStream {
@@ -611,13 +654,12 @@ impl BatchSink {
     /// Send the parser's VMAs but the last `keep`; `false` when the
     /// stream is gone.
     fn send(&mut self, parser: &mut Parser, keep: usize) -> bool {
-        let n = parser.vmas.len().saturating_sub(keep);
-        if n == 0 {
+        if parser.hand_out(keep).is_empty() {
             return true;
         }
         let mut batch = self.recycled.try_recv().unwrap_or_default();
         batch.clear();
-        batch.extend(parser.vmas.drain(..n));
+        batch.extend(parser.drain_handed());
         self.batches.send(batch).is_ok()
     }
 }
@@ -646,7 +688,10 @@ impl SmapsStream {
 
     /// Wait for the reading to end: `Ok` if the whole file was read and
     /// parsed (every batch was then handed out, unless the caller stopped
-    /// taking them early).
+    /// taking them early). [`ProcError::Unsettled`] when the process
+    /// changed its mappings in a way that tore the read: the batches
+    /// count some memory twice or not at all, so start a new stream
+    /// ([`settled`]).
     pub fn finish(mut self) -> Result<(), ProcError> {
         let (pid, path) = (self.pid, std::mem::take(&mut self.path));
         let result = match self.thread.take().map(std::thread::JoinHandle::join) {
@@ -656,10 +701,7 @@ impl SmapsStream {
                 reason: "smaps reader thread panicked",
             })),
         };
-        result.map_err(|e| match e {
-            ReadError::Io(e) => ProcError::from_io(pid, &path, e),
-            ReadError::Parse(e) => ProcError::Parse { pid, source: e },
-        })
+        result.map_err(|e| read_error(pid, &path, e))
     }
 }
 
@@ -719,6 +761,14 @@ struct Parser {
     line: usize,
     /// Index into `LABELS` of the field expected next.
     next_label: usize,
+    /// How many of `vmas`, from the front, a consumer has been given
+    /// ([`Parser::hand_out`]): a restated range cannot take those back.
+    handed: usize,
+    /// End of the last VMA a consumer took away ([`Parser::drain_handed`]).
+    drained_end: u64,
+    /// Line of the first restatement that could not replace what it
+    /// restated exactly (see [`Parser::restate`]).
+    torn_at: Option<usize>,
 }
 
 impl Parser {
@@ -863,17 +913,89 @@ impl Parser {
         Some(i + 4)
     }
 
+    /// The VMAs of saved text: one torn by a change during the read that
+    /// produced it counts some memory twice, so it is an error.
     fn finish(self) -> Result<Vec<Vma>, ParseError> {
+        match self.torn_at {
+            Some(line) => Err(ParseError {
+                line,
+                reason: "a region restated over regions it does not cover (the process \
+                         changed its mappings while this text was read)",
+            }),
+            None => Ok(self.vmas),
+        }
+    }
+
+    /// The VMAs of a live read, or [`ReadError::Torn`]: read it again.
+    fn finish_read(self) -> Result<Vec<Vma>, ReadError> {
+        if self.torn_at.is_some() {
+            return Err(ReadError::Torn);
+        }
         Ok(self.vmas)
+    }
+
+    /// Give a consumer the VMAs it has not had yet, but the last `keep`
+    /// (the last may have more lines in the next chunk).
+    fn hand_out(&mut self, keep: usize) -> &[Vma] {
+        let from = self.handed;
+        self.handed = self.vmas.len().saturating_sub(keep).max(from);
+        &self.vmas[from..self.handed]
+    }
+
+    /// Take away the VMAs handed out (a stream's batches own them now).
+    fn drain_handed(&mut self) -> std::vec::Drain<'_, Vma> {
+        if let Some(last) = self.vmas[..self.handed].last() {
+            self.drained_end = last.end;
+        }
+        let n = std::mem::take(&mut self.handed);
+        self.vmas.drain(..n)
+    }
+
+    /// End of the last VMA a consumer has been given.
+    fn handed_end(&self) -> u64 {
+        self.vmas[..self.handed]
+            .last()
+            .map_or(self.drained_end, |v| v.end)
+    }
+
+    fn push_region(&mut self, vma: Vma) -> Result<(), &'static str> {
+        let last_end = self.vmas.last().map_or(self.drained_end, |v| v.end);
+        if vma.start < last_end {
+            if vma.end < last_end {
+                return Err("regions out of address order");
+            }
+            self.restate(&vma);
+        }
+        self.vmas.push(vma);
+        self.next_label = 0;
+        Ok(())
+    }
+
+    /// `vma` starts below the end of regions already read: the process
+    /// changed its mappings between two of our `read`s. Each `read`
+    /// resumes at the region holding the next address, and a change in
+    /// between (a heap grown by `mprotect`, merging two regions) can have
+    /// moved that region's start back over regions already read. `vma`
+    /// is the newer description of its range and replaces theirs. That is
+    /// exact only when they lie wholly inside it and no consumer has seen
+    /// them; otherwise some memory is counted twice or not at all, and
+    /// the read is torn.
+    fn restate(&mut self, vma: &Vma) {
+        RESTATEMENTS.fetch_add(1, Ordering::Relaxed);
+        if vma.start < self.handed_end() {
+            self.torn_at.get_or_insert(self.line);
+        }
+        while self.vmas.len() > self.handed && self.vmas.last().is_some_and(|v| v.end > vma.start) {
+            if self.vmas.pop().is_some_and(|stale| stale.start < vma.start) {
+                self.torn_at.get_or_insert(self.line);
+            }
+        }
     }
 
     fn line_(&mut self, line: &[u8]) -> Result<(), &'static str> {
         // Most field lines never get here (see `fixed_field`/`fast_field`).
         if looks_like_header(line) {
-            let vma = header(line)?;
-            self.vmas.push(vma);
-            self.next_label = 0;
-            return Ok(());
+            return self.push_region(header(line)?);
         }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(());
@@ -1240,16 +1362,22 @@ mod tests {
     #[test]
     fn stream_hands_out_every_vma_in_order() {
         let pid = std::process::id();
-        let mut stream = stream_smaps(pid).expect("stream own smaps");
-        let mut starts = Vec::new();
-        while let Some(batch) = stream.next_batch() {
-            assert!(!batch.is_empty(), "batches are never empty");
-            starts.extend(batch.iter().map(|v| v.start));
-            stream.recycle(batch);
-        }
-        stream.finish().expect("read to the end");
+        // Other tests map and unmap in this process meanwhile: a read they
+        // tear is read again.
+        let starts = settled(|| {
+            let mut stream = stream_smaps(pid)?;
+            let mut starts = Vec::new();
+            while let Some(batch) = stream.next_batch() {
+                assert!(!batch.is_empty(), "batches are never empty");
+                starts.extend(batch.iter().map(|v| (v.start, v.end)));
+                stream.recycle(batch);
+            }
+            stream.finish()?;
+            Ok(starts)
+        })
+        .expect("stream own smaps");
         assert!(starts.len() > 3, "{starts:x?}");
-        assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:x?}");
+        assert!(starts.windows(2).all(|w| w[0].1 <= w[1].0), "{starts:x?}");
         // Our own code is mapped, and so appears in the stream.
         let here = stream_hands_out_every_vma_in_order as *const () as u64;
         let vmas = read_smaps(pid).expect("read own smaps");
@@ -1257,7 +1385,133 @@ mod tests {
             .iter()
             .find(|v| v.start <= here && here < v.end)
             .expect("the code of this test is mapped");
-        assert!(starts.contains(&ours.start));
+        assert!(starts.iter().any(|&(start, _)| start == ours.start));
+    }
+
+    /// A header of an anonymous region `[start, end)` with `kb` resident.
+    fn region(start: u64, end: u64, kb: u64) -> String {
+        format!("{start:x}-{end:x} rw-p 00000000 00:00 0\nRss: {kb} kB\n")
+    }
+
+    #[test]
+    fn a_range_restated_over_whole_regions_replaces_them() {
+        // A heap grown by mprotect between two reads: the kernel resumes at
+        // the merged region, which starts at the region already read.
+        let text = [
+            region(0x1000, 0x2000, 4),
+            region(0x1000, 0x3000, 8),
+            region(0x3000, 0x4000, 4),
+            region(0x3000, 0x4000, 4),
+            region(0x5000, 0x6000, 4),
+            region(0x6000, 0x7000, 4),
+            region(0x5000, 0x8000, 12),
+        ]
+        .concat();
+        let v = parse(text.as_bytes()).expect("parses");
+        let got: Vec<(u64, u64, u64)> = v.iter().map(|v| (v.start, v.end, v.rss)).collect();
+        assert_eq!(
+            got,
+            [
+                (0x1000, 0x3000, 8 << 10),
+                (0x3000, 0x4000, 4 << 10),
+                (0x5000, 0x8000, 12 << 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_restated_over_part_of_a_region_tears_the_read() {
+        // A heap shrunk between two reads: its tail merged with the
+        // reserve after it. What `[0x1000, 0x2000)` holds now is unknown.
+        let text = [region(0x1000, 0x3000, 8), region(0x2000, 0x4000, 4)].concat();
+        let err = parse(text.as_bytes()).expect_err("torn");
+        assert_eq!(err.line, 3, "the restating header");
+        assert!(err.reason.contains("changed its mappings"), "{err}");
+        let mut parser = Parser::default();
+        parser.feed(text.as_bytes()).expect("feeds");
+        assert!(matches!(parser.finish_read(), Err(ReadError::Torn)));
+    }
+
+    #[test]
+    fn a_range_restated_over_regions_handed_out_tears_the_read() {
+        for drained in [false, true] {
+            let mut parser = Parser::default();
+            parser
+                .feed(region(0x1000, 0x2000, 4).as_bytes())
+                .expect("feeds");
+            assert_eq!(parser.hand_out(0).len(), 1);
+            if drained {
+                assert_eq!(parser.drain_handed().count(), 1);
+            }
+            parser
+                .feed(region(0x1000, 0x3000, 8).as_bytes())
+                .expect("feeds");
+            assert!(
+                matches!(parser.finish_read(), Err(ReadError::Torn)),
+                "drained: {drained}"
+            );
+        }
+        // Handed out up to the region before: a whole restatement of the
+        // last one is still exact.
+        let mut parser = Parser::default();
+        let text = [region(0x1000, 0x2000, 4), region(0x2000, 0x3000, 4)].concat();
+        parser.feed(text.as_bytes()).expect("feeds");
+        assert_eq!(parser.hand_out(1).len(), 1);
+        parser
+            .feed(region(0x2000, 0x4000, 8).as_bytes())
+            .expect("feeds");
+        assert_eq!(parser.hand_out(0).len(), 1);
+        assert_eq!(parser.finish_read().expect("whole").len(), 2);
+    }
+
+    #[test]
+    fn regions_going_backwards_are_malformed() {
+        // Not a restatement: the kernel resumes at a region that ends past
+        // everything read so far. Two files run together, say.
+        for text in [
+            [region(0x3000, 0x4000, 4), region(0x1000, 0x2000, 4)].concat(),
+            [region(0x3000, 0x5000, 4), region(0x3000, 0x4000, 4)].concat(),
+        ] {
+            let err = parse(text.as_bytes()).expect_err("out of order");
+            assert_eq!(err.reason, "regions out of address order", "{text}");
+        }
+        let mut parser = Parser::default();
+        parser
+            .feed(region(0x3000, 0x4000, 4).as_bytes())
+            .expect("feeds");
+        parser.hand_out(0);
+        parser.drain_handed().for_each(drop);
+        let err = parser.feed(region(0x1000, 0x2000, 4).as_bytes());
+        assert!(err.is_err(), "checked against the regions taken away too");
+    }
+
+    #[test]
+    fn settled_reads_again_while_torn_then_says_so() {
+        let mut calls = 0;
+        let got = settled(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(ProcError::Unsettled { pid: 7 })
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(got.expect("third read whole"), 3);
+        calls = 0;
+        let err = settled(|| -> Result<(), ProcError> {
+            calls += 1;
+            Err(ProcError::Unsettled { pid: 7 })
+        })
+        .expect_err("always torn");
+        assert_eq!(calls, READ_ATTEMPTS);
+        assert!(err.to_string().contains("try again"), "{err}");
+        // Other errors are not read again.
+        calls = 0;
+        let _ = settled(|| -> Result<(), ProcError> {
+            calls += 1;
+            Err(ProcError::NoSuchProcess { pid: 7 })
+        });
+        assert_eq!(calls, 1);
     }
 
     #[test]

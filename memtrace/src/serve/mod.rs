@@ -159,6 +159,8 @@ pub fn status_for(e: &ProcError) -> StatusCode {
         ProcError::PermissionDenied { .. } => StatusCode::FORBIDDEN,
         ProcError::KernelThread { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         ProcError::NoProcfs => StatusCode::NOT_IMPLEMENTED,
+        // Transient: the next request will most likely read it whole.
+        ProcError::Unsettled { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ProcError::Io { .. } | ProcError::Parse { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -763,6 +765,10 @@ mod tests {
         assert_eq!(
             proc(ProcError::KernelThread { pid: 2 }),
             StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            proc(ProcError::Unsettled { pid: 2 }),
+            StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
             proc(ProcError::Io {

@@ -298,18 +298,21 @@ impl Snapshot {
 ///
 /// Reads `/proc/PID/smaps` (the cost floor), `/proc/PID/exe`, and the ELF
 /// header of each distinct mapped file whose name does not already say it
-/// is a shared object.
+/// is a shared object. A read torn by the process's own changes is read
+/// again ([`smaps::settled`]).
 pub fn capture(pid: u32) -> Result<Snapshot, ProcError> {
     proc::check_procfs()?;
     let mut classifier = Classifier::for_process(pid);
-    let mut tally = Tally::new();
-    // Classified and counted on the parser thread while the kernel
-    // generates the rest of smaps: little is left to do once it ends.
-    let vmas = smaps::read_smaps_with(pid, &mut |v| tally.add(v, &mut classifier))?;
-    if vmas.is_empty() {
-        return Err(proc::pid::explain_empty(pid));
-    }
-    Ok(tally.finish(pid, vmas, &classifier))
+    smaps::settled(|| {
+        let mut tally = Tally::new();
+        // Classified and counted on the parser thread while the kernel
+        // generates the rest of smaps: little is left to do once it ends.
+        let vmas = smaps::read_smaps_with(pid, &mut |v| tally.add(v, &mut classifier))?;
+        if vmas.is_empty() {
+            return Err(proc::pid::explain_empty(pid));
+        }
+        Ok(tally.finish(pid, vmas, &classifier))
+    })
 }
 
 /// Capture the calling process (for serving the report in-process).
