@@ -31,12 +31,18 @@ impl Regions {
     }
 
     /// Check one of memtrace's reads: in address order, not overlapping,
-    /// each resident page of the regions counted once.
+    /// covering the regions once, and (smaps) each resident page of the
+    /// regions counted once.
     fn check(&self, what: &str, vmas: &[(u64, u64, u64)]) {
         for w in vmas.windows(2) {
             assert!(w[0].1 <= w[1].0, "{what}: {:x?} then {:x?}", w[0], w[1]);
         }
-        assert_eq!(self.resident(vmas), self.rss, "{what}: resident bytes");
+        let inside = vmas.iter().filter(|v| v.0 >= self.start && v.1 <= self.end);
+        let size: u64 = inside.map(|v| v.1 - v.0).sum();
+        assert_eq!(size, self.end - self.start, "{what}: bytes mapped");
+        if what != "read_maps" {
+            assert_eq!(self.resident(vmas), self.rss, "{what}: resident bytes");
+        }
     }
 }
 
@@ -114,8 +120,8 @@ fn reads_of_a_restless_process_count_each_page_once() {
     const MET: u64 = 5;
     let before = smaps::restatements();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut whole = [0; 3];
-    let mut unsettled = [0; 3];
+    let mut whole = [0; 4];
+    let mut unsettled = [0; 4];
     while smaps::restatements() - before < MET {
         assert!(
             Instant::now() < deadline,
@@ -142,8 +148,9 @@ fn reads_of_a_restless_process_count_each_page_once() {
                 stream.finish()?;
                 Ok(vmas)
             }),
+            smaps::read_maps(pid).map(|v| triples(&v)),
         ];
-        for (i, (what, result)) in ["read_smaps", "snapshot", "stream"]
+        for (i, (what, result)) in ["read_smaps", "snapshot", "stream", "read_maps"]
             .into_iter()
             .zip(results)
             .enumerate()

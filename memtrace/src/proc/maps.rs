@@ -102,8 +102,7 @@ impl OpenFiles {
 /// through the process (see [`OpenFiles`]); `None` when the process is gone
 /// or unreadable.
 pub fn read(pid: u32, files: &mut OpenFiles) -> Option<Vec<Mapping>> {
-    let bytes = std::fs::read(format!("/proc/{pid}/maps")).ok()?;
-    let vmas = super::smaps::parse(&bytes).ok()?;
+    let vmas = super::smaps::read_maps(pid).ok()?;
     Some(
         vmas.into_iter()
             .filter(|v| v.name.starts_with('/'))

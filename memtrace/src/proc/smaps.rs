@@ -453,6 +453,22 @@ pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, ProcError> {
     })
 }
 
+/// Read and parse `/proc/PID/maps` (the header lines of smaps without
+/// their fields). A read torn by the process's own changes is read again
+/// ([`settled`]).
+pub fn read_maps(pid: u32) -> Result<Vec<Vma>, ProcError> {
+    settled(|| {
+        let path = format!("/proc/{pid}/maps");
+        let bytes = std::fs::read(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
+        let mut parser = Parser::default();
+        parser
+            .feed(&bytes)
+            .map_err(ReadError::Parse)
+            .and_then(|()| parser.finish_read())
+            .map_err(|e| read_error(pid, &path, e))
+    })
+}
+
 /// [`read_smaps`], also handing each VMA to `each` as soon as it is
 /// complete, in order, on the parser thread: work per VMA (classifying,
 /// totalling) then overlaps the kernel's generation of the rest instead of

@@ -142,10 +142,7 @@ impl<S: EventSource> Session<S> {
     /// loader, and the main stack, each under a label of its own instead
     /// of "untraced". Returns how many ranges were entered.
     pub fn seed_exec_image(&mut self, pid: u32) -> usize {
-        let Ok(bytes) = std::fs::read(format!("/proc/{pid}/maps")) else {
-            return 0;
-        };
-        let Ok(vmas) = crate::proc::smaps::parse(&bytes) else {
+        let Ok(vmas) = crate::proc::smaps::read_maps(pid) else {
             return 0;
         };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
