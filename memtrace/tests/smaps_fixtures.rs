@@ -310,14 +310,32 @@ fn garbage_is_an_error_not_a_guess() {
 
 #[test]
 fn chunked_reader_matches_in_memory_parse() {
-    // Big enough to span many 128 KiB chunks, with lines cut at chunk edges.
-    let one = fixture("varied.smaps");
+    // Big enough to span many 128 KiB chunks, with lines cut at chunk edges:
+    // the fixture 400 times over, each region moved 4 GiB past the one
+    // before, as regions go up in a real smaps.
+    let one = String::from_utf8(fixture("varied.smaps")).expect("UTF-8 fixture");
     let mut big = Vec::new();
+    let mut next = 0u64;
     for _ in 0..400 {
-        big.extend_from_slice(&one);
+        for line in one.lines() {
+            let header = line
+                .split_once(' ')
+                .and_then(|(range, rest)| Some((range.split_once('-')?, rest)));
+            match header {
+                Some(((s, e), rest)) => {
+                    let start = u64::from_str_radix(s, 16).expect("hex start");
+                    let end = u64::from_str_radix(e, 16).expect("hex end");
+                    next += 4 << 30;
+                    let len = end - start;
+                    big.extend_from_slice(format!("{next:x}-{:x} {rest}\n", next + len).as_bytes());
+                }
+                None => big.extend_from_slice(format!("{line}\n").as_bytes()),
+            }
+        }
     }
     // And a single very long name (longer than a chunk).
-    big.extend_from_slice(b"1000-2000 r--p 0 00:00 1 /");
+    next += 4 << 30;
+    big.extend_from_slice(format!("{next:x}-{:x} r--p 0 00:00 1 /", next + 0x1000).as_bytes());
     big.extend(std::iter::repeat_n(b'x', 300_000));
     big.extend_from_slice(b"\nRss:   4 kB\n");
     let dir = std::env::temp_dir().join(format!("memtrace-chunk-{}", std::process::id()));
@@ -333,6 +351,10 @@ fn chunked_reader_matches_in_memory_parse() {
     assert_eq!(piped, direct);
     assert_eq!(streamed, direct);
     assert_eq!(direct.last().map(|v| v.rss), Some(4 * KIB));
+    // Run together as they are, the copies go back down: malformed.
+    let twice = [fixture("varied.smaps"), fixture("varied.smaps")].concat();
+    let err = smaps::parse(&twice).expect_err("regions go backwards");
+    assert_eq!(err.reason, "regions out of address order");
 }
 
 #[test]
