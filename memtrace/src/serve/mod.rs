@@ -37,12 +37,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::attribution::join;
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
 use crate::history::{HistoryDoc, Watch, WatchOptions, alert::AlertState};
-use crate::proc::{self, ProcError, smaps};
+use crate::proc::ProcError;
 use crate::session::stream::Summary;
-use crate::session::{ReportInput, Session, output::TraceLine};
+use crate::session::{Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
 use crate::snapshot::{self, Snapshot};
 use crate::trace::{TraceError, TracerOptions};
@@ -339,7 +338,7 @@ impl TracingHandle {
 /// trips is one line on stderr (the server's log). A process that cannot
 /// be read is skipped: the history shows the gap.
 fn sample(session: &mut Session, pid: u32, watch: &Mutex<Watch>) {
-    let Ok(report) = untorn_report(session, pid) else {
+    let Ok(report) = session.sample_report(pid, SERVED, &mut Vec::new()) else {
         return;
     };
     let events = session.summary.events.values().sum();
@@ -363,55 +362,14 @@ fn sample(session: &mut Session, pid: u32, watch: &Mutex<Watch>) {
 /// events queued meanwhile, once events have stopped coming.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-/// The attributed report of `pid` now, every event delivered so far
-/// applied.
-///
-/// smaps is read from the start, in the background, while the session
-/// takes its last events (which can wait for the tracer's reader thread),
-/// and the join with the ledger runs on each batch of VMAs as it arrives
-/// ([`join::attribute_stream`]), so the report costs little more than the
-/// smaps read itself.
+/// The attributed report of `pid` now ([`Session::report_now`]); the
+/// events drained meanwhile are not shown anywhere.
 fn attributed_report(session: &mut Session, pid: u32) -> Result<AttributedReport, ProcError> {
-    Ok(report_and_changes(session, pid)?.0)
+    Ok(session.report_now(pid, SERVED, &mut Vec::new())?.0)
 }
 
-/// The report of [`attributed_report`], read once more when the target
-/// changed its address space while smaps was being read: a range remapped
-/// then can be in neither the smaps read nor the ledger, and a series of
-/// the history would dip to nothing for one sample (a false growth when
-/// it comes back). Once more only: a target that remaps without pause
-/// costs a history sample two reads, not a loop.
-fn untorn_report(session: &mut Session, pid: u32) -> Result<AttributedReport, ProcError> {
-    match report_and_changes(session, pid)? {
-        (report, false) => Ok(report),
-        (_, true) => attributed_report(session, pid),
-    }
-}
-
-/// The report of [`attributed_report`], and whether events of `pid` came
-/// while smaps was read (those drained during the read, and those that
-/// arrived before it ended).
-fn report_and_changes(
-    session: &mut Session,
-    pid: u32,
-) -> Result<(AttributedReport, bool), ProcError> {
-    // After the main thread exited, a live thread shows the memory.
-    let reader = proc::pid::mm_reader(pid);
-    let smaps = smaps::stream_smaps(reader)?;
-    let mut changed = session.drain().iter().any(|ev| ev.pid == pid);
-    let ledger = session.ledger(pid).cloned().unwrap_or_default();
-    let mut attribution = join::attribute_stream(reader, smaps, &ledger)?;
-    changed |= session.drain().iter().any(|ev| ev.pid == pid);
-    attribution.pid = pid;
-    let input = ReportInput {
-        attribution,
-        ledger,
-    };
-    Ok((
-        session.build_report_from(&input, ReportOptions { ranges: false }),
-        changed,
-    ))
-}
+/// What the served reports hold: no ranges.
+const SERVED: ReportOptions = ReportOptions { ranges: false };
 
 /// The routes with their state still to be supplied, so callers can add
 /// routes of their own before calling `.with_state(ServeState { .. })`.

@@ -181,7 +181,7 @@ impl<S: EventSource> Run<'_, S> {
                 && last_sample.is_none_or(|t| t.elapsed() >= every)
             {
                 last_sample = Some(Instant::now());
-                if let Some(report) = self.take_report() {
+                if let Some(report) = self.sample_report(out)? {
                     self.sample(&report, out)?;
                 }
                 if self.alerted && self.opts.exit_on_alert {
@@ -415,6 +415,28 @@ impl<S: EventSource> Run<'_, S> {
             out.alert(report.pid, &alert)?;
         }
         Ok(())
+    }
+
+    /// The report for a history sample ([`Session::sample_report`]), or
+    /// `None` with a note; the events drained meanwhile are shown.
+    fn sample_report<W: Write + Send + 'static>(
+        &mut self,
+        out: &mut Output<W>,
+    ) -> io::Result<Option<AttributedReport>> {
+        let opts = ReportOptions {
+            ranges: self.opts.ranges,
+        };
+        let mut events = Vec::new();
+        let report = self.session.sample_report(self.target, opts, &mut events);
+        self.emit(&events, out)?;
+        Ok(match report {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.notes
+                    .note(&format!("no report for pid {}: {e}", self.target));
+                None
+            }
+        })
     }
 
     /// The full report (all call sites), or `None` with a note.

@@ -462,6 +462,59 @@ impl<S: EventSource> Session<S> {
         })
     }
 
+    /// The attributed report of `pid` now, every event delivered so far
+    /// applied, and whether `pid` changed its address space while smaps
+    /// was read (events of it drained during the read, or arrived before
+    /// it ended). The events drained meanwhile go to `events`, for the
+    /// caller to show.
+    ///
+    /// smaps is read from the start, in the background, while the session
+    /// takes its last events (which can wait for the tracer's reader
+    /// thread), and the join with the ledger runs on each batch of VMAs as
+    /// it arrives ([`attribution::join::attribute_stream`]), so the report
+    /// costs little more than the smaps read itself.
+    pub fn report_now(
+        &mut self,
+        pid: u32,
+        opts: ReportOptions,
+        events: &mut Vec<Event>,
+    ) -> Result<(AttributedReport, bool), crate::proc::ProcError> {
+        // After the main thread exited, a live thread shows the memory.
+        let reader = pid::mm_reader(pid);
+        let smaps = crate::proc::smaps::stream_smaps(reader)?;
+        let before = events.len();
+        events.extend(self.drain());
+        let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
+        let mut attribution = attribution::join::attribute_stream(reader, smaps, &ledger)?;
+        events.extend(self.drain());
+        let changed = events[before..].iter().any(|ev| ev.pid == pid);
+        attribution.pid = pid;
+        let input = ReportInput {
+            attribution,
+            ledger,
+        };
+        Ok((self.build_report_from(&input, opts), changed))
+    }
+
+    /// The report of [`Session::report_now`] for a history sample, read
+    /// once more when the target changed its address space while smaps
+    /// was being read: a range remapped then can be in neither the smaps
+    /// read nor the ledger, and a series of the history would dip to
+    /// nothing for one sample (a false growth when it comes back). Once
+    /// more only: a target that remaps without pause costs a sample two
+    /// reads, not a loop.
+    pub fn sample_report(
+        &mut self,
+        pid: u32,
+        opts: ReportOptions,
+        events: &mut Vec<Event>,
+    ) -> Result<AttributedReport, crate::proc::ProcError> {
+        match self.report_now(pid, opts, events)? {
+            (report, false) => Ok(report),
+            (_, true) => Ok(self.report_now(pid, opts, events)?.0),
+        }
+    }
+
     /// Build the report of a [`ReportInput`].
     pub fn build_report_from(
         &mut self,
