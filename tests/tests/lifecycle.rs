@@ -360,13 +360,16 @@ fn pid_reuse_is_detected_before_tracing() {
 #[test]
 fn follow_forks_traces_children_that_outlive_the_command() {
     // The shell starts two background jobs and exits at once: one execs
-    // /bin/true after 0.4 s, one lives on (sleep 4) past the trace.
+    // /bin/true after 1.5 s, one lives on (sleep 6) past the trace. (The
+    // shell's exit event comes once memtrace has shown the forks, their
+    // stacks symbolized: ~0.2 s in a debug build, over 0.4 s on a loaded
+    // machine.)
     let run = run_launch(
-        &["--json", "--follow-forks", "--duration", "2s"],
+        &["--json", "--follow-forks", "--duration", "3s"],
         "/bin/sh",
         &[
             "-c",
-            "(sleep 0.4; exec /bin/true) & (exec sleep 4 >/dev/null 2>&1) & exit 0",
+            "(sleep 1.5; exec /bin/true) & (exec sleep 6 >/dev/null 2>&1) & exit 0",
         ],
     );
     assert_eq!(run.status, 0, "the command's status: {}", run.stderr);
@@ -412,7 +415,7 @@ fn follow_forks_traces_children_that_outlive_the_command() {
                     .iter()
                     .any(|x| x["kind"] == "exit" && x["pid"] == e["pid"])
         })
-        .expect("the sleep 4 child")["pid"]
+        .expect("the sleep 6 child")["pid"]
         .clone();
     assert!(
         run.others
