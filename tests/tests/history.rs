@@ -106,14 +106,24 @@ fn history_json_names_the_growing_site_with_its_rate() {
     w.expect_line("flat");
 
     // Wait until the whole window holds the flat sites at their size: none
-    // of them may count as growth then.
+    // of them may count as growth then. (A sample can fall between the
+    // fixture mapping one flat site and the next.)
     let deadline = Instant::now() + Duration::from_secs(60);
     let flat_key = loop {
         assert!(Instant::now() < deadline, "the window never filled");
         let doc = history(&served, &validator);
         let full = doc["samples"].as_array().is_some_and(|s| s.len() == 21);
+        let steady = doc["sites"].as_array().is_some_and(|sites| {
+            sites.iter().all(|s| {
+                s["rss_bytes"].as_array().is_some_and(|v| {
+                    v.iter()
+                        .all(|b| b.as_u64().is_some() && b == &v[v.len() - 1])
+                })
+            })
+        });
         let table = site(&doc, "flat_table");
         if full
+            && steady
             && let Some(t) = table
             && t["rss_bytes"]
                 .as_array()

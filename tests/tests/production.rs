@@ -29,7 +29,7 @@ fn own_rss_kib(pid: u32) -> u64 {
                 .map(|v| v.rss >> 10)
                 .sum()
         })
-        .unwrap_or(0)
+        .expect("read memtrace's smaps")
 }
 
 /// `memtrace --pid PID ARGS` with stdout piped and left unread; returns
@@ -123,18 +123,20 @@ fn a_stalled_reader_neither_grows_memtrace_nor_holds_the_target() {
         waited < Duration::from_millis(3500),
         "the target waited {waited:?} at its exit (hold 2 s): {stderr}"
     );
-    // The queues (1 + 16 MiB) fill within the first second; then memtrace
-    // stays put however long the backlog, which is what this checks.
+    // Were the backlog kept, memory would grow with it, at the fixture's
+    // hundreds of thousands of events a second: by hundreds of MiB over
+    // the second 4 s. The queues (1 + 16 MiB) may still be filling then
+    // on a loaded machine.
     assert!(
-        late_rss <= early_rss + 4 * 1024,
+        late_rss <= early_rss + 17 * 1024,
         "memtrace grew from {early_rss} KiB in the first 4 s to {late_rss} KiB in the next 4 \
          with its reader stalled"
     );
     // And a bound on the whole: the queues, and the working set (symbols,
     // unwind tables, the ledger; reading the target's debug information
-    // costs up to ~40 MiB for a moment at the start).
+    // costs up to ~40 MiB at the start, which the allocator may keep).
     assert!(
-        max_rss < start_rss + (17 + 64) * 1024,
+        max_rss < start_rss + (17 + 80) * 1024,
         "memtrace grew from {start_rss} KiB to {max_rss} KiB with its reader stalled"
     );
     let lines: Vec<Value> = out

@@ -116,17 +116,19 @@ fn reads_of_a_restless_process_count_each_page_once() {
     eprintln!("plain reads: {miscounted} of {reads} miscounted the regions");
 
     // Each of memtrace's ways of reading smaps: whole, or Unsettled. Until
-    // they have met enough restatements to show they handle them.
+    // they have met enough restatements to show they handle them, and each
+    // has had a whole read to check.
     const MET: u64 = 5;
     let before = smaps::restatements();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut whole = [0; 4];
     let mut unsettled = [0; 4];
-    while smaps::restatements() - before < MET {
+    while smaps::restatements() - before < MET || whole.contains(&0) {
         assert!(
             Instant::now() < deadline,
-            "memtrace's reads met {} restatements in 60 s (whole {whole:?}, unsettled \
-             {unsettled:?}): the fixture is too slow to test them",
+            "in 60 s memtrace's reads met {} restatements (whole {whole:?}, unsettled \
+             {unsettled:?}): the fixture is too slow to test them, or too restless for \
+             any read to be whole",
             smaps::restatements() - before
         );
         let results = [
@@ -171,11 +173,6 @@ fn reads_of_a_restless_process_count_each_page_once() {
     eprintln!(
         "memtrace: {} restatements met; whole {whole:?}, unsettled {unsettled:?}",
         smaps::restatements() - before
-    );
-    assert!(
-        whole.iter().all(|&n| n > 0),
-        "every read was torn {} times in a row: whole {whole:?}",
-        smaps::READ_ATTEMPTS
     );
     fixture.finish();
 }

@@ -187,22 +187,23 @@ pub fn attribute_process(pid: u32, vmas: &[Vma], ledger: &Ledger) -> Attribution
 /// read instead of following it. Same result as reading all of smaps first.
 ///
 /// A read torn by the process's own changes is joined again from a new
-/// stream ([`settled`]). Fails only if smaps cannot be read or parsed to
-/// the end.
+/// stream, with pagemap opened afresh ([`settled`]). Fails if smaps cannot
+/// be read or parsed to the end, or with [`ProcError::Unsettled`] when
+/// every read was torn.
 pub fn attribute_stream(
     pid: u32,
     smaps: SmapsStream,
     ledger: &Ledger,
 ) -> Result<Attribution, ProcError> {
-    let mut pagemap: Box<dyn PageCounter> = match Pagemap::open(pid) {
-        Ok(pagemap) => Box::new(pagemap),
-        Err(e) => Box::new(Unavailable(Some(io::Error::other(e)))),
-    };
     let mut first = Some(smaps);
     let mut attribution = settled(|| {
         let mut smaps = match first.take() {
             Some(smaps) => smaps,
             None => stream_smaps(pid)?,
+        };
+        let mut pagemap: Box<dyn PageCounter> = match Pagemap::open(pid) {
+            Ok(pagemap) => Box::new(pagemap),
+            Err(e) => Box::new(Unavailable(Some(io::Error::other(e)))),
         };
         let mut join = Join::new(ledger);
         while let Some(batch) = smaps.next_batch() {

@@ -101,13 +101,13 @@ pub enum ProcError {
         #[source]
         source: io::Error,
     },
-    /// The process changed its mappings during every one of
-    /// [`smaps::READ_ATTEMPTS`] reads of its smaps in a way that left some
-    /// memory counted twice or not at all.
+    /// The process changed its mappings while they were read in a way that
+    /// left some memory counted twice or not at all (a torn read), again
+    /// on each read ([`smaps::settled`] reads up to
+    /// [`smaps::READ_ATTEMPTS`] times).
     #[error(
-        "pid {pid} changed its memory mappings during each of {} reads of its smaps, \
-         so none is a consistent picture: try again",
-        smaps::READ_ATTEMPTS
+        "pid {pid} kept changing its memory mappings while memtrace read them (each read \
+         was torn by a change): try again"
     )]
     Unsettled {
         /// The process.

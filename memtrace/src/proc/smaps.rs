@@ -383,7 +383,8 @@ pub fn parse_reader<R: Read>(mut reader: R) -> Result<Vec<Vma>, ReadError> {
     }
 }
 
-/// An error from [`parse_reader`]: reading failed, or the text was malformed.
+/// An error from reading smaps: reading failed, the text was malformed, or
+/// (a live read) the process's own changes tore it.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The read itself failed.
@@ -404,7 +405,7 @@ pub enum ReadError {
 static RESTATEMENTS: AtomicU64 = AtomicU64::new(0);
 
 /// How many times the smaps text parsed by this process so far went back
-/// over regions already read (the process read changed its mappings
+/// over regions already read (the process being read changed its mappings
 /// between two `read(2)`s), whether the restatement replaced them exactly
 /// or tore the read. Tells how restless a target is, and lets tests know
 /// that the case they check happened.
@@ -454,19 +455,24 @@ pub fn read_smaps(pid: u32) -> Result<Vec<Vma>, ProcError> {
 }
 
 /// Read and parse `/proc/PID/maps` (the header lines of smaps without
-/// their fields). A read torn by the process's own changes is read again
-/// ([`settled`]).
+/// their fields). A read torn by the process's own changes is read again,
+/// up to [`READ_ATTEMPTS`] times; maps count no memory, so the last is
+/// kept even if torn: each address described once, by the newest
+/// description read.
 pub fn read_maps(pid: u32) -> Result<Vec<Vma>, ProcError> {
-    settled(|| {
-        let path = format!("/proc/{pid}/maps");
+    let path = format!("/proc/{pid}/maps");
+    let mut attempts = 1;
+    loop {
         let bytes = std::fs::read(&path).map_err(|e| ProcError::from_io(pid, &path, e))?;
         let mut parser = Parser::default();
         parser
             .feed(&bytes)
-            .map_err(ReadError::Parse)
-            .and_then(|()| parser.finish_read())
-            .map_err(|e| read_error(pid, &path, e))
-    })
+            .map_err(|source| ProcError::Parse { pid, source })?;
+        if parser.torn_at.is_none() || attempts == READ_ATTEMPTS {
+            return Ok(parser.vmas);
+        }
+        attempts += 1;
+    }
 }
 
 /// [`read_smaps`], also handing each VMA to `each` as soon as it is
@@ -782,9 +788,10 @@ struct Parser {
     handed: usize,
     /// End of the last VMA a consumer took away ([`Parser::drain_handed`]).
     drained_end: u64,
-    /// Line of the first restatement that could not replace what it
-    /// restated exactly (see [`Parser::restate`]).
-    torn_at: Option<usize>,
+    /// Line and kind of the first region that could not be placed
+    /// exactly: a restatement over part of a region or over regions handed
+    /// out (see [`Parser::restate`]), or one going backwards.
+    torn_at: Option<(usize, &'static str)>,
 }
 
 impl Parser {
@@ -933,16 +940,14 @@ impl Parser {
     /// produced it counts some memory twice, so it is an error.
     fn finish(self) -> Result<Vec<Vma>, ParseError> {
         match self.torn_at {
-            Some(line) => Err(ParseError {
-                line,
-                reason: "a region restated over regions it does not cover (the process \
-                         changed its mappings while this text was read)",
-            }),
+            Some((line, reason)) => Err(ParseError { line, reason }),
             None => Ok(self.vmas),
         }
     }
 
-    /// The VMAs of a live read, or [`ReadError::Torn`]: read it again.
+    /// The VMAs of a live read, or [`ReadError::Torn`]: read it again. (A
+    /// region going backwards counts as torn here: kernels before 5.2
+    /// resume a read by position, which a change can move back.)
     fn finish_read(self) -> Result<Vec<Vma>, ReadError> {
         if self.torn_at.is_some() {
             return Err(ReadError::Torn);
@@ -974,17 +979,16 @@ impl Parser {
             .map_or(self.drained_end, |v| v.end)
     }
 
-    fn push_region(&mut self, vma: Vma) -> Result<(), &'static str> {
+    fn push_region(&mut self, vma: Vma) {
         let last_end = self.vmas.last().map_or(self.drained_end, |v| v.end);
-        if vma.start < last_end {
-            if vma.end < last_end {
-                return Err("regions out of address order");
-            }
+        if vma.end < last_end {
+            self.torn_at
+                .get_or_insert((self.line, "regions out of address order"));
+        } else if vma.start < last_end {
             self.restate(&vma);
         }
         self.vmas.push(vma);
         self.next_label = 0;
-        Ok(())
     }
 
     /// `vma` starts below the end of regions already read: the process
@@ -999,19 +1003,28 @@ impl Parser {
     fn restate(&mut self, vma: &Vma) {
         RESTATEMENTS.fetch_add(1, Ordering::Relaxed);
         if vma.start < self.handed_end() {
-            self.torn_at.get_or_insert(self.line);
+            self.tear();
         }
         while self.vmas.len() > self.handed && self.vmas.last().is_some_and(|v| v.end > vma.start) {
             if self.vmas.pop().is_some_and(|stale| stale.start < vma.start) {
-                self.torn_at.get_or_insert(self.line);
+                self.tear();
             }
         }
+    }
+
+    fn tear(&mut self) {
+        self.torn_at.get_or_insert((
+            self.line,
+            "a region restated over regions it does not cover (the process changed its \
+             mappings while this text was read)",
+        ));
     }
 
     fn line_(&mut self, line: &[u8]) -> Result<(), &'static str> {
         // Most field lines never get here (see `fixed_field`/`fast_field`).
         if looks_like_header(line) {
-            return self.push_region(header(line)?);
+            self.push_region(header(line)?);
+            return Ok(());
         }
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(());
@@ -1497,8 +1510,12 @@ mod tests {
             .expect("feeds");
         parser.hand_out(0);
         parser.drain_handed().for_each(drop);
-        let err = parser.feed(region(0x1000, 0x2000, 4).as_bytes());
-        assert!(err.is_err(), "checked against the regions taken away too");
+        parser
+            .feed(region(0x1000, 0x2000, 4).as_bytes())
+            .expect("feeds");
+        // Checked against the regions taken away too; in a live read, a
+        // torn one (old kernels resume by position).
+        assert!(matches!(parser.finish_read(), Err(ReadError::Torn)));
     }
 
     #[test]

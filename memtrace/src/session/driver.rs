@@ -163,7 +163,6 @@ impl<S: EventSource> Run<'_, S> {
                 out.lost_so_far(reported_lost)?;
             }
             self.watch_peak(out)?;
-            self.session.warm_symbols(WARM_BUDGET);
             if let Some(every) = self.opts.report_every
                 && last_report.elapsed() >= every
             {
@@ -190,6 +189,9 @@ impl<S: EventSource> Run<'_, S> {
                     break;
                 }
             }
+            // After the samples: the first is taken at once (growth is
+            // measured from the start), not after the first symbolization.
+            self.session.warm_symbols(WARM_BUDGET);
             if let Some(kind) = out.error() {
                 return Err(kind.into());
             }

@@ -452,9 +452,21 @@ impl<S: EventSource> Session<S> {
     pub fn capture_report(&mut self, pid: u32) -> Result<ReportInput, crate::proc::ProcError> {
         // After the main thread exited, a live thread shows the memory.
         let reader = pid::mm_reader(pid);
-        let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
         // The join runs while smaps is read: the target is held less long.
-        let mut attribution = attribution::join::attribute_live(reader, &ledger)?;
+        let smaps = crate::proc::smaps::stream_smaps(reader)?;
+        self.capture_from(pid, reader, smaps)
+    }
+
+    /// [`Session::capture_report`] from `smaps`, a stream of `reader`'s
+    /// (the process showing `pid`'s memory) already started.
+    fn capture_from(
+        &mut self,
+        pid: u32,
+        reader: u32,
+        smaps: crate::proc::smaps::SmapsStream,
+    ) -> Result<ReportInput, crate::proc::ProcError> {
+        let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
+        let mut attribution = attribution::join::attribute_stream(reader, smaps, &ledger)?;
         attribution.pid = pid;
         Ok(ReportInput {
             attribution,
@@ -479,20 +491,13 @@ impl<S: EventSource> Session<S> {
         opts: ReportOptions,
         events: &mut Vec<Event>,
     ) -> Result<(AttributedReport, bool), crate::proc::ProcError> {
-        // After the main thread exited, a live thread shows the memory.
         let reader = pid::mm_reader(pid);
         let smaps = crate::proc::smaps::stream_smaps(reader)?;
         let before = events.len();
         events.extend(self.drain());
-        let ledger = self.ledgers.get(&pid).cloned().unwrap_or_default();
-        let mut attribution = attribution::join::attribute_stream(reader, smaps, &ledger)?;
+        let input = self.capture_from(pid, reader, smaps)?;
         events.extend(self.drain());
         let changed = events[before..].iter().any(|ev| ev.pid == pid);
-        attribution.pid = pid;
-        let input = ReportInput {
-            attribution,
-            ledger,
-        };
         Ok((self.build_report_from(&input, opts), changed))
     }
 
@@ -502,7 +507,8 @@ impl<S: EventSource> Session<S> {
     /// read nor the ledger, and a series of the history would dip to
     /// nothing for one sample (a false growth when it comes back). Once
     /// more only: a target that remaps without pause costs a sample two
-    /// reads, not a loop.
+    /// reports (each read whole, [`crate::proc::smaps::settled`]), not a
+    /// loop.
     pub fn sample_report(
         &mut self,
         pid: u32,
@@ -511,7 +517,10 @@ impl<S: EventSource> Session<S> {
     ) -> Result<AttributedReport, crate::proc::ProcError> {
         match self.report_now(pid, opts, events)? {
             (report, false) => Ok(report),
-            (_, true) => Ok(self.report_now(pid, opts, events)?.0),
+            // A second read that fails leaves the first, not a gap.
+            (first, true) => Ok(self
+                .report_now(pid, opts, events)
+                .map_or(first, |(report, _)| report)),
         }
     }
 

@@ -90,16 +90,20 @@ impl Served {
             .spawn()
             .expect("spawn memtrace serve");
         let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        err.read_line(&mut line)
-            .expect("serve says where it listens");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
-        let stderr = Arc::new(Mutex::new(String::new()));
+        // Alert lines from the first samples may come before it.
+        let mut head = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            let n = err
+                .read_line(&mut line)
+                .expect("serve says where it listens");
+            head.push_str(&line);
+            if let Some(rest) = line.split("http://").nth(1) {
+                break rest.split('/').next().unwrap_or_default().to_string();
+            }
+            assert!(n > 0, "no address in {head:?}");
+        };
+        let stderr = Arc::new(Mutex::new(head));
         let sink = Arc::clone(&stderr);
         std::thread::spawn(move || {
             for line in err.lines().map_while(Result::ok) {
