@@ -329,23 +329,32 @@ impl PerfMap {
 #[derive(Debug, Default)]
 pub struct PerfMaps {
     maps: HashMap<u32, Slot>,
-    /// When each process's map was last looked for or at on disk: a
+    /// When each process was last looked at for a map it does not have: a
     /// process whose JIT writes no map (most JVMs) sends stacks in
     /// anonymous memory with every event, and each look costs system
     /// calls; at most one per [`LOOK_AGAIN`].
     looked: HashMap<u32, Instant>,
+    /// When an address a process's map did not hold was last read for:
+    /// a JIT writes the line before it runs the code, so an address not
+    /// seen before is read for at once, and one still missing (code the
+    /// JIT does not name) at most once per [`LOOK_AGAIN`].
+    missed: HashMap<(u32, u64), Instant>,
 }
 
 /// How often a process's perf map is looked for, or read again for an
 /// address it does not hold.
 const LOOK_AGAIN: Duration = Duration::from_millis(10);
 
+/// Missing addresses remembered at most; beyond, they are forgotten (each
+/// then costs one more read).
+const MAX_MISSED: usize = 1 << 16;
+
 #[derive(Debug)]
 enum Slot {
     Open(PerfMap),
     /// No map yet (a JIT writes it from its first compilation on, or when
     /// asked, as `jcmd PID Compiler.perfmap`): looked for again, one
-    /// `openat2`, for each stack that needs it.
+    /// `openat2`, at most once per [`LOOK_AGAIN`].
     Missing(Target),
 }
 
@@ -357,37 +366,59 @@ impl PerfMaps {
             return;
         }
         let now = Instant::now();
-        let may_look = self
-            .looked
-            .get(&pid)
-            .is_none_or(|&t| now.duration_since(t) >= LOOK_AGAIN);
-        if may_look {
-            self.looked.insert(pid, now);
-        }
+        let PerfMaps {
+            maps,
+            looked,
+            missed,
+        } = self;
+        // Decided once per stack: looking for the map and opening it are
+        // one look.
+        let mut due = None;
+        let mut may_look = || {
+            *due.get_or_insert_with(|| {
+                let due = looked
+                    .get(&pid)
+                    .is_none_or(|&t| now.duration_since(t) >= LOOK_AGAIN);
+                if due {
+                    looked.insert(pid, now);
+                }
+                due
+            })
+        };
         // Not remembered when the process cannot be looked into: that can
         // pass (seen right after exec), and a process that is gone sends
         // no more stacks.
-        let slot = match self.maps.entry(pid) {
+        let slot = match maps.entry(pid) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) if may_look => match Target::of(pid) {
+            Entry::Vacant(e) if may_look() => match Target::of(pid) {
                 Ok(target) => e.insert(Slot::Missing(target)),
                 Err(_) => return,
             },
             Entry::Vacant(_) => return,
         };
-        if may_look
-            && let Slot::Missing(target) = slot
+        if let Slot::Missing(target) = slot
+            && may_look()
             && let Ok(map) = PerfMap::open_in(target)
         {
             *slot = Slot::Open(map);
         }
         let Slot::Open(map) = slot else { return };
         for loc in stack.iter_mut().filter(|l| l.module.is_none()) {
-            let hit = if may_look {
-                map.find(loc.addr)
-            } else {
-                map.entries().find(loc.addr)
-            };
+            let mut hit = map.entries().find(loc.addr);
+            let key = (pid, loc.addr);
+            if hit.is_none()
+                && missed
+                    .get(&key)
+                    .is_none_or(|&t| now.duration_since(t) >= LOOK_AGAIN)
+            {
+                hit = map.find(loc.addr);
+                if hit.is_none() {
+                    if missed.len() >= MAX_MISSED {
+                        missed.clear();
+                    }
+                    missed.insert(key, now);
+                }
+            }
             loc.jit = hit.map(|(name, _)| name);
         }
     }
@@ -396,6 +427,7 @@ impl PerfMaps {
     pub fn forget(&mut self, pid: u32) {
         self.maps.remove(&pid);
         self.looked.remove(&pid);
+        self.missed.retain(|&(p, _), _| p != pid);
     }
 }
 
@@ -518,6 +550,31 @@ mod tests {
         nix::unistd::mkfifo(path.as_str(), nix::sys::stat::Mode::S_IRUSR).expect("mkfifo");
         let err = PerfMap::open(me).expect_err("a FIFO must be refused");
         assert!(matches!(err, PerfMapError::NotRegular { .. }), "{err}");
+        let _ = std::fs::remove_file(&path);
+
+        // Through PerfMaps: code a JIT names right before it runs it is
+        // named at once, however soon after the last look at the map.
+        let mut f = File::create(&path).expect("create perf map");
+        f.write_all(b"1000 10 first\n").expect("write");
+        let mut maps = PerfMaps::default();
+        let mut name = |addr: u64| {
+            let mut stack = [crate::proc::maps::Loc {
+                addr,
+                module: None,
+                file: None,
+                jit: None,
+            }];
+            maps.name_jit(me, &mut stack);
+            stack[0].jit.clone()
+        };
+        assert_eq!(name(0x1000), Some(Arc::from("first")));
+        f.write_all(b"2000 10 second\n").expect("write");
+        assert_eq!(name(0x2004), Some(Arc::from("second")));
+        // An address still missing is read for again, once per LOOK_AGAIN.
+        assert_eq!(name(0x5000), None);
+        f.write_all(b"5000 10 late\n").expect("write");
+        std::thread::sleep(LOOK_AGAIN);
+        assert_eq!(name(0x5000), Some(Arc::from("late")));
         let _ = std::fs::remove_file(&path);
     }
 }
