@@ -365,7 +365,7 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 /// The attributed report of `pid` now ([`Session::report_now`]); the
 /// events drained meanwhile are not shown anywhere.
 fn attributed_report(session: &mut Session, pid: u32) -> Result<AttributedReport, ProcError> {
-    Ok(session.report_now(pid, SERVED, &mut Vec::new())?.0)
+    session.report_now(pid, SERVED, &mut Vec::new())
 }
 
 /// What the served reports hold: no ranges.

@@ -475,30 +475,16 @@ impl<S: EventSource> Session<S> {
     }
 
     /// The attributed report of `pid` now, every event delivered so far
-    /// applied, and whether `pid` changed its address space while smaps
-    /// was read (events of it drained during the read, or arrived before
-    /// it ended). The events drained meanwhile go to `events`, for the
-    /// caller to show.
-    ///
-    /// smaps is read from the start, in the background, while the session
-    /// takes its last events (which can wait for the tracer's reader
-    /// thread), and the join with the ledger runs on each batch of VMAs as
-    /// it arrives ([`attribution::join::attribute_stream`]), so the report
-    /// costs little more than the smaps read itself.
+    /// applied ([`Session::capture_now`]). The events drained meanwhile go
+    /// to `events`, for the caller to show.
     pub fn report_now(
         &mut self,
         pid: u32,
         opts: ReportOptions,
         events: &mut Vec<Event>,
-    ) -> Result<(AttributedReport, bool), crate::proc::ProcError> {
-        let reader = pid::mm_reader(pid);
-        let smaps = crate::proc::smaps::stream_smaps(reader)?;
-        let before = events.len();
-        events.extend(self.drain());
-        let input = self.capture_from(pid, reader, smaps)?;
-        events.extend(self.drain());
-        let changed = events[before..].iter().any(|ev| ev.pid == pid);
-        Ok((self.build_report_from(&input, opts), changed))
+    ) -> Result<AttributedReport, crate::proc::ProcError> {
+        let (input, _) = self.capture_now(pid, events)?;
+        Ok(self.build_report_from(&input, opts))
     }
 
     /// The report of [`Session::report_now`] for a history sample, read
@@ -507,21 +493,48 @@ impl<S: EventSource> Session<S> {
     /// read nor the ledger, and a series of the history would dip to
     /// nothing for one sample (a false growth when it comes back). Once
     /// more only: a target that remaps without pause costs a sample two
-    /// reports (each read whole, [`crate::proc::smaps::settled`]), not a
-    /// loop.
+    /// captures (each read whole, [`crate::proc::smaps::settled`]), not a
+    /// loop. Only the capture kept is symbolized, and the second follows
+    /// the first at once.
     pub fn sample_report(
         &mut self,
         pid: u32,
         opts: ReportOptions,
         events: &mut Vec<Event>,
     ) -> Result<AttributedReport, crate::proc::ProcError> {
-        match self.report_now(pid, opts, events)? {
-            (report, false) => Ok(report),
+        let (mut input, changed) = self.capture_now(pid, events)?;
+        if changed {
             // A second read that fails leaves the first, not a gap.
-            (first, true) => Ok(self
-                .report_now(pid, opts, events)
-                .map_or(first, |(report, _)| report)),
+            if let Ok((again, _)) = self.capture_now(pid, events) {
+                input = again;
+            }
         }
+        Ok(self.build_report_from(&input, opts))
+    }
+
+    /// What the report of `pid` needs, with every event delivered so far
+    /// applied, and whether `pid` changed its address space while smaps
+    /// was read (events of it drained during the read, or arrived before
+    /// it ended). The events drained meanwhile go to `events`.
+    ///
+    /// smaps is read from the start, in the background, while the session
+    /// takes its last events (which can wait for the tracer's reader
+    /// thread), and the join with the ledger runs on each batch of VMAs as
+    /// it arrives ([`attribution::join::attribute_stream`]), so it costs
+    /// little more than the smaps read itself.
+    fn capture_now(
+        &mut self,
+        pid: u32,
+        events: &mut Vec<Event>,
+    ) -> Result<(ReportInput, bool), crate::proc::ProcError> {
+        let reader = pid::mm_reader(pid);
+        let smaps = crate::proc::smaps::stream_smaps(reader)?;
+        let before = events.len();
+        events.extend(self.drain());
+        let input = self.capture_from(pid, reader, smaps)?;
+        events.extend(self.drain());
+        let changed = events[before..].iter().any(|ev| ev.pid == pid);
+        Ok((input, changed))
     }
 
     /// Build the report of a [`ReportInput`].
