@@ -255,6 +255,11 @@ fn history_json_names_the_growing_site_with_its_rate() {
 
     // Identity: the flat site kept its key; the remapped site is one
     // series, resident in every sample, though its ranges are new ones.
+    // (Not always all 4 MiB: on a loaded machine a sample can read the new
+    // range half touched and the old one after its unmap, when the unmap's
+    // exit, and so its event, comes after the sample's last drain. What
+    // must not happen is the series dropping to nothing, as it did when a
+    // sample joined ranges the ledger did not hold yet.)
     assert_eq!(
         site(last, "flat_table").expect("flat_table")["key"],
         flat_key
@@ -275,7 +280,7 @@ fn history_json_names_the_growing_site_with_its_rate() {
             .as_array()
             .expect("values")
             .iter()
-            .all(|b| b.as_u64().is_some_and(|b| b >= 4 * MIB)),
+            .all(|b| b.as_u64().is_some_and(|b| b > 0)),
         "{}",
         scratch[0]
     );
