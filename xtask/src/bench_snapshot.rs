@@ -1,7 +1,7 @@
 //! `cargo xtask bench snapshot`: how much does `memtrace snapshot` cost
 //! over just reading `/proc/PID/smaps`?
 //!
-//! Two target processes hold 60,000 VMAs each, one page per VMA, in the
+//! Target processes hold 60,000 VMAs each, one page per VMA, in the
 //! layouts real processes have:
 //!
 //! - *resident*: every page touched, protections alternating `PROT_READ`
@@ -9,7 +9,12 @@
 //! - *guard*: a touched read-write page, then a `PROT_NONE` page, and so on
 //!   (thread stacks with their guard pages, Go and JVM reservations): half
 //!   the VMAs have nothing resident, so the kernel's own work per VMA is
-//!   small and any fixed cost of memtrace shows.
+//!   small and any fixed cost of memtrace shows;
+//! - *restless*: the resident layout, with the target flipping the
+//!   protection of every other page without pause (each flip merges three
+//!   VMAs into one and splits them again), so the kernel restates ranges
+//!   between reads and memtrace's reads meet torn text and may read again
+//!   (`memtrace::proc::smaps::settled`) where `cat` reads once, wrong.
 //!
 //! For each layout it times, interleaved, `cat /proc/PID/smaps > /dev/null`
 //! and `memtrace snapshot --pid PID > /dev/null`, and prints the medians
@@ -34,7 +39,7 @@ const ROUNDS: usize = 15;
 /// The ratio `memtrace snapshot` must stay under.
 const TARGET_RATIO: f64 = 1.10;
 
-/// The target: `many_vmas N resident|guard`.
+/// The target: `many_vmas N resident|guard|restless`.
 const TARGET_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +50,7 @@ const TARGET_C: &str = r#"
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 60000;
     int guard = argc > 2 && strcmp(argv[2], "guard") == 0;
+    int restless = argc > 2 && strcmp(argv[2], "restless") == 0;
     long page = sysconf(_SC_PAGESIZE);
     char *base = mmap(NULL, (size_t)n * page, PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -64,16 +70,26 @@ int main(int argc, char **argv) {
     }
     printf("ready\n");
     fflush(stdout);
+    /* Restless: RW merges page i with its RW neighbours, R splits it off. */
+    for (long i = 1; restless; i = i + 2 < n ? i + 2 : 1) {
+        char *p = base + (size_t)i * page;
+        mprotect(p, page, PROT_READ | PROT_WRITE);
+        mprotect(p, page, PROT_READ);
+    }
     for (;;) pause();
 }
 "#;
 
 /// The layouts measured, by the name the target takes.
-const LAYOUTS: [(&str, &str); 2] = [
+const LAYOUTS: [(&str, &str); 3] = [
     ("resident", "every page resident, RW/R alternating"),
     (
         "guard",
         "resident RW page, PROT_NONE guard page, alternating",
+    ),
+    (
+        "restless",
+        "resident RW/R alternating, the R pages flipped to RW and back without pause",
     ),
 ];
 
