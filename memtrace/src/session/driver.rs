@@ -289,9 +289,7 @@ impl<S: EventSource> Run<'_, S> {
         let result = self.emit(&events, out);
         match captured {
             Ok(input) => {
-                let opts = ReportOptions {
-                    ranges: self.opts.ranges,
-                };
+                let opts = self.report_options();
                 let mut report = self.session.build_report_from(&input, opts);
                 report.complete = complete;
                 report.at = ReportAt::Exit;
@@ -371,9 +369,7 @@ impl<S: EventSource> Run<'_, S> {
             .filter(|p| last.is_none_or(|l| p.anon_rss_bytes() > l));
         let peak_only = self.opts.report_at == ReportWhen::Peak;
         if let Some(p) = peak {
-            let opts = ReportOptions {
-                ranges: self.opts.ranges,
-            };
+            let opts = self.report_options();
             let mut report = self.session.build_report_from(&p.input, opts);
             report.at = ReportAt::Peak;
             report.lost_events = p.lost_events;
@@ -425,20 +421,12 @@ impl<S: EventSource> Run<'_, S> {
         &mut self,
         out: &mut Output<W>,
     ) -> io::Result<Option<AttributedReport>> {
-        let opts = ReportOptions {
-            ranges: self.opts.ranges,
-        };
         let mut events = Vec::new();
-        let report = self.session.sample_report(self.target, opts, &mut events);
+        let report = self
+            .session
+            .sample_report(self.target, self.report_options(), &mut events);
         self.emit(&events, out)?;
-        Ok(match report {
-            Ok(r) => Some(r),
-            Err(e) => {
-                self.notes
-                    .note(&format!("no report for pid {}: {e}", self.target));
-                None
-            }
-        })
+        Ok(self.noted(self.target, report))
     }
 
     /// The full report (all call sites), or `None` with a note.
@@ -448,16 +436,26 @@ impl<S: EventSource> Run<'_, S> {
 
     /// The full report of a traced process, or `None` with a note.
     fn report_of(&mut self, pid: u32) -> Option<AttributedReport> {
-        let opts = ReportOptions {
+        let report = self.session.attributed_report(pid, self.report_options());
+        self.noted(pid, report)
+    }
+
+    /// What the reports hold (`--ranges`).
+    fn report_options(&self) -> ReportOptions {
+        ReportOptions {
             ranges: self.opts.ranges,
-        };
-        match self.session.attributed_report(pid, opts) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                self.notes.note(&format!("no report for pid {pid}: {e}"));
-                None
-            }
         }
+    }
+
+    /// The report, or `None` with a note saying why there is none.
+    fn noted(
+        &mut self,
+        pid: u32,
+        report: Result<AttributedReport, crate::proc::ProcError>,
+    ) -> Option<AttributedReport> {
+        report
+            .inspect_err(|e| self.notes.note(&format!("no report for pid {pid}: {e}")))
+            .ok()
     }
 
     /// After the target exited: whether processes it forked (traced with
