@@ -15,7 +15,7 @@ use memtrace::{
         output::{Format, Output},
     },
     trace::{
-        Lost, TraceError,
+        Drained, Lost, TraceError,
         event::{Call, Event},
         source::EventSource,
     },
@@ -41,12 +41,15 @@ impl EventSource for Script {
             }
         }
     }
-    fn drain(&mut self, out: &mut Vec<Event>) -> usize {
+    fn drain(&mut self, out: &mut Vec<Event>) -> Drained {
         let before = out.len();
         while let Some(b) = self.batches.pop_front() {
             out.extend(b);
         }
-        out.len() - before
+        Drained {
+            events: out.len() - before,
+            ring_empty: true,
+        }
     }
     fn lost(&self) -> Lost {
         Lost::default()

@@ -14,6 +14,7 @@ use serde_json::Value;
 const STRESS: &str = env!("CARGO_BIN_EXE_stress");
 const GROUND_TRUTH: &str = env!("CARGO_BIN_EXE_ground_truth");
 const SHARED_ANON: &str = env!("CARGO_BIN_EXE_shared_anon");
+const BRK_GROWER: &str = env!("CARGO_BIN_EXE_brk_grower");
 
 const PAGE: u64 = 4096;
 
@@ -579,4 +580,40 @@ fn memory_exec_mapped_is_attributed_in_launch_mode() {
     );
     let coverage = report["coverage"].as_f64().expect("coverage");
     assert!(coverage >= 0.99, "coverage {coverage}: {report}");
+}
+
+/// Attached to a running process, memtrace knows its break from `/proc`:
+/// the first brk growth after attaching is traced like the second (only
+/// memory mapped before attaching may be untraced).
+#[test]
+fn every_brk_growth_after_attaching_is_traced() {
+    let w = Waiting::start(BRK_GROWER, &[]);
+    let mut grown = String::new();
+    let run = run_attached(&["--json", "-q", "--ranges"], w, |w| {
+        w.go();
+        w.expect_line("grown 1");
+        w.go();
+        grown = w.expect_line("grown 2");
+    });
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let mut fields = grown.split_whitespace().skip(2);
+    let mut addr = || {
+        fields
+            .next()
+            .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("bad fixture line {grown:?}"))
+    };
+    let (start, end) = (addr(), addr());
+    // The heap grew from `start` (rounded up: the page it is in was mapped
+    // before) to `end` (rounded up: brk maps whole pages).
+    let grown = vec![(start.div_ceil(PAGE) * PAGE, end.div_ceil(PAGE) * PAGE)];
+    let report = report_of(&run);
+    let untraced = subtract(&grown, &traced_ranges(report));
+    assert!(
+        untraced.is_empty(),
+        "{} KiB of the heap grown after attaching is untraced: {}; report: {}",
+        bytes_of(&untraced) >> 10,
+        show_ranges(&untraced, 8),
+        short(report)
+    );
 }

@@ -447,6 +447,13 @@ impl Ledger {
         self.brk
     }
 
+    /// Learn the program break of a process traced from now on (read from
+    /// `/proc` once tracing is on), so its first brk growth is traced from
+    /// there. A break already known from events wins.
+    pub fn learn_brk(&mut self, end: u64) {
+        self.brk.get_or_insert(end);
+    }
+
     fn clear(&mut self) {
         self.ranges.clear();
         self.brk = None;

@@ -340,11 +340,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )
     .context("writing the output")?;
     drop(session);
-    match out.finish() {
-        Ok(_) => {}
+    let interrupted = match out.finish() {
+        Ok(_) => outcome.interrupted,
         // `memtrace … | head`: not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(e) => say!("memtrace: writing the output: {e}"),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => false,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(e) => {
+            say!("memtrace: writing the output: {e}");
+            false
+        }
+    };
+    if interrupted {
+        // The reader never took the output; the target was let go long
+        // before this.
+        say!(
+            "memtrace: stopped by a signal while the output's reader was not reading: the output is incomplete"
+        );
+        return Ok(ExitCode::from(INTERRUPTED_EXIT_STATUS));
     }
     if let Some(report) = &outcome.report {
         // A file that cannot be written costs that file, not the report
@@ -361,6 +373,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Exit status with `--exit-on-alert` when an alert tripped.
 pub const ALERT_EXIT_STATUS: u8 = 3;
+
+/// Stopped by a signal with output unwritten (128 + SIGINT, as shells do).
+pub const INTERRUPTED_EXIT_STATUS: u8 = 130;
 
 /// `--folded`, `--flamegraph` and `--pprof` files, created before tracing starts so a
 /// bad path is reported at once, not after the whole trace.

@@ -87,6 +87,19 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// `pid`'s program break as far as it is mapped: the end of its `[heap]`
+/// (the break rounded up to a page, which is all a brk growth maps from),
+/// or, before its heap was first grown, where the heap starts
+/// (`/proc/PID/stat` field 47, `start_brk`).
+pub fn program_break(pid: u32) -> Option<u64> {
+    let maps = super::smaps::read_maps(pid).ok()?;
+    if let Some(heap) = maps.iter().find(|v| v.name == "[heap]") {
+        return Some(heap.end);
+    }
+    // Field 47 is the 45th after the name.
+    stat_fields(pid)?.get(44)?.parse().ok().filter(|&b| b != 0)
+}
+
 /// Why memtrace will not trace a pid, or can no longer.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {

@@ -36,6 +36,10 @@ const POLL: Duration = Duration::from_millis(20);
 /// Time per poll spent symbolizing new stacks ahead of the report.
 const WARM_BUDGET: Duration = Duration::from_millis(5);
 
+/// Longest time spent applying the events still queued when tracing ends
+/// ([`Session::finish_round`]); the rest are counted as lost.
+const END_DRAIN: Duration = Duration::from_secs(2);
+
 /// What ends or shapes a trace.
 #[derive(Clone, Debug, Default)]
 pub struct DriveOptions {
@@ -81,6 +85,9 @@ pub struct Outcome {
     pub output_closed: bool,
     /// Some `--alert` rule tripped.
     pub alerted: bool,
+    /// A signal stopped memtrace while it waited for a stalled reader:
+    /// the output is incomplete.
+    pub interrupted: bool,
 }
 
 /// Trace `target` until it exits, a stop is requested, or the duration
@@ -96,10 +103,15 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
     stop: &StopFlags,
     notes: &mut dyn Notes,
 ) -> io::Result<Outcome> {
+    out.give_up_on(stop);
+    if let Some(t) = &tracee {
+        t.hold_exit_for(opts.exit_hold.unwrap_or_default());
+    }
     let mut run = Run {
         session,
         target,
         opts,
+        stop,
         notes,
         exit_code: 0,
         report: None,
@@ -108,23 +120,18 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
         watch: opts.watch.as_ref().map(Watch::new),
         alerted: false,
     };
-    match run.trace(&mut tracee, out, stop) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-            return Ok(Outcome {
-                exit_code: run.exit_code,
-                report: run.report,
-                output_closed: true,
-                alerted: run.alerted,
-            });
-        }
+    let (output_closed, interrupted) = match run.trace(&mut tracee, out) {
+        Ok(()) => (false, false),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => (true, false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => (false, true),
         Err(e) => return Err(e),
-    }
+    };
     Ok(Outcome {
         exit_code: run.exit_code,
         report: run.report,
-        output_closed: false,
+        output_closed,
         alerted: run.alerted,
+        interrupted,
     })
 }
 
@@ -132,6 +139,7 @@ struct Run<'a, S: EventSource> {
     session: &'a mut Session<S>,
     target: u32,
     opts: &'a DriveOptions,
+    stop: &'a StopFlags,
     notes: &'a mut dyn Notes,
     exit_code: i32,
     report: Option<AttributedReport>,
@@ -147,8 +155,8 @@ impl<S: EventSource> Run<'_, S> {
         &mut self,
         tracee: &mut Option<Launched>,
         out: &mut Output<W>,
-        stop: &StopFlags,
     ) -> io::Result<()> {
+        let stop = self.stop;
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut reported_lost = 0;
@@ -205,9 +213,9 @@ impl<S: EventSource> Run<'_, S> {
                 break;
             }
             match tracee.as_ref().and_then(Launched::poll) {
-                Some(ChildEvent::AtExit) => {
+                Some(ChildEvent::AtExit { since }) => {
                     if let Some(t) = tracee.as_ref() {
-                        self.at_exit(t, out)?;
+                        self.at_exit(t, since, out)?;
                     }
                 }
                 Some(ChildEvent::Exited(code)) => {
@@ -233,8 +241,29 @@ impl<S: EventSource> Run<'_, S> {
                 }
             }
         }
-        let events = self.session.drain();
-        self.emit(&events, out)?;
+        // Tracing is over: the target is let go before anything waits for
+        // the reader (the reports below), so a stalled reader never holds
+        // it, and from now on a signal stops the waiting.
+        if let Some(t) = tracee.take() {
+            t.release();
+        }
+        let forced = self.opts.launched && stop.received_count() >= 2;
+        if forced {
+            stop.stop_waiting_for_reader();
+        } else {
+            stop.wait_for_reader_until_signalled();
+        }
+        // What the kernel delivered is applied (and shown) a batch at a
+        // time, within END_DRAIN; the rest is counted lost.
+        let deadline = Instant::now() + if forced { Duration::ZERO } else { END_DRAIN };
+        self.session.stop_recording();
+        loop {
+            let (events, more) = self.session.finish_round(deadline);
+            self.emit(&events, out)?;
+            if !more {
+                break;
+            }
+        }
         if self.report.is_none() && !self.opts.no_report && process_exists(self.target) {
             self.report = self.take_report();
             if let Some(r) = &mut self.report {
@@ -261,13 +290,25 @@ impl<S: EventSource> Run<'_, S> {
     fn at_exit<W: Write + Send + 'static>(
         &mut self,
         tracee: &Launched,
+        since: Instant,
         out: &mut Output<W>,
     ) -> io::Result<()> {
         let Some(hold) = self.hold() else {
             tracee.resume_exit();
             return Ok(());
         };
-        let deadline = Instant::now() + hold;
+        // Counted from the stop: the ptrace thread lets the target go at
+        // this deadline unless it is claimed first (`Launched::claim_exit`).
+        let deadline = since + hold;
+        if Instant::now() >= deadline || !tracee.claim_exit() {
+            tracee.resume_exit();
+            self.notes.note(&format!(
+                "warning: pid {} was let go after the exit hold ({hold:?}) before memtrace \
+                 could read it: no report at exit (raise --exit-hold)",
+                self.target
+            ));
+            return Ok(());
+        }
         // Applied while the target is held even without a report: applying
         // reads from its memory what the kernel side could not (region
         // names in untouched pages), which is gone once it is released.
@@ -300,6 +341,9 @@ impl<S: EventSource> Run<'_, S> {
                 .note(&format!("no report for pid {}: {e}", self.target)),
         }
         result?;
+        // The target is let go: from here a signal stops a wait for the
+        // reader.
+        self.stop.wait_for_reader_until_signalled();
         // Printed now, not after the target's teardown (~100 ms for a few
         // hundred MB): it describes the exit stop, before the exit event.
         self.print_final(out)

@@ -42,12 +42,18 @@ use crate::{
         unwind::Unwinder,
     },
     trace::{
-        TraceError, Tracer, TracerOptions,
+        Lost, TraceError, Tracer, TracerOptions,
         event::{Call, Event},
         source::EventSource,
     },
 };
 use stream::Summary;
+
+/// Most time one [`Session::poll`] spends applying events.
+pub const APPLY_BUDGET: Duration = Duration::from_millis(50);
+
+/// Most time one [`Session::drain`] spends applying events.
+pub const DRAIN_BUDGET: Duration = Duration::from_millis(100);
 
 /// CLOCK_MONOTONIC now, in the eBPF side's time base (`bpf_ktime_get_ns`).
 pub fn monotonic_ns() -> u64 {
@@ -94,6 +100,8 @@ pub struct Session<S: EventSource = Tracer> {
     dirty: HashSet<u32>,
     /// Stacks up to this id were symbolized ahead ([`Session::warm_symbols`]).
     warmed: usize,
+    /// Events delivered and never applied ([`Session::finish_round`]).
+    unapplied: u64,
 }
 
 impl Session<Tracer> {
@@ -124,6 +132,7 @@ impl<S: EventSource> Session<S> {
             active: HashSet::new(),
             dirty: HashSet::new(),
             warmed: 0,
+            unapplied: 0,
         }
     }
 
@@ -133,6 +142,12 @@ impl<S: EventSource> Session<S> {
             .set_frame_pointers(pid, keeps_frame_pointers(pid));
         self.pids.insert(pid);
         self.refresh_maps(pid);
+        // Read once tracing is on: a brk between the two is seen as an
+        // event and applied after this (only its growth is then untraced),
+        // never attributed to a later call.
+        if let Some(end) = pid::program_break(pid) {
+            self.ledgers.entry(pid).or_default().learn_brk(end);
+        }
         Ok(())
     }
 
@@ -231,7 +246,10 @@ impl<S: EventSource> Session<S> {
     }
 
     /// Wait up to `timeout` for events and return them in order, after
-    /// updating the summary and the traced set (forks, exits).
+    /// updating the summary and the traced set (forks, exits). At most
+    /// [`APPLY_BUDGET`] is spent applying them: the rest waits in the
+    /// backlog, so the caller gets back to the target (its exit stop, a
+    /// signal) in time whatever the backlog.
     pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
         let mut raw = Vec::new();
         // Work left from a bounded drain comes first, without waiting.
@@ -242,23 +260,83 @@ impl<S: EventSource> Session<S> {
         };
         self.tracer.wait_events(wait, &mut raw);
         self.enqueue(raw);
-        self.process_until(None).0
+        self.process_until(Some(Instant::now() + APPLY_BUDGET)).0
     }
 
     /// Everything the kernel has delivered so far, without waiting for
-    /// more.
+    /// more; at most [`DRAIN_BUDGET`] of work (the rest waits for the next
+    /// poll).
     pub fn drain(&mut self) -> Vec<Event> {
-        self.drain_until(None).0
+        self.drain_until(Some(Instant::now() + DRAIN_BUDGET)).0
     }
 
     /// Like [`Session::drain`], but stop applying events at `deadline`;
     /// the rest wait for the next poll. The flag says whether every
-    /// delivered event was applied.
+    /// delivered event was applied. When the event buffer filled up, the
+    /// ring is read again as room is made, to its end.
     pub fn drain_until(&mut self, deadline: Option<Instant>) -> (Vec<Event>, bool) {
+        let mut all = Vec::new();
+        loop {
+            let (events, complete, ring_empty) = self.drain_round(deadline);
+            all.extend(events);
+            // A target that maps faster than this applies keeps the ring
+            // from emptying: the deadline ends the rounds too.
+            if !complete || ring_empty || deadline.is_some_and(|d| Instant::now() >= d) {
+                return (all, complete);
+            }
+        }
+    }
+
+    /// One round of a drain: what the event buffer holds (up to
+    /// [`crate::trace::TAKE_MAX`]), applied until `deadline`; whether all
+    /// were applied, and whether the ring was read to its end.
+    fn drain_round(&mut self, deadline: Option<Instant>) -> (Vec<Event>, bool, bool) {
         let mut raw = Vec::new();
-        self.tracer.drain(&mut raw);
+        let drained = self.tracer.drain(&mut raw);
         self.enqueue(raw);
-        self.process_until(deadline)
+        let (events, complete) = self.process_until(deadline);
+        (events, complete, drained.ring_empty)
+    }
+
+    /// Tracing ends: the kernel side records nothing more for the traced
+    /// processes (they stay known for their reports), so what it delivered
+    /// is finite; [`Session::finish_round`] applies it.
+    pub fn stop_recording(&mut self) {
+        for &pid in &self.pids {
+            self.tracer.remove_pid(pid);
+        }
+    }
+
+    /// After [`Session::stop_recording`]: apply one round of what is left
+    /// and return it, with whether more is left. Past `deadline` what is
+    /// left (in the backlog, the event buffer or the ring) is taken and
+    /// counted as [`Lost::unapplied`] instead, so every event recorded is
+    /// either applied or counted. Rounds keep memory to one batch.
+    pub fn finish_round(&mut self, deadline: Instant) -> (Vec<Event>, bool) {
+        let (events, complete, ring_empty) = self.drain_round(Some(deadline));
+        if complete && ring_empty {
+            return (events, false);
+        }
+        if Instant::now() < deadline {
+            return (events, true);
+        }
+        let mut unapplied = self.backlog.len() as u64;
+        let mut bytes: usize = self.backlog.drain(..).map(|ev| ev.footprint()).sum();
+        loop {
+            self.tracer.applied(std::mem::take(&mut bytes));
+            let mut raw = Vec::new();
+            let drained = self.tracer.drain(&mut raw);
+            unapplied += raw.len() as u64;
+            bytes = raw.iter().map(Event::footprint).sum();
+            if drained.ring_empty {
+                self.tracer.applied(bytes);
+                break;
+            }
+        }
+        self.unapplied += unapplied;
+        self.active.clear();
+        self.update_lost();
+        (events, false)
     }
 
     /// Events delivered but not yet applied.
@@ -277,13 +355,16 @@ impl<S: EventSource> Session<S> {
     }
 
     fn process_until(&mut self, deadline: Option<Instant>) -> (Vec<Event>, bool) {
-        let mut out = Vec::with_capacity(self.backlog.len());
+        let mut out = Vec::new();
+        // What the applied events took of the event buffer, as delivered.
+        let mut applied = 0;
         while let Some(mut ev) = self.backlog.pop_front() {
             // Checking the clock every event would cost more than the work.
             if out.len() % 64 == 63 && deadline.is_some_and(|d| Instant::now() >= d) {
                 self.backlog.push_front(ev);
                 break;
             }
+            applied += ev.footprint();
             if ev.kind().is_syscall() {
                 if self.dirty.remove(&ev.pid) {
                     self.refresh_maps(ev.pid);
@@ -368,10 +449,18 @@ impl<S: EventSource> Session<S> {
         if self.backlog.is_empty() {
             self.active.clear();
         }
-        let lost = self.tracer.lost();
+        self.tracer.applied(applied);
+        self.update_lost();
+        (out, self.backlog.is_empty())
+    }
+
+    fn update_lost(&mut self) {
+        let lost = Lost {
+            unapplied: self.unapplied,
+            ..self.tracer.lost()
+        };
         self.summary.lost = lost;
         self.summary.lost_events = lost.total();
-        (out, self.backlog.is_empty())
     }
 
     /// A stack the kernel side sent as an id: captured before the

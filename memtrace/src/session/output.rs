@@ -13,11 +13,15 @@ use std::{
     io::{self, Write},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
+    time::Duration,
 };
 
 use serde::Serialize;
 
-use super::stream::{self, EventLine, Summary};
+use super::{
+    relay::StopFlags,
+    stream::{self, EventLine, Summary},
+};
 use crate::{
     attribution::report::{AttributedReport, ReportLine},
     history::alert::AlertState,
@@ -116,7 +120,23 @@ pub struct Output<W: Write + Send + 'static> {
     queue: Arc<Queue>,
     writer: Option<thread::JoinHandle<W>>,
     dropped: u64,
+    /// Signals that end waiting for a stalled reader ([`Output::give_up_on`]).
+    stop: Option<StopFlags>,
 }
+
+/// How a line is queued when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Full {
+    /// Dropped and counted (event lines: many).
+    Drop,
+    /// Waits for room (reports, the summary: once tracing is over).
+    Wait,
+    /// Queued anyway (alerts: few, and never lost, while tracing goes on).
+    Queue,
+}
+
+/// How often a wait for the reader looks at the signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// Lines waiting for the writer thread.
 struct Queue {
@@ -165,7 +185,23 @@ impl<W: Write + Send + 'static> Output<W> {
             queue,
             writer,
             dropped: 0,
+            stop: None,
         }
+    }
+
+    /// Waits for a stalled reader end with [`io::ErrorKind::Interrupted`]
+    /// once `stop` says to give up ([`StopFlags::give_up`]).
+    pub fn give_up_on(&mut self, stop: &StopFlags) {
+        self.stop = Some(stop.clone());
+    }
+
+    fn gave_up(&self) -> Option<io::Error> {
+        self.stop.as_ref().filter(|s| s.give_up()).map(|_| {
+            io::Error::new(
+                io::ErrorKind::Interrupted,
+                "stopped by a signal while waiting for the reader of the output",
+            )
+        })
     }
 
     /// Whether an event line would be written now rather than dropped: lets
@@ -197,7 +233,7 @@ impl<W: Write + Send + 'static> Output<W> {
             Format::Json => TraceLine::Event(EventLine::new(ev, stack)).to_json(),
             Format::Text => stream::event_line(ev, stack, start_ns, self.verbose),
         };
-        self.push(line, false)
+        self.push(line, Full::Drop)
     }
 
     /// A new peak was captured; dropped (and counted) when the queue is
@@ -215,7 +251,7 @@ impl<W: Write + Send + 'static> Output<W> {
                 size = crate::units::human(line.anon_rss_bytes),
             ),
         };
-        self.push(text, false)
+        self.push(text, Full::Drop)
     }
 
     /// Text only: a notice that `lost` events are lost so far.
@@ -224,7 +260,7 @@ impl<W: Write + Send + 'static> Output<W> {
             Format::Json => Ok(()),
             Format::Text => self.push(
                 format!("!! {lost} events lost so far (raise --ring-buffer-size)"),
-                false,
+                Full::Drop,
             ),
         }
     }
@@ -239,11 +275,12 @@ impl<W: Write + Send + 'static> Output<W> {
                 .trim_end_matches('\n')
                 .to_owned(),
         };
-        self.push(text, wait)
+        self.push(text, if wait { Full::Wait } else { Full::Drop })
     }
 
-    /// An `--alert` rule of `pid` that tripped; waits for room (alerts are
-    /// few and must not be lost).
+    /// An `--alert` rule of `pid` that tripped; queued even when the queue
+    /// is full (alerts are few and must not be lost, and tracing must not
+    /// wait for the reader).
     pub fn alert(&mut self, pid: u32, alert: &AlertState) -> io::Result<()> {
         let text = match self.format {
             Format::Json => TraceLine::Alert(AlertLine {
@@ -258,7 +295,7 @@ impl<W: Write + Send + 'static> Output<W> {
                 alert.message
             ),
         };
-        self.push(text, true)
+        self.push(text, Full::Queue)
     }
 
     /// Text only: a block of the text report (the "Growing" section);
@@ -267,7 +304,7 @@ impl<W: Write + Send + 'static> Output<W> {
         match self.format {
             Format::Json => Ok(()),
             Format::Text if text.trim().is_empty() => Ok(()),
-            Format::Text => self.push(text.trim_end_matches('\n').to_owned(), true),
+            Format::Text => self.push(text.trim_end_matches('\n').to_owned(), Full::Wait),
         }
     }
 
@@ -281,28 +318,32 @@ impl<W: Write + Send + 'static> Output<W> {
             .to_json(),
             Format::Text => summary.text().trim_end_matches('\n').to_owned(),
         };
-        self.push(text, true)
+        self.push(text, Full::Wait)
     }
 
-    /// Queue one line (a newline is added). Fails once the writer failed.
-    fn push(&mut self, line: String, wait: bool) -> io::Result<()> {
+    /// Queue one line (a newline is added). Fails once the writer failed,
+    /// or when a wait for room is given up ([`Output::give_up_on`]).
+    fn push(&mut self, line: String, full: Full) -> io::Result<()> {
         let mut st = self.queue.lock();
         loop {
             if let Some(e) = &st.error {
                 return Err(io::Error::new(e.kind(), e.to_string()));
             }
-            if st.bytes < self.queue.cap || st.lines.is_empty() {
+            if st.bytes < self.queue.cap || st.lines.is_empty() || full == Full::Queue {
                 break;
             }
-            if !wait {
+            if full == Full::Drop {
                 self.dropped += 1;
                 return Ok(());
+            }
+            if let Some(e) = self.gave_up() {
+                return Err(e);
             }
             st = self
                 .queue
                 .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+                .wait_timeout(st, SIGNAL_CHECK)
+                .map_or_else(|e| e.into_inner().0, |(st, _)| st);
         }
         st.bytes += line.len() + 1;
         st.lines.push_back(line);
@@ -312,7 +353,8 @@ impl<W: Write + Send + 'static> Output<W> {
     }
 
     /// Write everything queued and hand back the writer (or the error that
-    /// stopped it).
+    /// stopped it). Given up ([`Output::give_up_on`]), it returns at once,
+    /// leaving the writer thread blocked on the reader.
     pub fn finish(mut self) -> io::Result<W> {
         self.close()
     }
@@ -320,10 +362,18 @@ impl<W: Write + Send + 'static> Output<W> {
     fn close(&mut self) -> io::Result<W> {
         self.queue.lock().finished = true;
         self.queue.changed.notify_all();
-        let w = self
+        let writer = self
             .writer
             .take()
-            .ok_or_else(|| io::Error::other("the output thread did not start"))?
+            .ok_or_else(|| io::Error::other("the output thread did not start"))?;
+        while !writer.is_finished() {
+            if let Some(e) = self.gave_up() {
+                return Err(e);
+            }
+            let st = self.queue.lock();
+            drop(self.queue.changed.wait_timeout(st, SIGNAL_CHECK));
+        }
+        let w = writer
             .join()
             .map_err(|_| io::Error::other("the output thread panicked"))?;
         match self.queue.lock().error.take() {

@@ -22,7 +22,7 @@ use super::output::Notes;
 use crate::trace::launch::Launched;
 
 /// Requests to stop, set from signal handlers.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StopFlags {
     /// Ctrl-C (SIGINT) count.
     pub interrupts: Arc<AtomicU32>,
@@ -32,6 +32,21 @@ pub struct StopFlags {
     pub hung_up: Arc<AtomicBool>,
     /// SIGINT, SIGTERM and SIGHUP received, all together.
     pub received: Arc<AtomicU32>,
+    /// Signals after which memtrace stops waiting for its reader
+    /// ([`StopFlags::give_up`]); none while tracing.
+    patience: Arc<AtomicU32>,
+}
+
+impl Default for StopFlags {
+    fn default() -> Self {
+        StopFlags {
+            interrupts: Arc::default(),
+            terminated: Arc::default(),
+            hung_up: Arc::default(),
+            received: Arc::default(),
+            patience: Arc::new(AtomicU32::new(u32::MAX)),
+        }
+    }
 }
 
 impl StopFlags {
@@ -53,6 +68,23 @@ impl StopFlags {
             + u32::from(self.terminated.load(Ordering::SeqCst))
             + u32::from(self.hung_up.load(Ordering::SeqCst));
         self.received.load(Ordering::SeqCst).max(flagged)
+    }
+
+    /// From now on, a further signal means: stop waiting for the reader
+    /// (tracing is over and the target let go; only output is left).
+    pub fn wait_for_reader_until_signalled(&self) {
+        self.patience.store(self.received_count(), Ordering::SeqCst);
+    }
+
+    /// Stop waiting for the reader now (a second signal in launch mode
+    /// stops memtrace at once).
+    pub fn stop_waiting_for_reader(&self) {
+        self.patience.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether output that waits for a slow reader must give up.
+    pub fn give_up(&self) -> bool {
+        self.received_count() > self.patience.load(Ordering::SeqCst)
     }
 }
 

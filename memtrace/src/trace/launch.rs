@@ -27,9 +27,13 @@ mod threads;
 use std::{
     ffi::OsString,
     io,
-    sync::mpsc::{Receiver, Sender, TryRecvError, channel},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+        mpsc::{Receiver, Sender, TryRecvError, channel},
+    },
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use nix::{
@@ -39,7 +43,7 @@ use nix::{
 };
 
 use crate::proc::pid::{Identity, TargetError};
-use threads::{Deliveries, Process, Stop};
+use threads::{Controls, Deliveries, Process, Stop};
 
 /// Why a process could not be launched or attached to.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +84,10 @@ pub enum LaunchError {
 pub enum ChildEvent {
     /// Its last thread stopped at exit with the address space intact;
     /// call [`Launched::resume_exit`] to let it finish.
-    AtExit,
+    AtExit {
+        /// When it stopped: the exit hold counts from here.
+        since: Instant,
+    },
     /// Gone, with the exit code memtrace should pass on (128+N for signal N).
     Exited(i32),
     /// ptrace lost track of it (e.g. waitpid failed); it may still run.
@@ -93,6 +100,12 @@ pub enum ChildEvent {
 pub struct Launched {
     pub pid: u32,
     go: Sender<()>,
+    /// Tracing ended: never hold the process again ([`Launched::release`]).
+    released: Arc<AtomicBool>,
+    /// Longest hold at exit, in ms ([`Launched::hold_exit_for`]).
+    exit_hold_ms: Arc<AtomicU64>,
+    /// Who has the exit stop ([`Launched::claim_exit`]).
+    exit: Arc<AtomicU8>,
     events: Receiver<ChildEvent>,
     deliveries: Deliveries,
     thread: Option<thread::JoinHandle<()>>,
@@ -106,8 +119,8 @@ pub fn launch(argv: &[OsString]) -> Result<Launched, LaunchError> {
     let args = args.to_vec();
     spawn_driver(
         "memtrace-launch",
-        move |pid_tx, go_rx, ev_tx, deliveries| {
-            tracer_thread(program, args, pid_tx, go_rx, ev_tx, deliveries)
+        move |pid_tx, go_rx, ev_tx, deliveries, controls| {
+            tracer_thread(program, args, pid_tx, go_rx, ev_tx, deliveries, controls)
         },
     )
 }
@@ -117,17 +130,20 @@ pub fn launch(argv: &[OsString]) -> Result<Launched, LaunchError> {
 /// address space intact. Fails with [`TargetError::Reused`] when the pid
 /// names another process by then.
 pub fn seize(target: Identity) -> Result<Launched, LaunchError> {
-    spawn_driver("memtrace-seize", move |pid_tx, go_rx, ev_tx, deliveries| {
-        let mut process = match Process::seize(&target) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = pid_tx.send(Err(e));
-                return;
-            }
-        };
-        let _ = pid_tx.send(Ok(target.pid));
-        process.drive(&go_rx, &ev_tx, &deliveries);
-    })
+    spawn_driver(
+        "memtrace-seize",
+        move |pid_tx, go_rx, ev_tx, deliveries, controls| {
+            let mut process = match Process::seize(&target) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = pid_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = pid_tx.send(Ok(target.pid));
+            process.drive(&go_rx, &ev_tx, &deliveries, &controls);
+        },
+    )
 }
 
 type PidReply = Sender<Result<u32, LaunchError>>;
@@ -136,21 +152,32 @@ type PidReply = Sender<Result<u32, LaunchError>>;
 /// come from it) and wait for the pid it reports.
 fn spawn_driver(
     name: &str,
-    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>, Deliveries) + Send + 'static,
+    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>, Deliveries, Controls) + Send + 'static,
 ) -> Result<Launched, LaunchError> {
     let (pid_tx, pid_rx) = channel();
     let (go_tx, go_rx) = channel::<()>();
     let (ev_tx, ev_rx) = channel::<ChildEvent>();
     let deliveries = Deliveries::default();
     let shared = deliveries.clone();
+    let released = Arc::new(AtomicBool::new(false));
+    let exit_hold_ms = Arc::new(AtomicU64::new(u64::MAX));
+    let exit = Arc::new(AtomicU8::new(0));
+    let controls = Controls {
+        released: released.clone(),
+        exit_hold_ms: exit_hold_ms.clone(),
+        exit: exit.clone(),
+    };
     let thread = thread::Builder::new()
         .name(name.into())
-        .spawn(move || body(pid_tx, go_rx, ev_tx, shared))
+        .spawn(move || body(pid_tx, go_rx, ev_tx, shared, controls))
         .map_err(LaunchError::Thread)?;
     let pid = pid_rx.recv().map_err(|_| LaunchError::ThreadGone)??;
     Ok(Launched {
         pid,
         go: go_tx,
+        released,
+        exit_hold_ms,
+        exit,
         events: ev_rx,
         deliveries,
         thread: Some(thread),
@@ -174,8 +201,40 @@ impl Launched {
         }
     }
 
+    /// Never hold the process at its exit longer than `hold`, whatever
+    /// the caller is doing then (by default it waits for
+    /// [`Launched::resume_exit`]).
+    pub fn hold_exit_for(&self, hold: Duration) {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        self.exit_hold_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// After [`ChildEvent::AtExit`]: take the exit stop to read the
+    /// process, unless the exit hold ran out first and it was let go
+    /// (`false`: its memory may be half torn down, read nothing). Once
+    /// taken, it stays until [`Launched::resume_exit`].
+    pub fn claim_exit(&self) -> bool {
+        self.exit
+            .compare_exchange(
+                threads::EXIT_HELD,
+                threads::EXIT_CLAIMED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
     /// After [`ChildEvent::AtExit`]: let the child finish exiting.
     pub fn resume_exit(&self) {
+        let _ = self.go.send(());
+    }
+
+    /// Tracing ended: let the process go. Held at its exit it goes on at
+    /// once; each thread is detached at its next stop (a signal, a new
+    /// thread, its exit), and the process is never held again, whatever
+    /// memtrace does next (e.g. wait for a stalled reader of its report).
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
         let _ = self.go.send(());
     }
 
@@ -208,6 +267,7 @@ fn tracer_thread(
     go: Receiver<()>,
     events: Sender<ChildEvent>,
     deliveries: Deliveries,
+    controls: Controls,
 ) {
     let pid = match start_child(&program, &args) {
         Ok(pid) => pid,
@@ -222,7 +282,7 @@ fn tracer_thread(
         return;
     }
     let _ = threads::resume(pid, 0);
-    Process::launched(pid).drive(&go, &events, &deliveries);
+    Process::launched(pid).drive(&go, &events, &deliveries, &controls);
 }
 
 /// Fork the child, seize it, let it exec, and wait for the exec stop.

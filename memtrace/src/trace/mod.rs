@@ -22,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
     thread,
@@ -246,6 +246,11 @@ pub struct TracerOptions {
     pub queue_bytes: Option<usize>,
 }
 
+/// Most events one [`Tracer::wait_events`] or [`Tracer::drain`] takes:
+/// the session holds a batch at a time, the rest stay in the bounded
+/// queue (whose bound is then what memory they take).
+pub const TAKE_MAX: usize = 4096;
+
 /// Default of [`TracerOptions::queue_bytes`].
 pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
 
@@ -261,11 +266,17 @@ pub struct Lost {
     /// Children (with `--follow-forks`) left untraced: their id unreadable,
     /// or above the `pid_max` the traced set was sized for.
     pub untraced_children: u64,
+    /// Records that did not decode (never expected: counted, not hidden).
+    pub undecodable: u64,
+    /// Events delivered but never applied: still queued when tracing
+    /// ended and the final drain ran out of time
+    /// (`crate::session::Session::finish_round`).
+    pub unapplied: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.ring_buffer + self.pending
+        self.ring_buffer + self.pending + self.undecodable + self.unapplied
     }
 }
 
@@ -482,16 +493,15 @@ impl Tracer {
         }
     }
 
-    /// Wait up to `timeout` for events, then move every waiting event
-    /// into `out`; returns how many arrived.
+    /// Wait up to `timeout` for events, then move the waiting events (at
+    /// most [`TAKE_MAX`]) into `out`; returns how many.
     pub fn wait_events(&mut self, timeout: Duration, out: &mut Vec<Event>) -> usize {
         let before = out.len();
         match self.reader.rx.recv_timeout(timeout) {
             Ok(ev) => out.push(ev),
             Err(_) => return 0,
         }
-        out.extend(self.reader.rx.try_iter());
-        self.reader.taken(&out[before..]);
+        out.extend(self.reader.rx.try_iter().take(TAKE_MAX - 1));
         out.len() - before
     }
 
@@ -499,17 +509,32 @@ impl Tracer {
     ///
     /// The reader thread empties the ring buffer continuously, but an event
     /// the kernel committed an instant ago may still be in the ring; this
-    /// asks the thread to do one more pass and waits for it.
-    pub fn drain(&mut self, out: &mut Vec<Event>) -> usize {
+    /// asks the thread to do one more pass and waits for it. The pass
+    /// stops early when the event buffer is full ([`Drained::ring_empty`]
+    /// says whether it got to the end of the ring).
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> Drained {
         let before = out.len();
         let (done_tx, done_rx) = mpsc::channel();
+        let mut ring_empty = false;
         if self.reader.flush.send(done_tx).is_ok() {
             self.reader.wake();
-            let _ = done_rx.recv_timeout(Duration::from_secs(1));
+            ring_empty = done_rx
+                .recv_timeout(Duration::from_secs(1))
+                .unwrap_or(false);
         }
-        out.extend(self.reader.rx.try_iter());
-        self.reader.taken(&out[before..]);
-        out.len() - before
+        out.extend(self.reader.rx.try_iter().take(TAKE_MAX));
+        let events = out.len() - before;
+        Drained {
+            events,
+            // Taking fewer than the most means the queue was emptied.
+            ring_empty: ring_empty && events < TAKE_MAX,
+        }
+    }
+
+    /// The session applied (or dropped) events of `bytes` in all
+    /// ([`Event::footprint`] as delivered): room for the reader again.
+    pub fn applied(&mut self, bytes: usize) {
+        self.reader.credit(bytes);
     }
 
     /// Events the kernel side dropped so far, summed over CPUs.
@@ -524,6 +549,8 @@ impl Tracer {
             ring_buffer: sum(counter::LOST_RINGBUF),
             pending: sum(counter::LOST_PENDING),
             untraced_children: sum(counter::LOST_CHILDREN),
+            undecodable: self.reader.undecodable.load(Ordering::Relaxed),
+            unapplied: 0,
         }
     }
 
@@ -536,17 +563,36 @@ impl Tracer {
     }
 }
 
+/// What one [`Tracer::drain`] got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Events moved out.
+    pub events: usize,
+    /// The reader got to the end of the ring (else the event buffer was
+    /// full: apply events and drain again for the rest).
+    pub ring_empty: bool,
+}
+
 /// A thread that empties the ring buffer as soon as events arrive, so a
 /// slow consumer (symbolizing a new binary can take a second) never makes
-/// the kernel drop events. Events queue in memory instead.
+/// the kernel drop events. Events queue in memory instead, up to the
+/// event buffer: an event counts from its decoding until the session has
+/// applied it ([`Tracer::applied`]), so the queue and the session's
+/// backlog together stay within the bound.
 struct Reader {
     rx: mpsc::Receiver<Event>,
-    /// Bytes of events sent and not yet taken by the session.
+    /// Bytes of events sent and not yet applied by the session.
     queued: Arc<AtomicUsize>,
-    /// An eventfd that wakes the thread for a flush request.
+    /// The thread stopped reading at the bound and waits for room.
+    blocked: Arc<AtomicBool>,
+    /// Records that did not decode.
+    undecodable: Arc<AtomicU64>,
+    cap: usize,
+    /// An eventfd that wakes the thread for a flush request, or room.
     wake: Arc<OwnedFd>,
-    /// Requests for one more pass; the reply says it is done.
-    flush: mpsc::Sender<mpsc::Sender<()>>,
+    /// Requests for one more pass; the reply says whether the ring was
+    /// read to its end.
+    flush: mpsc::Sender<mpsc::Sender<bool>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -554,13 +600,17 @@ struct Reader {
 impl Reader {
     fn spawn(mut ring: RingBuf<MapData>, cap: usize) -> std::io::Result<Reader> {
         let (tx, rx) = mpsc::channel();
-        let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
+        let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<bool>>();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let queued = Arc::new(AtomicUsize::new(0));
+        let blocked = Arc::new(AtomicBool::new(false));
+        let undecodable = Arc::new(AtomicU64::new(0));
         let sink = Sink {
             tx,
             queued: queued.clone(),
+            blocked: blocked.clone(),
+            undecodable: undecodable.clone(),
             cap,
         };
         // A flush request wakes the thread at once rather than at its next
@@ -578,9 +628,13 @@ impl Reader {
             .spawn(move || {
                 let fd = ring.as_raw_fd();
                 while !stop2.load(Ordering::Relaxed) {
+                    // While the buffer is full the ring is not polled: it
+                    // stays readable, and polling it would spin. Room
+                    // (`Reader::credit`) or a flush request wakes us.
+                    let full = sink.full();
                     let mut pfds = [
                         libc::pollfd {
-                            fd,
+                            fd: if full { -1 } else { fd },
                             events: libc::POLLIN,
                             revents: 0,
                         },
@@ -590,9 +644,9 @@ impl Reader {
                             revents: 0,
                         },
                     ];
-                    // SAFETY: two valid pollfds. The eBPF side wakes us
-                    // only when the ring is a quarter full, so poll on a
-                    // short timer too.
+                    // SAFETY: two valid pollfds (a negative fd is skipped).
+                    // The eBPF side wakes us only when the ring is a
+                    // quarter full, so poll on a short timer too.
                     unsafe { libc::poll(pfds.as_mut_ptr(), 2, 20) };
                     if pfds[1].revents != 0 {
                         let mut count = [0u8; 8];
@@ -601,20 +655,26 @@ impl Reader {
                         let _ =
                             unsafe { libc::read(wake2.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
                     }
-                    if read_ring(&mut ring, &sink).is_err() {
+                    let Ok(mut at_end) = read_ring(&mut ring, &sink) else {
                         return;
-                    }
+                    };
                     while let Ok(done) = flush_rx.try_recv() {
-                        if read_ring(&mut ring, &sink).is_err() {
-                            return;
+                        if !at_end {
+                            match read_ring(&mut ring, &sink) {
+                                Ok(end) => at_end = end,
+                                Err(()) => return,
+                            }
                         }
-                        let _ = done.send(());
+                        let _ = done.send(at_end);
                     }
                 }
             })?;
         Ok(Reader {
             rx,
             queued,
+            blocked,
+            undecodable,
+            cap,
             wake,
             flush: flush_tx,
             stop,
@@ -631,10 +691,16 @@ impl Reader {
         let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
     }
 
-    /// The session took these events: their bytes no longer count.
-    fn taken(&self, events: &[Event]) {
-        let bytes: usize = events.iter().map(Event::footprint).sum();
-        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+    /// The session applied events of `bytes`: they no longer count, and
+    /// a reader waiting for room is woken once there is some.
+    fn credit(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let left = self.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        if left < self.cap && self.blocked.swap(false, Ordering::Relaxed) {
+            self.wake();
+        }
     }
 }
 
@@ -642,7 +708,23 @@ impl Reader {
 struct Sink {
     tx: mpsc::Sender<Event>,
     queued: Arc<AtomicUsize>,
+    blocked: Arc<AtomicBool>,
+    /// Records that did not decode.
+    undecodable: Arc<AtomicU64>,
     cap: usize,
+}
+
+impl Sink {
+    /// The event buffer is full; the session is told to wake the reader
+    /// when it frees room.
+    fn full(&self) -> bool {
+        if self.queued.load(Ordering::Relaxed) < self.cap {
+            return false;
+        }
+        self.blocked.store(true, Ordering::Relaxed);
+        // Room may have been made just before the flag was set.
+        self.queued.load(Ordering::Relaxed) >= self.cap
+    }
 }
 
 impl Drop for Reader {
@@ -656,17 +738,25 @@ impl Drop for Reader {
 
 /// Decode records from the ring and send them on, while the queue has
 /// room: a full queue leaves them in the ring, whose overflow the eBPF
-/// side counts, so memory stays bounded and every loss is counted. `Err`
-/// when the receiving side is gone.
-fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<(), ()> {
-    while sink.queued.load(Ordering::Relaxed) < sink.cap {
-        let Some(item) = ring.next() else { break };
-        if let Some(ev) = Event::from_raw_reading(&item, crate::proc::read_c_string) {
-            sink.queued.fetch_add(ev.footprint(), Ordering::Relaxed);
-            sink.tx.send(ev).map_err(|_| ())?;
+/// side counts, so memory stays bounded and every loss is counted.
+/// `Ok(true)` when the ring was read to its end, `Err` when the receiving
+/// side is gone.
+fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<bool, ()> {
+    while !sink.full() {
+        let Some(item) = ring.next() else {
+            return Ok(true);
+        };
+        match Event::from_raw_reading(&item, crate::proc::read_c_string) {
+            Some(ev) => {
+                sink.queued.fetch_add(ev.footprint(), Ordering::Relaxed);
+                sink.tx.send(ev).map_err(|_| ())?;
+            }
+            // Never expected (the record types are shared); counted
+            // rather than dropped unseen.
+            None => drop(sink.undecodable.fetch_add(1, Ordering::Relaxed)),
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The program `name` of the object, as a `P`, loaded into the kernel.

@@ -8,9 +8,10 @@ use std::{
     ffi::c_void,
     sync::{
         Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
         mpsc::{Receiver, Sender},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use nix::{
@@ -109,7 +110,12 @@ pub(super) fn listen(tid: i32) -> Result<(), Errno> {
 }
 
 pub(super) fn detach(tid: i32) -> Result<(), Errno> {
-    request(libc::PTRACE_DETACH, tid, 0)
+    detach_with(tid, 0)
+}
+
+/// Detach `tid`, delivering `sig` (0: none).
+fn detach_with(tid: i32, sig: i32) -> Result<(), Errno> {
+    request(libc::PTRACE_DETACH, tid, sig)
 }
 
 /// Whether a `PTRACE_EVENT_STOP` with this signal is a group-stop (else it
@@ -119,6 +125,30 @@ pub(super) fn is_group_stop(sig: i32) -> bool {
         sig,
         libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
     )
+}
+
+/// What the caller steers of the ptrace loop while it runs.
+pub(super) struct Controls {
+    /// Tracing ended: detach at the next stop, never hold.
+    pub released: Arc<AtomicBool>,
+    /// Longest hold at exit, in ms.
+    pub exit_hold_ms: Arc<AtomicU64>,
+    /// Who has the exit stop: [`EXIT_HELD`], [`EXIT_CLAIMED`] or
+    /// [`EXIT_LET_GO`].
+    pub exit: Arc<AtomicU8>,
+}
+
+/// The process is held at its exit for the caller.
+pub(super) const EXIT_HELD: u8 = 1;
+/// The caller took the exit stop in time and resumes it when done.
+pub(super) const EXIT_CLAIMED: u8 = 2;
+/// The exit hold ran out before the caller took the stop: let go.
+pub(super) const EXIT_LET_GO: u8 = 3;
+
+impl Controls {
+    fn exit_hold(&self) -> Duration {
+        Duration::from_millis(self.exit_hold_ms.load(Ordering::SeqCst))
+    }
 }
 
 /// When each signal was last delivered to the process (seen at its
@@ -225,14 +255,39 @@ impl Process {
     /// send [`ChildEvent::AtExit`] and wait on `go` before letting it go.
     /// Ends with [`ChildEvent::Exited`], or by returning when `waitpid`
     /// fails (the caller then sees the channel closed).
+    ///
+    /// Once `released` is set (memtrace stopped tracing), each thread is
+    /// detached at its next stop instead of resumed, its signal delivered,
+    /// and no exit is held any more.
     pub fn drive(
         &mut self,
         go: &Receiver<()>,
         events: &Sender<ChildEvent>,
         deliveries: &Deliveries,
+        controls: &Controls,
     ) {
         loop {
             let Ok(stop) = wait(-1) else { return };
+            if controls.released.load(Ordering::SeqCst) {
+                match stop {
+                    Stop::Exited { tid, code } => {
+                        if self.reaped(tid) {
+                            let _ = events.send(ChildEvent::Exited(code));
+                            return;
+                        }
+                    }
+                    Stop::Signal { tid, sig } => drop(detach_with(tid, sig)),
+                    Stop::Event { tid, event, sig }
+                        if event == libc::PTRACE_EVENT_STOP && is_group_stop(sig) =>
+                    {
+                        // Stays stopped as `kill -STOP` asked; let go at
+                        // its next stop.
+                        let _ = listen(tid);
+                    }
+                    Stop::Event { tid, .. } => drop(detach(tid)),
+                }
+                continue;
+            }
             match stop {
                 Stop::Exited { tid, code } => {
                     if self.reaped(tid) {
@@ -254,14 +309,30 @@ impl Process {
                     }
                     match event {
                         libc::PTRACE_EVENT_EXIT if self.hold_at_exit(tid) => {
-                            if events.send(ChildEvent::AtExit).is_err() {
+                            let since = Instant::now();
+                            controls.exit.store(EXIT_HELD, Ordering::SeqCst);
+                            if events.send(ChildEvent::AtExit { since }).is_err() {
                                 // Nobody will take the report: let it go
                                 // (returning detaches the other threads).
                                 let _ = detach(tid);
                                 return;
                             }
-                            // Wait for the caller's report (or its end).
-                            let _ = go.recv();
+                            // Wait for the caller's report (or its end),
+                            // never past the exit hold unless the caller
+                            // claimed the stop in time and is reading it.
+                            if go.recv_timeout(controls.exit_hold()).is_err()
+                                && controls
+                                    .exit
+                                    .compare_exchange(
+                                        EXIT_HELD,
+                                        EXIT_LET_GO,
+                                        Ordering::SeqCst,
+                                        Ordering::SeqCst,
+                                    )
+                                    .is_err()
+                            {
+                                let _ = go.recv();
+                            }
                         }
                         libc::PTRACE_EVENT_CLONE => {
                             if let Ok(new) = ptrace::getevent(Pid::from_raw(tid)) {
