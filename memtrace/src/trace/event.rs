@@ -127,7 +127,11 @@ pub struct UserStack {
 }
 
 impl Event {
-    /// Bytes this event holds in memory, for bounding queues of events.
+    /// Bytes this event costs in memory, for bounding queues of events:
+    /// its own, counted twice for what holding it costs besides (its slot
+    /// in the queue, the allocator's headers and the free memory it keeps
+    /// between a reader thread that allocates and a session that frees:
+    /// measured here at 1.3–1.7 times the events' own bytes).
     pub fn footprint(&self) -> usize {
         let user = self
             .user
@@ -141,7 +145,7 @@ impl Event {
             Call::Exec { filename } => filename.capacity(),
             _ => 0,
         };
-        size_of::<Event>() + user + name
+        2 * (size_of::<Event>() + user + name)
     }
 }
 
