@@ -10,12 +10,15 @@
 //!   `GET /debug/memory/ui`: a live page of it ([`ui`]).
 //! - `GET /metrics`: Prometheus metrics ([`metrics`]).
 //!
-//! Each request captures a fresh snapshot on a blocking thread. A process
-//! that has gone away gives `410 Gone` and the server keeps running.
+//! Each request captures a fresh snapshot on a blocking thread. The
+//! process is pinned by its start time when the server starts: once it has
+//! gone away every request gets `410 Gone` (also when its pid now names
+//! another process) and the server keeps running.
 //!
 //! To serve the report about the current process from inside a tokio
-//! service, merge [`router`]`(std::process::id())` into your own router.
-//! To add routes that need the same state, start from [`routes`].
+//! service, merge [`router`]`(Identity::of(std::process::id())?)` into your
+//! own router. To add routes that need the same state, start from
+//! [`routes`] and finish with [`app`].
 //!
 //! Errors: a request that fails is a [`ServeError`], whose variant picks
 //! the HTTP status ([`ServeError::status`]) and whose `Display` is the
@@ -40,6 +43,7 @@ use axum::routing::get;
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
 use crate::history::{HistoryDoc, Watch, WatchOptions, alert::AlertState};
 use crate::proc::ProcError;
+use crate::proc::pid::{Identity, TargetError};
 use crate::session::stream::Summary;
 use crate::session::{Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
@@ -107,6 +111,13 @@ pub enum ServeError {
     /// allowed, 422 for a kernel thread, 501 without procfs, else 500.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// The process has exited and its pid now names another one, which
+    /// is not served (410).
+    #[error("process {pid} has exited and its pid now names another process, which is not served")]
+    PidReused {
+        /// The pid.
+        pid: u32,
+    },
     /// The tracing session is gone (500).
     #[error("the tracing session has ended")]
     TracingEnded,
@@ -137,6 +148,7 @@ impl ServeError {
             | ServeError::UnknownParameter { .. } => StatusCode::BAD_REQUEST,
             ServeError::NotFound | ServeError::TracingOff => StatusCode::NOT_FOUND,
             ServeError::Proc(e) => status_for(e),
+            ServeError::PidReused { .. } => StatusCode::GONE,
             ServeError::TracingEnded
             | ServeError::TracingTimeout
             | ServeError::Encode(_)
@@ -193,8 +205,9 @@ pub enum StartError {
 /// Shared state of the HTTP handlers. Extend it (and [`routes`]) for new endpoints.
 #[derive(Debug, Clone)]
 pub struct ServeState {
-    /// The process to report on.
-    pub pid: u32,
+    /// The process to report on, pinned: requests get 410 once it has
+    /// gone, even if its pid is reused.
+    pub process: Identity,
     /// The tracing session behind `/debug/memory/attributed`, when serving
     /// with `--trace`.
     pub tracing: Option<TracingHandle>,
@@ -219,12 +232,16 @@ pub struct TracingHandle {
 }
 
 impl TracingHandle {
-    /// Load the tracer, trace `pid` and keep its ledger current on a
+    /// Load the tracer, trace `process` and keep its ledger current on a
     /// thread of its own until the handle (and every clone) is dropped,
     /// sampling the report into a history as `watch` says
-    /// (`--sample-every`, `--history`, `--alert`…); an alert that trips is
-    /// one line on stderr.
-    pub fn start_with(pid: u32, watch: &WatchOptions) -> Result<TracingHandle, StartError> {
+    /// (`--sample-every`, `--history`, `--alert`…) while the process lives;
+    /// an alert that trips is one line on stderr.
+    pub fn start_with(
+        process: Identity,
+        watch: &WatchOptions,
+    ) -> Result<TracingHandle, StartError> {
+        let pid = process.pid;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TraceError>>();
         let (req_tx, req_rx) = mpsc::channel::<ReportReply>();
         let shared = Arc::new(Mutex::new(Watch::new(watch)));
@@ -260,7 +277,7 @@ impl TracingHandle {
                         // Late (a long report): the next one a full
                         // interval from now, not a burst to catch up.
                         next_sample = next_sample.max(Instant::now() + every / 2);
-                        sample(&mut session, pid, &history);
+                        sample(&mut session, process, &history);
                     }
                     // Never sleep past the next sample.
                     idle = idle.min(next_sample.saturating_duration_since(Instant::now()));
@@ -334,13 +351,17 @@ impl TracingHandle {
     }
 }
 
-/// Take one sample of `pid`'s report into the history; an alert that
+/// Take one sample of `process`'s report into the history; an alert that
 /// trips is one line on stderr (the server's log). A process that cannot
 /// be read is skipped: the history shows the gap.
-fn sample(session: &mut Session, pid: u32, watch: &Mutex<Watch>) {
-    let Ok(report) = session.sample_report(pid, SERVED, &mut Vec::new()) else {
+fn sample(session: &mut Session, process: Identity, watch: &Mutex<Watch>) {
+    let Ok(report) = session.sample_report(process.pid, SERVED, &mut Vec::new()) else {
         return;
     };
+    // Checked after the read: a pid reused meanwhile was read instead.
+    if process.check().is_err() {
+        return;
+    }
     let events = session.summary.events.values().sum();
     let tripped = watch
         .lock()
@@ -372,7 +393,7 @@ fn attributed_report(session: &mut Session, pid: u32) -> Result<AttributedReport
 const SERVED: ReportOptions = ReportOptions { ranges: false };
 
 /// The routes with their state still to be supplied, so callers can add
-/// routes of their own before calling `.with_state(ServeState { .. })`.
+/// routes of their own before calling [`app`]`(routes, ServeState { .. })`.
 pub fn routes() -> Router<ServeState> {
     Router::new()
         .route("/debug/memory", get(memory_text))
@@ -387,21 +408,60 @@ pub fn routes() -> Router<ServeState> {
         .fallback(not_found)
 }
 
-/// The ready-to-serve router for process `pid`.
-pub fn router(pid: u32) -> Router {
-    routes().with_state(ServeState {
-        pid,
-        tracing: None,
-        metrics_sites: crate::export::metrics::DEFAULT_TOP_SITES,
+/// `routes` ready to serve: `state` supplied, and every request checked
+/// against the process pinned in it ([`ServeState::process`]) — the one
+/// place this is done, so no handler can serve a process that took over
+/// the pid.
+pub fn app(routes: Router<ServeState>, state: ServeState) -> Router {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), pinned))
+        .with_state(state)
+}
+
+/// Answer 410 when the pinned process has gone, checked before the
+/// handler runs and again after: the pid may have been reused meanwhile,
+/// and what the handler read would then be about another process.
+async fn pinned(
+    State(state): State<ServeState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = still_there(&state.process) {
+        return e.into_response();
+    }
+    let response = next.run(request).await;
+    match still_there(&state.process) {
+        Ok(()) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `Ok` while `process` lives (or is a zombie not yet reaped).
+fn still_there(process: &Identity) -> Result<(), ServeError> {
+    process.check().map_err(|e| match e {
+        TargetError::Reused { pid } => ServeError::PidReused { pid },
+        _ => ServeError::Proc(ProcError::NoSuchProcess { pid: process.pid }),
     })
 }
 
-/// Serve [`router`]`(pid)` on `listener` with the default [`Limits`] until
-/// the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, pid: u32) -> std::io::Result<()> {
+/// The ready-to-serve router for `process`.
+pub fn router(process: Identity) -> Router {
+    app(
+        routes(),
+        ServeState {
+            process,
+            tracing: None,
+            metrics_sites: crate::export::metrics::DEFAULT_TOP_SITES,
+        },
+    )
+}
+
+/// Serve [`router`]`(process)` on `listener` with the default [`Limits`]
+/// until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, process: Identity) -> std::io::Result<()> {
     serve_with(
         listener,
-        router(pid),
+        router(process),
         Limits::default(),
         std::future::pending(),
     )
@@ -535,7 +595,7 @@ async fn capture_for(
     params: &[(String, String)],
 ) -> Result<(Snapshot, Options), ServeError> {
     let opts = parse_query(params)?;
-    let pid = state.pid;
+    let pid = state.process.pid;
     let snapshot = tokio::task::spawn_blocking(move || snapshot::capture(pid))
         .await
         .map_err(|source| ServeError::Task {
