@@ -203,14 +203,18 @@ fn idle_and_half_open_connections_cannot_starve_the_server() {
         waited < Duration::from_secs(4),
         "a real request waited {waited:?} behind 300 stalled connections"
     );
-    // The stalled connections are closed by the server.
+    // The stalled connections are closed by the server: after the header
+    // timeout, or at once to make room (reset, when the server closed it
+    // before reading what it had sent).
     let s = &mut idle[0];
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut buf = [0u8; 256];
-    let n = s
-        .read(&mut buf)
-        .unwrap_or_else(|e| panic!("a stalled connection was still open after 5 s ({e})"));
+    let n = match s.read(&mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+        Err(e) => panic!("a stalled connection was still open after 5 s ({e})"),
+    };
     let reply = String::from_utf8_lossy(&buf[..n]);
     assert!(
         n == 0 || reply.starts_with("HTTP/1.1 408"),

@@ -29,8 +29,10 @@ pub mod history;
 mod pprof;
 pub mod ui;
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::{io, sync::mpsc, time::Duration, time::Instant};
 
@@ -472,7 +474,9 @@ pub async fn serve(listener: tokio::net::TcpListener, process: Identity) -> std:
 /// half-open connections (a slowloris) must not starve it.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once (fewer when the open-file limit leaves
+    /// less room, see [`RESERVED_FDS`]). At the limit, the oldest idle
+    /// connection is closed to make room for a new one.
     pub max_connections: usize,
     /// A request's headers must arrive within this (idle and half-open
     /// connections are closed after it).
@@ -491,8 +495,28 @@ impl Default for Limits {
     }
 }
 
+/// File descriptors kept out of reach of connections, beside those open
+/// when serving starts: what a report opens (smaps, pagemap, executables
+/// and libraries to symbolize) must not fail because clients took them.
+pub const RESERVED_FDS: usize = 64;
+
+/// Connections served at once even under an open-file limit that leaves
+/// less: beyond it, accepting fails and makes room in the same way.
+const MIN_CONNECTIONS: usize = 8;
+
+/// How long accepting pauses after an error it cannot make room for.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Longest wait for a connection closed to make room to let go of its
+/// descriptor (it does at its task's next poll, at once when idle).
+const SHED_WAIT: Duration = Duration::from_millis(500);
+
 /// Serve `app` on `listener` within `limits` until `shutdown` completes.
-/// Accept errors (e.g. out of file descriptors) pause accepting briefly
+///
+/// No client can hold the server: at the connection limit, or when
+/// accepting fails for want of file descriptors, the oldest idle
+/// connection (waiting for a request's headers, or between requests) is
+/// closed to make room. Other accept errors pause accepting briefly
 /// instead of ending the server.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
@@ -500,41 +524,218 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper::server::conn::http1;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let cap = connection_cap(limits.max_connections);
+    let connections = Connections::default();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                // The semaphore is never closed.
-                Err(_) => return Ok(()),
-            },
-            () = &mut shutdown => return Ok(()),
-        };
+        if connections.len() >= cap && !connections.shed_oldest_idle().await {
+            // Every connection is in the middle of a request: wait for one.
+            tokio::select! {
+                () = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                () = &mut shutdown => return Ok(()),
+            }
+        }
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(e) => {
+                    if !(out_of_descriptors(&e) && connections.shed_oldest_idle().await) {
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
                     continue;
                 }
             },
             () = &mut shutdown => return Ok(()),
         };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.max_connection_time, conn).await;
-            drop(permit);
-        });
+        connections.serve(stream, app.clone(), limits);
+    }
+}
+
+/// `max`, or fewer when the open-file limit leaves less beside the
+/// descriptors open now and [`RESERVED_FDS`].
+fn connection_cap(max: usize) -> usize {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        return max.max(1);
+    }
+    let limit = usize::try_from(rlim.rlim_cur).unwrap_or(usize::MAX);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    limit
+        .saturating_sub(open + RESERVED_FDS)
+        .max(MIN_CONNECTIONS)
+        .min(max)
+        .max(1)
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The connections being served, by id in the order they were accepted,
+/// so that the oldest idle one can make room.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<Registry>>);
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    live: BTreeMap<u64, Live>,
+}
+
+struct Live {
+    /// Requests in progress (0 or 1 with HTTP/1): see [`Busy`].
+    busy: Arc<AtomicUsize>,
+    /// The task serving it; `None` only while it is being spawned.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Serve `stream` on a task of its own, registered until it ends.
+    fn serve(&self, stream: tokio::net::TcpStream, app: Router, limits: Limits) {
+        let busy = Arc::new(AtomicUsize::new(0));
+        // Registered before the task exists, so that a task which ends at
+        // once finds its entry to remove; not under the lock, which a
+        // task dropped by `spawn` (runtime shutting down) takes.
+        let id = {
+            let mut registry = self.lock();
+            let id = registry.next_id;
+            registry.next_id += 1;
+            let busy = busy.clone();
+            registry.live.insert(id, Live { busy, task: None });
+            id
+        };
+        let registered = Registered {
+            connections: self.clone(),
+            id,
+        };
+        let task = tokio::spawn(connection(stream, app, limits, busy, registered));
+        if let Some(live) = self.lock().live.get_mut(&id) {
+            live.task = Some(task);
+        }
+    }
+
+    /// Close the oldest idle connection and wait until its descriptor is
+    /// free; false when every connection is in the middle of a request.
+    async fn shed_oldest_idle(&self) -> bool {
+        let task = {
+            let mut registry = self.lock();
+            let oldest = registry
+                .live
+                .iter()
+                .find(|(_, c)| c.busy.load(Ordering::Relaxed) == 0)
+                .map(|(id, _)| *id);
+            match oldest.and_then(|id| registry.live.remove(&id)) {
+                Some(c) => c.task,
+                None => return false,
+            }
+        };
+        // Without a task (not yet spawned, which the accept loop never
+        // leaves behind) there is nothing to wait for.
+        if let Some(task) = task {
+            task.abort();
+            let _ = tokio::time::timeout(SHED_WAIT, task).await;
+        }
+        true
+    }
+}
+
+/// A connection's entry in [`Connections`], removed when its task ends
+/// or is aborted.
+struct Registered {
+    connections: Connections,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.lock().live.remove(&self.id);
+    }
+}
+
+/// Serve one connection with hyper, counting it busy from each request's
+/// headers to the end of its response.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: Limits,
+    busy: Arc<AtomicUsize>,
+    _registered: Registered,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let app = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |request| {
+        let busy = Busy::start(&busy);
+        let response = hyper::service::Service::call(&app, request);
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Sending { body, _busy: busy }))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(limits.max_connection_time, conn).await;
+}
+
+/// Counts its connection busy while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn start(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::Relaxed);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its connection busy until it has been sent
+/// (hyper drops it then), so a client reading a response is not taken
+/// for idle.
+struct Sending {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Sending {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
