@@ -4,8 +4,11 @@
 mod common;
 mod serving;
 
-use common::{call_site_rss, read_jsonl, require_root};
-use serving::GroundTruthServed;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Killed, WithPid, call_site_rss, read_jsonl, require_root, wait_for};
+use serving::{GroundTruthServed, Served};
 
 #[test]
 fn serve_trace_reports_call_sites_and_rejects_bad_input() {
@@ -43,5 +46,57 @@ fn serve_trace_reports_call_sites_and_rejects_bad_input() {
     let (code, _) = served.get_text("/debug/memory.json");
     assert_eq!(code, 410);
 
+    served.stop();
+}
+
+/// Every endpoint that shows the process, with `--trace`.
+const ENDPOINTS: [&str; 9] = [
+    "/debug/memory",
+    "/debug/memory.json",
+    "/debug/memory/attributed",
+    "/debug/memory/attributed.json",
+    "/debug/memory/history.json",
+    "/debug/pprof/memtrace",
+    "/debug/memory/ui",
+    "/debug/memory/flamegraph.svg",
+    "/metrics",
+];
+
+/// The served process exits and a new process gets its pid: every
+/// endpoint answers 410 rather than show the newcomer, and the server
+/// keeps running.
+#[test]
+fn a_reused_pid_is_not_served() {
+    require_root();
+    let mut first = Killed(
+        Command::new("/bin/sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep"),
+    );
+    let pid = first.0.id();
+    let served = Served::start(pid);
+    for path in ENDPOINTS {
+        let (code, body) = served.get_text(path);
+        assert_eq!(code, 200, "{path} while the process lives: {body}");
+    }
+
+    first.0.kill().expect("kill the served process");
+    first.0.wait().expect("reap it");
+    let second = WithPid::spawn(pid, "/bin/sleep", &["600"])
+        .unwrap_or_else(|e| panic!("starting a process as pid {pid}: {e}"));
+    // Past the exec: the pid is `sleep` again, started later.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+        }),
+        "pid {pid} never ran sleep"
+    );
+    for path in ENDPOINTS {
+        let (code, body) = served.get_text(path);
+        assert_eq!(code, 410, "{path} after pid {pid} was reused: {body}");
+        assert!(body.contains("names another process"), "{path}: {body}");
+    }
+    drop(second);
     served.stop();
 }

@@ -4,6 +4,7 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use memtrace::proc::pid::Identity;
 use memtrace::{serve, snapshot};
 
 /// Serve the snapshot report over HTTP.
@@ -52,10 +53,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     serve::check_listen_addrs(&addrs, args.allow_remote)?;
     let watch = args.history.watch_options()?;
+    // Pinned by its start time: once it exits, a process that gets its pid
+    // is not served.
+    let process = Identity::of(args.pid)?;
     // Fail now, not on the first request, if the process cannot be read.
     snapshot::capture(args.pid)?;
     let tracing = if args.trace {
-        Some(serve::TracingHandle::start_with(args.pid, &watch)?)
+        Some(serve::TracingHandle::start_with(process, &watch)?)
     } else {
         None
     };
@@ -75,11 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.pid
         );
         let state = serve::ServeState {
-            pid: args.pid,
+            process,
             tracing,
             metrics_sites: usize::try_from(args.metrics_sites).unwrap_or(usize::MAX),
         };
-        let app = serve::routes().with_state(state);
+        let app = serve::app(serve::routes(), state);
         serve::serve_with(listener, app, serve::Limits::default(), async {
             let _ = tokio::signal::ctrl_c().await;
         })

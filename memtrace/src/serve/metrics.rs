@@ -42,17 +42,17 @@ pub async fn metrics(State(state): State<ServeState>) -> Result<Response, ServeE
 /// Read what one scrape shows (blocking).
 fn scrape(state: &ServeState) -> Result<MetricsInput, ServeError> {
     let Some(tracing) = &state.tracing else {
-        let mut input = MetricsInput::from_snapshot(&snapshot::capture(state.pid)?);
+        let mut input = MetricsInput::from_snapshot(&snapshot::capture(state.process.pid)?);
         input.top_sites = state.metrics_sites;
         return Ok(input);
     };
-    let totals = snapshot::read_rollup(state.pid)?;
+    let totals = snapshot::read_rollup(state.process.pid)?;
     let (report, summary) = tracing.report_and_summary()?;
     Ok(MetricsInput {
-        pid: state.pid,
+        pid: state.process.pid,
         // As the snapshot names it (without " (deleted)"), so the label
         // is the same traced or not.
-        exe: snapshot::classify::ExeId::of_process(state.pid)
+        exe: snapshot::classify::ExeId::of_process(state.process.pid)
             .path
             .map(|p| p.to_string_lossy().into_owned()),
         totals,

@@ -10,12 +10,15 @@
 //!   `GET /debug/memory/ui`: a live page of it ([`ui`]).
 //! - `GET /metrics`: Prometheus metrics ([`metrics`]).
 //!
-//! Each request captures a fresh snapshot on a blocking thread. A process
-//! that has gone away gives `410 Gone` and the server keeps running.
+//! Each request captures a fresh snapshot on a blocking thread. The
+//! process is pinned by its start time when the server starts: once it has
+//! gone away every request gets `410 Gone` (also when its pid now names
+//! another process) and the server keeps running.
 //!
 //! To serve the report about the current process from inside a tokio
-//! service, merge [`router`]`(std::process::id())` into your own router.
-//! To add routes that need the same state, start from [`routes`].
+//! service, merge [`router`]`(Identity::of(std::process::id())?)` into your
+//! own router. To add routes that need the same state, start from
+//! [`routes`] and finish with [`app`].
 //!
 //! Errors: a request that fails is a [`ServeError`], whose variant picks
 //! the HTTP status ([`ServeError::status`]) and whose `Display` is the
@@ -26,8 +29,10 @@ pub mod history;
 mod pprof;
 pub mod ui;
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::{io, sync::mpsc, time::Duration, time::Instant};
 
@@ -40,6 +45,7 @@ use axum::routing::get;
 use crate::attribution::report::{AttributedReport, ReportLine, ReportOptions};
 use crate::history::{HistoryDoc, Watch, WatchOptions, alert::AlertState};
 use crate::proc::ProcError;
+use crate::proc::pid::{Identity, TargetError};
 use crate::session::stream::Summary;
 use crate::session::{Session, output::TraceLine};
 use crate::snapshot::report::{self, Options};
@@ -107,6 +113,13 @@ pub enum ServeError {
     /// allowed, 422 for a kernel thread, 501 without procfs, else 500.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// The process has exited and its pid now names another one, which
+    /// is not served (410).
+    #[error("process {pid} has exited and its pid now names another process, which is not served")]
+    PidReused {
+        /// The pid.
+        pid: u32,
+    },
     /// The tracing session is gone (500).
     #[error("the tracing session has ended")]
     TracingEnded,
@@ -137,6 +150,7 @@ impl ServeError {
             | ServeError::UnknownParameter { .. } => StatusCode::BAD_REQUEST,
             ServeError::NotFound | ServeError::TracingOff => StatusCode::NOT_FOUND,
             ServeError::Proc(e) => status_for(e),
+            ServeError::PidReused { .. } => StatusCode::GONE,
             ServeError::TracingEnded
             | ServeError::TracingTimeout
             | ServeError::Encode(_)
@@ -193,8 +207,9 @@ pub enum StartError {
 /// Shared state of the HTTP handlers. Extend it (and [`routes`]) for new endpoints.
 #[derive(Debug, Clone)]
 pub struct ServeState {
-    /// The process to report on.
-    pub pid: u32,
+    /// The process to report on, pinned: requests get 410 once it has
+    /// gone, even if its pid is reused.
+    pub process: Identity,
     /// The tracing session behind `/debug/memory/attributed`, when serving
     /// with `--trace`.
     pub tracing: Option<TracingHandle>,
@@ -219,12 +234,16 @@ pub struct TracingHandle {
 }
 
 impl TracingHandle {
-    /// Load the tracer, trace `pid` and keep its ledger current on a
+    /// Load the tracer, trace `process` and keep its ledger current on a
     /// thread of its own until the handle (and every clone) is dropped,
     /// sampling the report into a history as `watch` says
-    /// (`--sample-every`, `--history`, `--alert`…); an alert that trips is
-    /// one line on stderr.
-    pub fn start_with(pid: u32, watch: &WatchOptions) -> Result<TracingHandle, StartError> {
+    /// (`--sample-every`, `--history`, `--alert`…) while the process lives;
+    /// an alert that trips is one line on stderr.
+    pub fn start_with(
+        process: Identity,
+        watch: &WatchOptions,
+    ) -> Result<TracingHandle, StartError> {
+        let pid = process.pid;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), TraceError>>();
         let (req_tx, req_rx) = mpsc::channel::<ReportReply>();
         let shared = Arc::new(Mutex::new(Watch::new(watch)));
@@ -260,7 +279,7 @@ impl TracingHandle {
                         // Late (a long report): the next one a full
                         // interval from now, not a burst to catch up.
                         next_sample = next_sample.max(Instant::now() + every / 2);
-                        sample(&mut session, pid, &history);
+                        sample(&mut session, process, &history);
                     }
                     // Never sleep past the next sample.
                     idle = idle.min(next_sample.saturating_duration_since(Instant::now()));
@@ -334,13 +353,17 @@ impl TracingHandle {
     }
 }
 
-/// Take one sample of `pid`'s report into the history; an alert that
+/// Take one sample of `process`'s report into the history; an alert that
 /// trips is one line on stderr (the server's log). A process that cannot
 /// be read is skipped: the history shows the gap.
-fn sample(session: &mut Session, pid: u32, watch: &Mutex<Watch>) {
-    let Ok(report) = session.sample_report(pid, SERVED, &mut Vec::new()) else {
+fn sample(session: &mut Session, process: Identity, watch: &Mutex<Watch>) {
+    let Ok(report) = session.sample_report(process.pid, SERVED, &mut Vec::new()) else {
         return;
     };
+    // Checked after the read: a pid reused meanwhile was read instead.
+    if process.check().is_err() {
+        return;
+    }
     let events = session.summary.events.values().sum();
     let tripped = watch
         .lock()
@@ -372,7 +395,7 @@ fn attributed_report(session: &mut Session, pid: u32) -> Result<AttributedReport
 const SERVED: ReportOptions = ReportOptions { ranges: false };
 
 /// The routes with their state still to be supplied, so callers can add
-/// routes of their own before calling `.with_state(ServeState { .. })`.
+/// routes of their own before calling [`app`]`(routes, ServeState { .. })`.
 pub fn routes() -> Router<ServeState> {
     Router::new()
         .route("/debug/memory", get(memory_text))
@@ -387,21 +410,60 @@ pub fn routes() -> Router<ServeState> {
         .fallback(not_found)
 }
 
-/// The ready-to-serve router for process `pid`.
-pub fn router(pid: u32) -> Router {
-    routes().with_state(ServeState {
-        pid,
-        tracing: None,
-        metrics_sites: crate::export::metrics::DEFAULT_TOP_SITES,
+/// `routes` ready to serve: `state` supplied, and every request checked
+/// against the process pinned in it ([`ServeState::process`]) — the one
+/// place this is done, so no handler can serve a process that took over
+/// the pid.
+pub fn app(routes: Router<ServeState>, state: ServeState) -> Router {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), pinned))
+        .with_state(state)
+}
+
+/// Answer 410 when the pinned process has gone, checked before the
+/// handler runs and again after: the pid may have been reused meanwhile,
+/// and what the handler read would then be about another process.
+async fn pinned(
+    State(state): State<ServeState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = still_there(&state.process) {
+        return e.into_response();
+    }
+    let response = next.run(request).await;
+    match still_there(&state.process) {
+        Ok(()) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `Ok` while `process` lives (or is a zombie not yet reaped).
+fn still_there(process: &Identity) -> Result<(), ServeError> {
+    process.check().map_err(|e| match e {
+        TargetError::Reused { pid } => ServeError::PidReused { pid },
+        _ => ServeError::Proc(ProcError::NoSuchProcess { pid: process.pid }),
     })
 }
 
-/// Serve [`router`]`(pid)` on `listener` with the default [`Limits`] until
-/// the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, pid: u32) -> std::io::Result<()> {
+/// The ready-to-serve router for `process`.
+pub fn router(process: Identity) -> Router {
+    app(
+        routes(),
+        ServeState {
+            process,
+            tracing: None,
+            metrics_sites: crate::export::metrics::DEFAULT_TOP_SITES,
+        },
+    )
+}
+
+/// Serve [`router`]`(process)` on `listener` with the default [`Limits`]
+/// until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, process: Identity) -> std::io::Result<()> {
     serve_with(
         listener,
-        router(pid),
+        router(process),
         Limits::default(),
         std::future::pending(),
     )
@@ -412,7 +474,9 @@ pub async fn serve(listener: tokio::net::TcpListener, pid: u32) -> std::io::Resu
 /// half-open connections (a slowloris) must not starve it.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once (fewer when the open-file limit leaves
+    /// less room, see [`RESERVED_FDS`]). At the limit, the oldest idle
+    /// connection is closed to make room for a new one.
     pub max_connections: usize,
     /// A request's headers must arrive within this (idle and half-open
     /// connections are closed after it).
@@ -431,8 +495,28 @@ impl Default for Limits {
     }
 }
 
+/// File descriptors kept out of reach of connections, beside those open
+/// when serving starts: what a report opens (smaps, pagemap, executables
+/// and libraries to symbolize) must not fail because clients took them.
+pub const RESERVED_FDS: usize = 64;
+
+/// Connections served at once even under an open-file limit that leaves
+/// less: beyond it, accepting fails and makes room in the same way.
+const MIN_CONNECTIONS: usize = 8;
+
+/// How long accepting pauses after an error it cannot make room for.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Longest wait for a connection closed to make room to let go of its
+/// descriptor (it does at its task's next poll, at once when idle).
+const SHED_WAIT: Duration = Duration::from_millis(500);
+
 /// Serve `app` on `listener` within `limits` until `shutdown` completes.
-/// Accept errors (e.g. out of file descriptors) pause accepting briefly
+///
+/// No client can hold the server: at the connection limit, or when
+/// accepting fails for want of file descriptors, the oldest idle
+/// connection (waiting for a request's headers, or between requests) is
+/// closed to make room. Other accept errors pause accepting briefly
 /// instead of ending the server.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
@@ -440,41 +524,218 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper::server::conn::http1;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let cap = connection_cap(limits.max_connections);
+    let connections = Connections::default();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                // The semaphore is never closed.
-                Err(_) => return Ok(()),
-            },
-            () = &mut shutdown => return Ok(()),
-        };
+        if connections.len() >= cap && !connections.shed_oldest_idle().await {
+            // Every connection is in the middle of a request: wait for one.
+            tokio::select! {
+                () = tokio::time::sleep(ACCEPT_PAUSE) => continue,
+                () = &mut shutdown => return Ok(()),
+            }
+        }
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(e) => {
+                    if !(out_of_descriptors(&e) && connections.shed_oldest_idle().await) {
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
                     continue;
                 }
             },
             () = &mut shutdown => return Ok(()),
         };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.max_connection_time, conn).await;
-            drop(permit);
-        });
+        connections.serve(stream, app.clone(), limits);
+    }
+}
+
+/// `max`, or fewer when the open-file limit leaves less beside the
+/// descriptors open now and [`RESERVED_FDS`].
+fn connection_cap(max: usize) -> usize {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        return max.max(1);
+    }
+    let limit = usize::try_from(rlim.rlim_cur).unwrap_or(usize::MAX);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    limit
+        .saturating_sub(open + RESERVED_FDS)
+        .max(MIN_CONNECTIONS)
+        .min(max)
+        .max(1)
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The connections being served, by id in the order they were accepted,
+/// so that the oldest idle one can make room.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<Registry>>);
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    live: BTreeMap<u64, Live>,
+}
+
+struct Live {
+    /// Requests in progress (0 or 1 with HTTP/1): see [`Busy`].
+    busy: Arc<AtomicUsize>,
+    /// The task serving it; `None` only while it is being spawned.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Plain data: a panic elsewhere leaves it usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Serve `stream` on a task of its own, registered until it ends.
+    fn serve(&self, stream: tokio::net::TcpStream, app: Router, limits: Limits) {
+        let busy = Arc::new(AtomicUsize::new(0));
+        // Registered before the task exists, so that a task which ends at
+        // once finds its entry to remove; not under the lock, which a
+        // task dropped by `spawn` (runtime shutting down) takes.
+        let id = {
+            let mut registry = self.lock();
+            let id = registry.next_id;
+            registry.next_id += 1;
+            let busy = busy.clone();
+            registry.live.insert(id, Live { busy, task: None });
+            id
+        };
+        let registered = Registered {
+            connections: self.clone(),
+            id,
+        };
+        let task = tokio::spawn(connection(stream, app, limits, busy, registered));
+        if let Some(live) = self.lock().live.get_mut(&id) {
+            live.task = Some(task);
+        }
+    }
+
+    /// Close the oldest idle connection and wait until its descriptor is
+    /// free; false when every connection is in the middle of a request.
+    async fn shed_oldest_idle(&self) -> bool {
+        let task = {
+            let mut registry = self.lock();
+            let oldest = registry
+                .live
+                .iter()
+                .find(|(_, c)| c.busy.load(Ordering::Relaxed) == 0)
+                .map(|(id, _)| *id);
+            match oldest.and_then(|id| registry.live.remove(&id)) {
+                Some(c) => c.task,
+                None => return false,
+            }
+        };
+        // Without a task (not yet spawned, which the accept loop never
+        // leaves behind) there is nothing to wait for.
+        if let Some(task) = task {
+            task.abort();
+            let _ = tokio::time::timeout(SHED_WAIT, task).await;
+        }
+        true
+    }
+}
+
+/// A connection's entry in [`Connections`], removed when its task ends
+/// or is aborted.
+struct Registered {
+    connections: Connections,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.lock().live.remove(&self.id);
+    }
+}
+
+/// Serve one connection with hyper, counting it busy from each request's
+/// headers to the end of its response.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    limits: Limits,
+    busy: Arc<AtomicUsize>,
+    _registered: Registered,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let app = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |request| {
+        let busy = Busy::start(&busy);
+        let response = hyper::service::Service::call(&app, request);
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Sending { body, _busy: busy }))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(limits.max_connection_time, conn).await;
+}
+
+/// Counts its connection busy while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn start(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::Relaxed);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its connection busy until it has been sent
+/// (hyper drops it then), so a client reading a response is not taken
+/// for idle.
+struct Sending {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Sending {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -535,7 +796,7 @@ async fn capture_for(
     params: &[(String, String)],
 ) -> Result<(Snapshot, Options), ServeError> {
     let opts = parse_query(params)?;
-    let pid = state.pid;
+    let pid = state.process.pid;
     let snapshot = tokio::task::spawn_blocking(move || snapshot::capture(pid))
         .await
         .map_err(|source| ServeError::Task {

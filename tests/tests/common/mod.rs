@@ -695,3 +695,94 @@ pub fn call_site_rss(report: &Value, matches: impl Fn(&str) -> bool) -> u64 {
         .map(|s| s["rss_bytes"].as_u64().unwrap_or(0))
         .sum()
 }
+
+/// A child killed when the test ends, however it ends.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // After a wait, std sends nothing: the pid may name another process.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process started under a pid of the test's choosing (`clone3` with
+/// `set_tid`, root only), so a test can reuse a pid at will rather than
+/// wait for the kernel to wrap around; killed and reaped when dropped.
+pub struct WithPid {
+    pub pid: u32,
+}
+
+/// `struct clone_args` of `clone3(2)` (the fields up to `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+impl WithPid {
+    /// Run `program` (a path) with `args` as process `pid`; fails with
+    /// `EEXIST` when that pid is taken.
+    pub fn spawn(pid: u32, program: &str, args: &[&str]) -> std::io::Result<WithPid> {
+        use std::ffi::CString;
+        // Everything the child touches is made before the clone: it is a
+        // fork of a threaded process and may only exec or exit.
+        let path = CString::new(program).map_err(std::io::Error::other)?;
+        let argv: Vec<CString> = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(CString::new)
+            .collect::<Result<_, _>>()
+            .map_err(std::io::Error::other)?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let tid = [libc::pid_t::try_from(pid).map_err(std::io::Error::other)?];
+        let clone_args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            set_tid: tid.as_ptr() as u64,
+            set_tid_size: 1,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM is a fork; the arguments point to
+        // live memory of the right size. The child only calls execv and
+        // _exit, which are async-signal-safe, on memory made before.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &clone_args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match ret {
+            -1 => Err(std::io::Error::last_os_error()),
+            // SAFETY: as above; both take pointers made before the clone.
+            0 => unsafe {
+                libc::execv(path.as_ptr(), argv_ptrs.as_ptr());
+                libc::_exit(127)
+            },
+            child => Ok(WithPid {
+                pid: u32::try_from(child).map_err(std::io::Error::other)?,
+            }),
+        }
+    }
+}
+
+impl Drop for WithPid {
+    fn drop(&mut self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+        }
+    }
+}

@@ -80,15 +80,22 @@ impl Served {
     /// `memtrace serve ARGS --listen 127.0.0.1:0`, once it has said where
     /// it listens.
     pub fn serve(args: &[&str]) -> Served {
+        Served::serve_with(args, |_| {})
+    }
+
+    /// [`Served::serve`] with the command adjusted by `setup` first (its
+    /// resource limits, say).
+    pub fn serve_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Served {
         require_root();
-        let mut child = Command::new(memtrace_bin())
+        let mut command = Command::new(memtrace_bin());
+        command
             .arg("serve")
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn memtrace serve");
+            .stderr(Stdio::piped());
+        setup(&mut command);
+        let mut child = command.spawn().expect("spawn memtrace serve");
         let mut err = BufReader::new(child.stderr.take().expect("stderr"));
         // Alert lines from the first samples may come before it.
         let mut head = String::new();
