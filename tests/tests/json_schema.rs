@@ -107,7 +107,7 @@ fn the_schema_rejects_drift() {
     let good = serde_json::json!({
         "type": "summary", "schema_version": 2, "events": {"mmap": 1},
         "bytes_mapped": 4096, "bytes_unmapped": 0, "failed_calls": 0,
-        "lost_events": 0, "lost": {"ring_buffer": 0, "pending": 0, "untraced_children": 0},
+        "lost_events": 0, "lost": {"ring_buffer": 0, "pending": 0, "untraced_children": 0, "undecodable": 0, "unapplied": 0},
         "display_dropped": 0
     });
     assert!(validator.is_valid(&good));

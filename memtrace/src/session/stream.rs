@@ -460,6 +460,12 @@ impl Summary {
             "lost events: {} (ring buffer full: {}, pending table full: {})\n",
             self.lost_events, self.lost.ring_buffer, self.lost.pending
         ));
+        if self.lost.unapplied + self.lost.undecodable > 0 {
+            s.push_str(&format!(
+                "  of which not applied when tracing ended: {}, undecodable: {}\n",
+                self.lost.unapplied, self.lost.undecodable
+            ));
+        }
         if self.display_dropped > 0 {
             s.push_str(&format!(
                 "event lines not shown (output too slow; see --output-buffer): {}\n",
