@@ -697,8 +697,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Folded stacks (`root;…;leaf BYTES`), one line per call site weighted by
 /// its RSS (private + shared anonymous), plus one for untraced memory: the
-/// input format of flame graph tools. Inlined frames are kept as frames of
-/// their own.
+/// input format of flame graph tools, and of [`flamegraph`]. Inlined frames
+/// are kept as frames of their own. Names come from the target: each frame
+/// goes through [`crate::text::folded_frame`], so no name can split a line,
+/// add a frame or a count, or put a control character in the SVG.
 pub fn folded(report: &AttributedReport) -> Vec<String> {
     let mut lines = Vec::new();
     for (stack, weight) in report.call_sites.iter().flat_map(SiteReport::stacks) {
@@ -709,11 +711,9 @@ pub fn folded(report: &AttributedReport) -> Vec<String> {
             .frames
             .iter()
             .rev()
-            .map(|f| {
-                f.function
-                    .clone()
-                    .unwrap_or_else(|| f.display())
-                    .replace([';', ' '], "_")
+            .map(|f| match &f.function {
+                Some(name) => crate::text::folded_frame(name),
+                None => crate::text::folded_frame(&f.display()),
             })
             .collect();
         if frames.is_empty() {
@@ -1149,5 +1149,89 @@ mod tests {
         assert_eq!(json["call_sites"][0]["runtime"], "go");
         assert_eq!(json["call_sites"][0]["stack_count"], 2);
         assert_eq!(json["categories"][3]["subcategories"][1]["name"], "go_heap");
+    }
+
+    /// Names from the target holding control characters and the folded
+    /// format's own separators.
+    struct HostileStacks;
+
+    impl SiteStacks for HostileStacks {
+        fn site_of(&self, origin: &Origin) -> Option<u32> {
+            origin.call_stack
+        }
+        fn stack_of(&mut self, origin: &Origin) -> CallStack {
+            match origin.call_stack {
+                Some(1) => stack(&["app::leaf\n[untraced] 999\nnext", "main"]),
+                Some(2) => stack(&["app::\x1b[2J\x07bell", "a;b c 12"]),
+                _ => stack(&["app::\u{202e}rtl\u{ffff}\r"]),
+            }
+        }
+    }
+
+    /// Parse `xml` to its end: every tag closed in order, every attribute
+    /// well formed.
+    fn assert_well_formed(xml: &str) {
+        use quick_xml::{Reader, events::Event};
+        let mut reader = Reader::from_str(xml);
+        let mut open = Vec::new();
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(e)) => {
+                    for a in e.attributes() {
+                        a.unwrap_or_else(|err| panic!("attribute: {err}"));
+                    }
+                    open.push(e.name().as_ref().to_vec());
+                }
+                Ok(Event::Empty(e)) => {
+                    for a in e.attributes() {
+                        a.unwrap_or_else(|err| panic!("attribute: {err}"));
+                    }
+                }
+                Ok(Event::End(e)) => {
+                    assert_eq!(open.pop().as_deref(), Some(e.name().as_ref()));
+                }
+                Ok(Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "not well-formed XML at byte {}: {e}",
+                    reader.buffer_position()
+                ),
+            }
+        }
+        assert!(open.is_empty(), "unclosed elements");
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_their_frame_in_folded_stacks_and_the_svg() {
+        let mut l = Ledger::new();
+        for (page, pages, site) in [(0, 8, 1), (20, 4, 2), (40, 2, 3)] {
+            l.apply(&mmap_event(page, pages, libc::MAP_PRIVATE, site));
+        }
+        let vmas = [vma(0, 8), vma(20, 4), vma(40, 2)];
+        let at = super::super::join::attribute(&vmas, &l, &mut NoPages);
+        let r = build(&at, &l, ReportOptions { ranges: false }, &mut HostileStacks);
+        let lines = folded(&r);
+        // One line per stack, each its frames and one count.
+        assert_eq!(
+            lines,
+            vec![
+                format!("main;app::leaf\\n[untraced]_999\\nnext {}", 8 * P),
+                format!("a_b_c_12;app::\\x1b[2J\\x07bell {}", 4 * P),
+                format!("app::\\u{{202e}}rtl\\u{{ffff}}\\r {}", 2 * P),
+            ]
+        );
+        let mut svg = Vec::new();
+        flamegraph(&r, &mut svg).expect("flame graph");
+        let svg = String::from_utf8(svg).expect("UTF-8");
+        let bad: Vec<char> = svg
+            .chars()
+            .filter(|&c| {
+                (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                    || matches!(c, '\u{fffe}' | '\u{ffff}')
+            })
+            .collect();
+        assert!(bad.is_empty(), "characters XML cannot hold: {bad:?}");
+        assert_well_formed(&svg);
+        assert!(svg.contains("app::\\x1b[2J\\x07bell"), "{svg}");
     }
 }
