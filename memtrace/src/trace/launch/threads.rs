@@ -194,10 +194,10 @@ impl Process {
                     {
                         continue;
                     }
-                    Err(source) => {
+                    Err(error) => {
                         return Err(LaunchError::Attach {
                             pid: tid as u32,
-                            source,
+                            error,
                         });
                     }
                 }
@@ -212,7 +212,7 @@ impl Process {
         if p.threads.is_empty() {
             return Err(LaunchError::Attach {
                 pid: target.pid,
-                source: Errno::ESRCH,
+                error: Errno::ESRCH,
             });
         }
         // On error the tracer thread ends, which detaches every thread.
