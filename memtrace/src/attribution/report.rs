@@ -635,6 +635,8 @@ pub struct ReportLine<'a> {
     pub categories: &'a [CategoryUsage],
     /// How many call sites hold memory; `call_sites` may list fewer.
     pub call_site_count: usize,
+    /// Each with its labels ([`SiteLine`]).
+    #[serde(serialize_with = "site_lines")]
     pub call_sites: &'a [SiteReport],
     /// See [`AttributedReport::lost_events`].
     pub lost_events: u64,
@@ -648,6 +650,26 @@ pub struct ReportLine<'a> {
         serialize_with = "hex_ranges_opt"
     )]
     pub traced_ranges: Option<&'a [[u64; 2]]>,
+}
+
+/// A call site in the JSON line: the row, and beside its ids the labels
+/// the text report shows (`label`: call site `via` machinery, escaped;
+/// `subcategory_label`), so readers such as the web page need no copy of
+/// the label tables.
+#[derive(Serialize)]
+struct SiteLine<'a> {
+    #[serde(flatten)]
+    site: &'a SiteReport,
+    label: String,
+    subcategory_label: &'static str,
+}
+
+fn site_lines<S: serde::Serializer>(sites: &&[SiteReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(sites.iter().map(|site| SiteLine {
+        site,
+        label: site.label(),
+        subcategory_label: site.class.label,
+    }))
 }
 
 fn hex_ranges_opt<S: serde::Serializer>(v: &Option<&[[u64; 2]]>, s: S) -> Result<S::Ok, S::Error> {
@@ -1146,6 +1168,9 @@ mod tests {
         );
         let json = serde_json::to_value(ReportLine::new(&r, 0)).expect("serializes");
         assert_eq!(json["call_sites"][0]["subcategory"], "go_heap");
+        // Labels beside the ids, as the text report shows them.
+        assert_eq!(json["call_sites"][0]["subcategory_label"], "Go heap");
+        assert_eq!(json["call_sites"][0]["label"], "runtime.sysMmap");
         assert_eq!(json["call_sites"][0]["runtime"], "go");
         assert_eq!(json["call_sites"][0]["stack_count"], 2);
         assert_eq!(json["categories"][3]["subcategories"][1]["name"], "go_heap");
@@ -1233,5 +1258,22 @@ mod tests {
         assert!(bad.is_empty(), "characters XML cannot hold: {bad:?}");
         assert_well_formed(&svg);
         assert!(svg.contains("app::\\x1b[2J\\x07bell"), "{svg}");
+    }
+
+    /// Readers of the JSON (the web page) show the text report's labels,
+    /// not the ids: each call site carries them.
+    #[test]
+    fn call_sites_carry_their_labels_beside_their_ids() {
+        let mut l = Ledger::new();
+        l.apply(&mmap_event(0, 4, libc::MAP_PRIVATE, 2));
+        let at = super::super::join::attribute(&[vma(0, 4)], &l, &mut NoPages);
+        let r = build(&at, &l, ReportOptions { ranges: false }, &mut HostileStacks);
+        let json = serde_json::to_value(ReportLine::new(&r, 0)).expect("serializes");
+        let site = &json["call_sites"][0];
+        assert_eq!(site["subcategory"], "other_call_sites");
+        assert_eq!(site["subcategory_label"], "other call sites");
+        // The name as the target has it; the label as the text shows it.
+        assert_eq!(site["call_site"]["function"], "app::\x1b[2J\x07bell");
+        assert_eq!(site["label"], "app::\\x1b[2J\\x07bell");
     }
 }
