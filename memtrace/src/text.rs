@@ -1,7 +1,8 @@
 //! Text from the target (region names, paths, file names, symbols) made
 //! safe for a terminal: a name must not be able to move the cursor, change
 //! colours, or print a fake line of memtrace's own. JSON output needs none
-//! of this (serde escapes control characters).
+//! of this (serde escapes control characters). Folded stacks, and the SVG
+//! flame graphs drawn from them, take names through [`folded_frame`].
 
 use std::{borrow::Cow, fmt::Write as _};
 
@@ -30,6 +31,26 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s` as one frame of a folded stack (`root;…;leaf COUNT`, the input of
+/// flame graph tools): [`printable`], with the format's separators made
+/// `_` — `;` between frames, and spaces, as readers take the last one or
+/// two space-separated fields of a line as its counts (inferno does) — and
+/// with what XML cannot hold or line readers may split on escaped too
+/// (U+FFFE, U+FFFF; U+2028, U+2029), since the SVG is drawn from it.
+pub fn folded_frame(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in printable(s).chars() {
+        match c {
+            ';' | ' ' => out.push('_'),
+            '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -48,5 +69,19 @@ mod tests {
         assert_eq!(printable("abc\u{202e}cba"), "abc\\u{202e}cba");
         assert_eq!(printable("\n=== Summary ==="), "\\n=== Summary ===");
         assert_eq!(printable("café ✓"), "café ✓");
+    }
+
+    #[test]
+    fn folded_frames_hold_no_separator_and_no_control_character() {
+        assert_eq!(folded_frame("app::grow"), "app::grow");
+        assert_eq!(folded_frame("a\nb"), "a\\nb");
+        assert_eq!(folded_frame("\x1b[31mred\x07"), "\\x1b[31mred\\x07");
+        assert_eq!(folded_frame("a;b c"), "a_b_c");
+        assert_eq!(
+            folded_frame("<T as Tr>::f 4096"),
+            "<T_as_Tr>::f_4096",
+            "no count can be read off a frame"
+        );
+        assert_eq!(folded_frame("x\u{ffff}\u{2028}"), "x\\u{ffff}\\u{2028}");
     }
 }

@@ -7,7 +7,7 @@
 //!   threshold; its slope is within 10% of the rate the fixture logged; a
 //!   remapped site keeps one series.
 //! - `memtrace --alert … --exit-on-alert`: the alert line, the report, exit
-//!   status 3; the text report's "Growing" section.
+//!   status 3; the text report's "Growing" section, and its JSON line.
 //! - A churning target sampled every 100 ms loses no event; sampled by
 //!   the CLI every 50 ms, each event is shown once.
 
@@ -345,7 +345,12 @@ fn an_alert_stops_tracing_with_status_3_after_the_report() {
         check_schema(&validator, l);
     }
     let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
-    assert_eq!(types, ["alert", "report", "summary"], "{}", run.stdout);
+    assert_eq!(
+        types,
+        ["alert", "report", "growing", "summary"],
+        "{}",
+        run.stdout
+    );
     let alert = &lines[0];
     assert_eq!(alert["rule"], "site-growth>32MiB/2s");
     assert_eq!(alert["pid"], target);
@@ -405,6 +410,59 @@ fn the_text_report_lists_what_grew() {
         out.matches("!! alert rss>8MiB: process RSS is").count(),
         1,
         "{out}"
+    );
+}
+
+/// `--json` carries the "Growing" section too (CI jobs with
+/// `--exit-on-alert` read JSON): a `growing` line after the final report.
+#[test]
+fn the_json_output_lists_what_grew() {
+    let validator = schema_validator();
+    let run = common::run_launch(
+        &[
+            "--json",
+            "--quiet",
+            "--sample-every",
+            "100ms",
+            "--history",
+            "30s",
+            "--grow-threshold",
+            "30MiB",
+        ],
+        GROWER,
+        &["--grow-mib", "40"],
+    );
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    for l in &lines {
+        check_schema(&validator, l);
+    }
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
+    assert_eq!(
+        types[types.len().saturating_sub(3)..],
+        ["report", "growing", "summary"],
+        "after the final report: {types:?}"
+    );
+    let line = &lines[types.len() - 2];
+    assert_eq!(line["threshold_bytes"], 30 * MIB, "{line}");
+    assert!(line["sample_count"].as_u64() >= Some(2), "{line}");
+    let growing = line["growing"].as_array().expect("growing");
+    assert_eq!(growing.len(), 1, "only the leak: {line}");
+    let leak = &growing[0];
+    assert!(
+        leak["label"]
+            .as_str()
+            .is_some_and(|l| l.contains("grow_leaky_cache")),
+        "{leak}"
+    );
+    assert!(
+        leak["growth_bytes"].as_u64() > Some(30 * MIB) && leak["monotone"] == true,
+        "{leak}"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Every JSON object memtrace prints validates against the documented
 //! schema, `docs/memtrace.schema.json`: the trace stream (every event kind,
-//! periodic and final reports with ranges, the summary) and the snapshot.
+//! periodic and final reports with ranges, the growing line, the summary)
+//! and the snapshot.
 
 mod common;
 
@@ -75,6 +76,7 @@ fn every_trace_line_validates() {
         );
     }
     assert!(types.get("report").is_some_and(|n| *n >= 1), "{types:?}");
+    assert_eq!(types.get("growing"), Some(&1), "{types:?}");
     assert_eq!(types.get("summary"), Some(&1), "{types:?}");
 }
 

@@ -1,7 +1,8 @@
 //! `GET /metrics` scraped by a real Prometheus server: the series it
 //! stores hold the values memtrace's own JSON report and the kernel give,
-//! label values with quotes, backslashes, `<>`, `::` and newlines come
-//! back as they were, and promtool's linter finds nothing to say.
+//! label values with quotes, backslashes, `<>` and `::` come back as they
+//! were, control characters (a newline, ESC) escaped as the text report
+//! shows them, and promtool's linter finds nothing to say.
 //!
 //! Needs the `prometheus` binary (Debian package `prometheus`, which
 //! `cargo xtask test` installs); fails naming the package when it is
@@ -24,8 +25,9 @@ use memtrace::export::metrics::{self, AttributionInput, MetricsInput, SiteRss};
 use serde_json::Value;
 use serving::{Served, get_text};
 
-/// A call-site name with everything the text format must escape.
-const HOSTILE_SITE: &str = "<ns::Cache<T> as Grow>::grow \"fast\" C:\\dir\nλ next";
+/// A call-site name with everything the text format must escape, and a
+/// terminal escape.
+const HOSTILE_SITE: &str = "<ns::Cache<T> as Grow>::grow \"fast\" C:\\dir\nλ\x1b[31m next";
 
 /// Serve `body` as the response to every request on a loopback port, from
 /// a thread of its own; the address.
@@ -261,14 +263,18 @@ fn prometheus_scrapes_call_sites_and_categories() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // The label value Prometheus stored is the name memtrace was given.
+    // The label value Prometheus stored is the name memtrace was given,
+    // its control characters escaped (`\n`, `\x1b`).
     let stored = query(&prom, "memtrace_site_rss_bytes{job=\"hostile\"}");
     assert_eq!(
         stored
             .iter()
             .map(|(l, v)| (l["site"].as_str(), *v))
             .collect::<Vec<_>>(),
-        [(HOSTILE_SITE, 4096.0)]
+        [(
+            "<ns::Cache<T> as Grow>::grow \"fast\" C:\\dir\\nλ\\x1b[31m next",
+            4096.0
+        )]
     );
     for served in [&traced, &snap] {
         let (code, text) = served.get_text("/metrics");

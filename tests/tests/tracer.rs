@@ -404,6 +404,26 @@ fn a_bad_output_path_is_refused_before_tracing() {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 }
 
+#[test]
+fn a_command_that_cannot_run_is_one_line_naming_the_os_error_once() {
+    common::require_root();
+    let output = std::process::Command::new(common::memtrace_bin())
+        .args(["--", "/nonexistent/cmd"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run memtrace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // The error's message names its cause: anyhow's chain must not add it
+    // again.
+    assert!(
+        stderr.lines().any(|l| l
+            == "memtrace: cannot run /nonexistent/cmd: No such file or directory (os error 2)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}
+
 /// The kernel side sends a stack id instead of a window for a stack it has
 /// seen (checking every stack word the unwinding read). Calls made at the
 /// same instruction with the same stack pointer, through two callers in

@@ -1,8 +1,8 @@
 //! The live page (`GET /debug/memory/ui`) in a real browser: headless
 //! Chromium loads it from `memtrace serve --trace` on a fixture, runs its
 //! script, and the rendered DOM holds the charts, the fixture's call
-//! sites with the RSS the JSON report gives them, its hostile region name
-//! as text (not markup), and the flame graph. A screenshot is left in
+//! sites with the RSS and the labels (not the ids) the JSON report gives
+//! them, its hostile region name as text (not markup), and the flame graph. A screenshot is left in
 //! `target/test-output/web_ui.png` for people to look at.
 
 mod common;
@@ -173,7 +173,19 @@ fn web_page_shows_charts_sites_and_flame_graph_in_a_browser() {
             r.contains(&want),
             "{suffix}: its row shows {want} (the JSON report's RSS): {r}"
         );
+        // The sub-category as the text report labels it, not its id.
+        let (id, label) = (
+            s["subcategory"].as_str().expect("subcategory"),
+            s["subcategory_label"].as_str().expect("subcategory_label"),
+        );
+        assert_ne!(id, label);
+        let want = format!("<td title=\"{id}\">{label}</td>");
+        assert!(r.contains(&want), "{suffix}: its row shows {want}: {r}");
     }
+    assert!(
+        row(&dom, "web_target::named_region").contains(">named regions</td>"),
+        "the label of the named_regions sub-category"
+    );
     let named = row(&dom, "web_target::named_region");
     assert!(
         named.contains("&lt;img src=x onerror=\"alert(1)\"&gt;&amp;'"),

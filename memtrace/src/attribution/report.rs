@@ -635,6 +635,8 @@ pub struct ReportLine<'a> {
     pub categories: &'a [CategoryUsage],
     /// How many call sites hold memory; `call_sites` may list fewer.
     pub call_site_count: usize,
+    /// Each with its labels ([`SiteLine`]).
+    #[serde(serialize_with = "site_lines")]
     pub call_sites: &'a [SiteReport],
     /// See [`AttributedReport::lost_events`].
     pub lost_events: u64,
@@ -648,6 +650,26 @@ pub struct ReportLine<'a> {
         serialize_with = "hex_ranges_opt"
     )]
     pub traced_ranges: Option<&'a [[u64; 2]]>,
+}
+
+/// A call site in the JSON line: the row, and beside its ids the labels
+/// the text report shows (`label`: call site `via` machinery, escaped;
+/// `subcategory_label`), so readers such as the web page need no copy of
+/// the label tables.
+#[derive(Serialize)]
+struct SiteLine<'a> {
+    #[serde(flatten)]
+    site: &'a SiteReport,
+    label: String,
+    subcategory_label: &'static str,
+}
+
+fn site_lines<S: serde::Serializer>(sites: &&[SiteReport], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(sites.iter().map(|site| SiteLine {
+        site,
+        label: site.label(),
+        subcategory_label: site.class.label,
+    }))
 }
 
 fn hex_ranges_opt<S: serde::Serializer>(v: &Option<&[[u64; 2]]>, s: S) -> Result<S::Ok, S::Error> {
@@ -697,8 +719,10 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Folded stacks (`root;…;leaf BYTES`), one line per call site weighted by
 /// its RSS (private + shared anonymous), plus one for untraced memory: the
-/// input format of flame graph tools. Inlined frames are kept as frames of
-/// their own.
+/// input format of flame graph tools, and of [`flamegraph`]. Inlined frames
+/// are kept as frames of their own. Names come from the target: each frame
+/// goes through [`crate::text::folded_frame`], so no name can split a line,
+/// add a frame or a count, or put a control character in the SVG.
 pub fn folded(report: &AttributedReport) -> Vec<String> {
     let mut lines = Vec::new();
     for (stack, weight) in report.call_sites.iter().flat_map(SiteReport::stacks) {
@@ -709,11 +733,9 @@ pub fn folded(report: &AttributedReport) -> Vec<String> {
             .frames
             .iter()
             .rev()
-            .map(|f| {
-                f.function
-                    .clone()
-                    .unwrap_or_else(|| f.display())
-                    .replace([';', ' '], "_")
+            .map(|f| match &f.function {
+                Some(name) => crate::text::folded_frame(name),
+                None => crate::text::folded_frame(&f.display()),
             })
             .collect();
         if frames.is_empty() {
@@ -1146,8 +1168,112 @@ mod tests {
         );
         let json = serde_json::to_value(ReportLine::new(&r, 0)).expect("serializes");
         assert_eq!(json["call_sites"][0]["subcategory"], "go_heap");
+        // Labels beside the ids, as the text report shows them.
+        assert_eq!(json["call_sites"][0]["subcategory_label"], "Go heap");
+        assert_eq!(json["call_sites"][0]["label"], "runtime.sysMmap");
         assert_eq!(json["call_sites"][0]["runtime"], "go");
         assert_eq!(json["call_sites"][0]["stack_count"], 2);
         assert_eq!(json["categories"][3]["subcategories"][1]["name"], "go_heap");
+    }
+
+    /// Names from the target holding control characters and the folded
+    /// format's own separators.
+    struct HostileStacks;
+
+    impl SiteStacks for HostileStacks {
+        fn site_of(&self, origin: &Origin) -> Option<u32> {
+            origin.call_stack
+        }
+        fn stack_of(&mut self, origin: &Origin) -> CallStack {
+            match origin.call_stack {
+                Some(1) => stack(&["app::leaf\n[untraced] 999\nnext", "main"]),
+                Some(2) => stack(&["app::\x1b[2J\x07bell", "a;b c 12"]),
+                _ => stack(&["app::\u{202e}rtl\u{ffff}\r"]),
+            }
+        }
+    }
+
+    /// Parse `xml` to its end: every tag closed in order, every attribute
+    /// well formed.
+    fn assert_well_formed(xml: &str) {
+        use quick_xml::{Reader, events::Event};
+        let mut reader = Reader::from_str(xml);
+        let mut open = Vec::new();
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(e)) => {
+                    for a in e.attributes() {
+                        a.unwrap_or_else(|err| panic!("attribute: {err}"));
+                    }
+                    open.push(e.name().as_ref().to_vec());
+                }
+                Ok(Event::Empty(e)) => {
+                    for a in e.attributes() {
+                        a.unwrap_or_else(|err| panic!("attribute: {err}"));
+                    }
+                }
+                Ok(Event::End(e)) => {
+                    assert_eq!(open.pop().as_deref(), Some(e.name().as_ref()));
+                }
+                Ok(Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "not well-formed XML at byte {}: {e}",
+                    reader.buffer_position()
+                ),
+            }
+        }
+        assert!(open.is_empty(), "unclosed elements");
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_their_frame_in_folded_stacks_and_the_svg() {
+        let mut l = Ledger::new();
+        for (page, pages, site) in [(0, 8, 1), (20, 4, 2), (40, 2, 3)] {
+            l.apply(&mmap_event(page, pages, libc::MAP_PRIVATE, site));
+        }
+        let vmas = [vma(0, 8), vma(20, 4), vma(40, 2)];
+        let at = super::super::join::attribute(&vmas, &l, &mut NoPages);
+        let r = build(&at, &l, ReportOptions { ranges: false }, &mut HostileStacks);
+        let lines = folded(&r);
+        // One line per stack, each its frames and one count.
+        assert_eq!(
+            lines,
+            vec![
+                format!("main;app::leaf\\n[untraced]_999\\nnext {}", 8 * P),
+                format!("a_b_c_12;app::\\x1b[2J\\x07bell {}", 4 * P),
+                format!("app::\\u{{202e}}rtl\\u{{ffff}}\\r {}", 2 * P),
+            ]
+        );
+        let mut svg = Vec::new();
+        flamegraph(&r, &mut svg).expect("flame graph");
+        let svg = String::from_utf8(svg).expect("UTF-8");
+        let bad: Vec<char> = svg
+            .chars()
+            .filter(|&c| {
+                (c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+                    || matches!(c, '\u{fffe}' | '\u{ffff}')
+            })
+            .collect();
+        assert!(bad.is_empty(), "characters XML cannot hold: {bad:?}");
+        assert_well_formed(&svg);
+        assert!(svg.contains("app::\\x1b[2J\\x07bell"), "{svg}");
+    }
+
+    /// Readers of the JSON (the web page) show the text report's labels,
+    /// not the ids: each call site carries them.
+    #[test]
+    fn call_sites_carry_their_labels_beside_their_ids() {
+        let mut l = Ledger::new();
+        l.apply(&mmap_event(0, 4, libc::MAP_PRIVATE, 2));
+        let at = super::super::join::attribute(&[vma(0, 4)], &l, &mut NoPages);
+        let r = build(&at, &l, ReportOptions { ranges: false }, &mut HostileStacks);
+        let json = serde_json::to_value(ReportLine::new(&r, 0)).expect("serializes");
+        let site = &json["call_sites"][0];
+        assert_eq!(site["subcategory"], "other_call_sites");
+        assert_eq!(site["subcategory_label"], "other call sites");
+        // The name as the target has it; the label as the text shows it.
+        assert_eq!(site["call_site"]["function"], "app::\x1b[2J\x07bell");
+        assert_eq!(site["label"], "app::\\x1b[2J\\x07bell");
     }
 }

@@ -1,6 +1,9 @@
 //! The reports as Prometheus metrics, in the Prometheus text exposition
 //! format (version 0.0.4), written by `prometheus-client` (which escapes
 //! label values: call-site names hold quotes, backslashes, `<>`, `::`).
+//! Label values come from the target (`exe`, `site`): their control
+//! characters are escaped first, as in the text report
+//! ([`crate::text::printable`]), since the format keeps all but newline.
 //!
 //! [`render`] takes plain data ([`MetricsInput`]), built from a snapshot
 //! ([`MetricsInput::from_snapshot`]) or from smaps_rollup totals plus an
@@ -242,7 +245,7 @@ impl Exposition {
     fn gauges(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
         let family = Family::<Labels, BytesGauge>::default();
         for (labels, v) in rows {
-            family.get_or_create(&labels).inc_by(v);
+            family.get_or_create(&printable(labels)).inc_by(v);
         }
         self.registry.register(name, help, family);
     }
@@ -257,10 +260,22 @@ impl Exposition {
     fn counters(&mut self, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, u64)>) {
         let family = Family::<Labels, Counter<u64>>::default();
         for (labels, v) in rows {
-            family.get_or_create(&labels).inc_by(v);
+            family.get_or_create(&printable(labels)).inc_by(v);
         }
         self.registry.register(name, help, family);
     }
+}
+
+/// `labels` with control characters in their values escaped: every labelled
+/// series goes through here.
+fn printable(labels: Labels) -> Labels {
+    labels
+        .into_iter()
+        .map(|(k, v)| match crate::text::printable(&v) {
+            std::borrow::Cow::Borrowed(_) => (k, v),
+            std::borrow::Cow::Owned(escaped) => (k, escaped),
+        })
+        .collect()
 }
 
 /// The metrics of `input` in the Prometheus text format.
@@ -532,11 +547,13 @@ mod tests {
     fn label_values_are_escaped_per_the_text_format() {
         let nasty = "<ns::Cache<T> as Grow>::grow \"fast\" C:\\path\nnext";
         let text = render(&input_with_sites(vec![site(nasty, 4096)], 20)).expect("render");
+        // The newline is escaped as the text report shows it (`\n`), whose
+        // backslash the format then escapes.
         assert_eq!(
             samples(&text, "memtrace_site_rss_bytes"),
             [
                 "memtrace_site_rss_bytes{site=\"<ns::Cache<T> as Grow>::grow \\\"fast\\\" \
-                 C:\\\\path\\nnext\",category=\"other_call_sites\",subcategory=\"call_site\"} 4096"
+                 C:\\\\path\\\\nnext\",category=\"other_call_sites\",subcategory=\"call_site\"} 4096"
             ],
             "{text}"
         );
@@ -545,6 +562,33 @@ mod tests {
             text.lines()
                 .all(|l| l.starts_with('#') || l.starts_with("memtrace_") || l.is_empty())
         );
+    }
+
+    /// The executable's path and call-site names come from the target: no
+    /// control character reaches a label value (the format would keep it).
+    #[test]
+    fn label_values_carry_no_control_character() {
+        let mut input = input_with_sites(vec![site("app::\x1b[2Jgrow\x07", 4096)], 20);
+        input.exe = Some("/tmp/x\x1b[31m\x07\u{9b}y".into());
+        let text = render(&input).expect("render");
+        assert_eq!(
+            samples(&text, "memtrace_target_info"),
+            ["memtrace_target_info{pid=\"42\",exe=\"/tmp/x\\\\x1b[31m\\\\x07\\\\u{9b}y\"} 1"],
+            "{text}"
+        );
+        assert_eq!(
+            samples(&text, "memtrace_site_rss_bytes"),
+            [
+                "memtrace_site_rss_bytes{site=\"app::\\\\x1b[2Jgrow\\\\x07\",\
+                 category=\"other_call_sites\",subcategory=\"call_site\"} 4096"
+            ],
+            "{text}"
+        );
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|&c| c.is_control() && c != '\n')
+            .collect();
+        assert!(bad.is_empty(), "control characters in the scrape: {bad:?}");
     }
 
     #[test]

@@ -517,10 +517,7 @@ impl History {
         if growing.is_empty() {
             return String::new();
         }
-        let span = match (self.totals.front(), self.totals.back()) {
-            (Some(a), Some(b)) => Duration::from_millis(b.unix_ms.saturating_sub(a.unix_ms)),
-            _ => Duration::ZERO,
-        };
+        let span = self.span();
         let now_ms = self.latest().map_or(0, |t| t.unix_ms);
         let mut s = String::new();
         let _ = writeln!(
@@ -550,6 +547,43 @@ impl History {
         }
         s
     }
+
+    /// The "Growing" section as a JSON line of `memtrace --json`; its list
+    /// is empty when nothing grew.
+    pub fn growing_line(&self, pid: u32, threshold: u64) -> GrowingLine {
+        GrowingLine {
+            schema_version: schema::SCHEMA_VERSION,
+            pid,
+            threshold_bytes: threshold,
+            span_ms: self.span().as_millis() as u64,
+            sample_count: self.len(),
+            growing: self.growing(threshold),
+        }
+    }
+
+    /// From the oldest sample kept to the newest.
+    fn span(&self) -> Duration {
+        match (self.totals.front(), self.totals.back()) {
+            (Some(a), Some(b)) => Duration::from_millis(b.unix_ms.saturating_sub(a.unix_ms)),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// The "Growing" section of the text report for JSON readers: the
+/// `growing` line of `memtrace --json`, after the final report (schema:
+/// `docs/json-schema.md`).
+#[derive(Clone, Debug, Serialize)]
+pub struct GrowingLine {
+    pub schema_version: u32,
+    pub pid: u32,
+    /// `--grow-threshold`: sites that grew more over the window are listed.
+    pub threshold_bytes: u64,
+    /// From the oldest sample of the window to the newest.
+    pub span_ms: u64,
+    pub sample_count: usize,
+    /// Most growth first, as in [`HistoryDoc::growing`].
+    pub growing: Vec<growth::GrowingSite>,
 }
 
 /// What `--sample-every`, `--history`, `--grow-threshold` and `--alert`
@@ -612,6 +646,11 @@ impl Watch {
     /// The "Growing" section of the text report (empty when nothing grew).
     pub fn growing_text(&self) -> String {
         self.history.growing_text(self.grow_threshold)
+    }
+
+    /// The "Growing" section as a JSON line for process `pid`.
+    pub fn growing_line(&self, pid: u32) -> GrowingLine {
+        self.history.growing_line(pid, self.grow_threshold)
     }
 }
 

@@ -63,7 +63,9 @@ pub fn read_c_string(pid: u32, addr: u64) -> Option<String> {
 }
 
 /// Why something could not be read from `/proc`. `Display` gives one line
-/// that says what to do next.
+/// that says what to do next, its cause included (notes and HTTP bodies
+/// print it with `{}`), so no cause is also a `source()`: anyhow's `{:#}`
+/// would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
     /// The process does not exist, or exited while being read.
@@ -93,13 +95,12 @@ pub enum ProcError {
     #[error("/proc is not available: memtrace needs Linux with procfs mounted at /proc")]
     NoProcfs,
     /// Another I/O error.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Io {
         /// The file being read.
         path: String,
         /// The error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The process changed its mappings while they were read in a way that
     /// left some memory counted twice or not at all (a torn read), again
@@ -114,13 +115,12 @@ pub enum ProcError {
         pid: u32,
     },
     /// The kernel's text did not parse (should not happen; please report).
-    #[error("pid {pid}: {source}")]
+    #[error("pid {pid}: {error}")]
     Parse {
         /// The process.
         pid: u32,
         /// Where parsing failed.
-        #[source]
-        source: smaps::ParseError,
+        error: smaps::ParseError,
     },
 }
 
@@ -142,7 +142,7 @@ impl ProcError {
             },
             _ => ProcError::Io {
                 path: path.to_owned(),
-                source: error,
+                error,
             },
         }
     }

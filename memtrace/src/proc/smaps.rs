@@ -467,7 +467,7 @@ pub fn read_maps(pid: u32) -> Result<Vec<Vma>, ProcError> {
         let mut parser = Parser::default();
         parser
             .feed(&bytes)
-            .map_err(|source| ProcError::Parse { pid, source })?;
+            .map_err(|error| ProcError::Parse { pid, error })?;
         if parser.torn_at.is_none() || attempts == READ_ATTEMPTS {
             return Ok(parser.vmas);
         }
@@ -504,7 +504,7 @@ pub fn read_smaps_with(
 fn read_error(pid: u32, path: &str, e: ReadError) -> ProcError {
     match e {
         ReadError::Io(e) => ProcError::from_io(pid, path, e),
-        ReadError::Parse(e) => ProcError::Parse { pid, source: e },
+        ReadError::Parse(error) => ProcError::Parse { pid, error },
         ReadError::Torn => ProcError::Unsettled { pid },
     }
 }

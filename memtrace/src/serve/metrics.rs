@@ -19,9 +19,9 @@ use crate::snapshot;
 pub async fn metrics(State(state): State<ServeState>) -> Result<Response, ServeError> {
     let input = tokio::task::spawn_blocking(move || scrape(&state))
         .await
-        .map_err(|source| ServeError::Task {
+        .map_err(|error| ServeError::Task {
             what: "metrics",
-            source,
+            error,
         })??;
     match metrics::render(&input) {
         Ok(body) => Ok((

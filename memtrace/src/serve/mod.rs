@@ -60,7 +60,9 @@ pub const MAX_TOP: usize = 10_000;
 pub const MAX_TOP_ACCEPTED: u64 = 1_000_000;
 
 /// Why a request failed. The variant picks the HTTP status
-/// ([`ServeError::status`]); `Display` is the one-line response body.
+/// ([`ServeError::status`]); `Display` is the one-line response body, its
+/// cause included (so no cause is also a `source()`, which anyhow's `{:#}`
+/// would print again).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A query parameter has a value the endpoint cannot use (400).
@@ -128,15 +130,14 @@ pub enum ServeError {
     TracingTimeout,
     /// The answer could not be encoded (500).
     #[error("encoding the answer: {0}")]
-    Encode(#[source] io::Error),
+    Encode(io::Error),
     /// The blocking task building the answer failed (500).
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed: {error}")]
     Task {
         /// What the task was doing (`capture`, `report`).
         what: &'static str,
         /// Why it failed (it panicked or was cancelled).
-        #[source]
-        source: tokio::task::JoinError,
+        error: tokio::task::JoinError,
     },
 }
 
@@ -178,7 +179,8 @@ pub fn status_for(e: &ProcError) -> StatusCode {
     }
 }
 
-/// Why the server could not be set up.
+/// Why the server could not be set up. As with [`ServeError`], a message
+/// that names its cause has no `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listen address resolved to no socket address.
@@ -198,7 +200,7 @@ pub enum StartError {
     Trace(#[from] TraceError),
     /// The thread that owns the tracing session could not be started.
     #[error("starting the tracing thread: {0}")]
-    Thread(#[source] io::Error),
+    Thread(io::Error),
     /// The thread that owns the tracing session ended before it was ready.
     #[error("the tracing thread ended before it started")]
     ThreadEnded,
@@ -799,9 +801,9 @@ async fn capture_for(
     let pid = state.process.pid;
     let snapshot = tokio::task::spawn_blocking(move || snapshot::capture(pid))
         .await
-        .map_err(|source| ServeError::Task {
+        .map_err(|error| ServeError::Task {
             what: "capture",
-            source,
+            error,
         })??;
     Ok((snapshot, opts))
 }
@@ -874,9 +876,9 @@ async fn attributed_for(
     let tracing = state.tracing.clone().ok_or(ServeError::TracingOff)?;
     let report = tokio::task::spawn_blocking(move || tracing.report())
         .await
-        .map_err(|source| ServeError::Task {
+        .map_err(|error| ServeError::Task {
             what: "report",
-            source,
+            error,
         })??;
     Ok((report, top, verbose))
 }
@@ -992,7 +994,7 @@ mod tests {
         assert_eq!(
             proc(ProcError::Io {
                 path: "/proc/1/smaps".into(),
-                source: io::Error::other("no process exited"),
+                error: io::Error::other("no process exited"),
             }),
             StatusCode::INTERNAL_SERVER_ERROR,
             "the message text does not matter"

@@ -31,9 +31,9 @@ pub async fn memtrace_profile(
             .map(|report| pprof::encode(&report).map_err(ServeError::Encode))
     })
     .await
-    .map_err(|source| ServeError::Task {
+    .map_err(|error| ServeError::Task {
         what: "profile",
-        source,
+        error,
     })???;
     Ok((
         StatusCode::OK,

@@ -397,7 +397,7 @@ impl<S: EventSource> Run<'_, S> {
         if self.report.is_some()
             && let Some(w) = &self.watch
         {
-            out.text_block(&w.growing_text())?;
+            out.growing(self.target, w)?;
         }
         Ok(())
     }

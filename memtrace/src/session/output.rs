@@ -24,13 +24,13 @@ use super::{
 };
 use crate::{
     attribution::report::{AttributedReport, ReportLine},
-    history::alert::AlertState,
+    history::{GrowingLine, Watch, alert::AlertState},
     schema::SCHEMA_VERSION,
     stack::callsite::CallStack,
     trace::event::Event,
 };
 
-/// One JSON line of `memtrace --json`: `{"type":"event"|"report"|"summary"|"alert",
+/// One JSON line of `memtrace --json`: `{"type":"event"|"report"|"growing"|"summary"|"alert",
 /// "schema_version":…,…}` (schema: `docs/json-schema.md`).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -44,6 +44,7 @@ pub enum TraceLine<'a> {
     Summary(SummaryLine<'a>),
     Peak(PeakLine),
     Alert(AlertLine<'a>),
+    Growing(GrowingLine),
 }
 
 /// A new peak of the target's anonymous RSS, whose report was captured
@@ -305,6 +306,19 @@ impl<W: Write + Send + 'static> Output<W> {
             Format::Json => Ok(()),
             Format::Text if text.trim().is_empty() => Ok(()),
             Format::Text => self.push(text.trim_end_matches('\n').to_owned(), Full::Wait),
+        }
+    }
+
+    /// The "Growing" list after the final report: a text block (none when
+    /// nothing grew), or a `growing` JSON line (always, so a script tells
+    /// "nothing grew" from "not watched"); waits for room.
+    pub fn growing(&mut self, pid: u32, watch: &Watch) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                let line = TraceLine::Growing(watch.growing_line(pid)).to_json();
+                self.push(line, true)
+            }
+            Format::Text => self.text_block(&watch.growing_text()),
         }
     }
 

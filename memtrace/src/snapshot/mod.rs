@@ -328,7 +328,7 @@ pub fn read_rollup(pid: u32) -> Result<Totals, ProcError> {
     if bytes.is_empty() {
         return Err(proc::pid::explain_empty(pid));
     }
-    parse_rollup(&bytes).map_err(|error| ProcError::Parse { pid, source: error })
+    parse_rollup(&bytes).map_err(|error| ProcError::Parse { pid, error })
 }
 
 /// Parse `smaps_rollup` text into [`Totals`]. `vma_count` and

@@ -170,16 +170,17 @@ pub struct PerfMap {
     entries: Entries,
 }
 
-/// Why a perf map was not read.
+/// Why a perf map was not read. Messages name their cause (so it is no
+/// `source()` too: anyhow's `{:#}` would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum PerfMapError {
-    #[error("reading /proc/{pid}: {source}")]
-    Proc { pid: u32, source: std::io::Error },
-    #[error("opening perf-{ns_pid}.map in the root of pid {pid}: {source}")]
+    #[error("reading /proc/{pid}: {error}")]
+    Proc { pid: u32, error: std::io::Error },
+    #[error("opening perf-{ns_pid}.map in the root of pid {pid}: {error}")]
     Open {
         pid: u32,
         ns_pid: u32,
-        source: nix::Error,
+        error: nix::Error,
     },
     #[error("perf-{ns_pid}.map of pid {pid} is not a regular file")]
     NotRegular { pid: u32, ns_pid: u32 },
@@ -209,7 +210,7 @@ impl Target {
     /// Process `pid`'s root, namespace pid and user (the owner of its
     /// `/proc` directory).
     pub fn of(pid: u32) -> Result<Target, PerfMapError> {
-        let proc_err = |source| PerfMapError::Proc { pid, source };
+        let proc_err = |error| PerfMapError::Proc { pid, error };
         let uid = std::fs::metadata(format!("/proc/{pid}"))
             .map_err(proc_err)?
             .uid();
@@ -246,15 +247,15 @@ impl PerfMap {
             .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let path = format!("tmp/perf-{ns_pid}.map");
-        let fd = openat2(root, path.as_str(), how).map_err(|source| PerfMapError::Open {
+        let fd = openat2(root, path.as_str(), how).map_err(|error| PerfMapError::Open {
             pid,
             ns_pid,
-            source,
+            error,
         })?;
         let file = File::from(fd);
         let meta = file
             .metadata()
-            .map_err(|source| PerfMapError::Proc { pid, source })?;
+            .map_err(|error| PerfMapError::Proc { pid, error })?;
         if !meta.is_file() {
             return Err(PerfMapError::NotRegular { pid, ns_pid });
         }

@@ -24,10 +24,12 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
-/// Why BTF could not be read.
+/// Why BTF could not be read. Shown as the cause of
+/// [`super::TraceError::Btf`], through the chain as that error's causes
+/// are: the message leaves its own cause to `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]

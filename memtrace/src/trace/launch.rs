@@ -45,36 +45,26 @@ use nix::{
 use crate::proc::pid::{Identity, TargetError};
 use threads::{Controls, Deliveries, Process, Stop};
 
-/// Why a process could not be launched or attached to.
+/// Why a process could not be launched or attached to. A message names
+/// its cause itself (warnings print it with `{}`), so no cause is also a
+/// `source()`: anyhow's `{:#}` would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("no command given")]
     NoCommand,
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: io::Error },
     #[error("{program} exited before it started (status {status})")]
     ExitedEarly { program: String, status: i32 },
-    #[error("waiting for {program} failed: {source}")]
-    Wait {
-        program: String,
-        #[source]
-        source: Errno,
-    },
-    #[error("cannot attach to pid {pid} with ptrace: {source}")]
-    Attach {
-        pid: u32,
-        #[source]
-        source: Errno,
-    },
+    #[error("waiting for {program} failed: {error}")]
+    Wait { program: String, error: Errno },
+    #[error("cannot attach to pid {pid} with ptrace: {error}")]
+    Attach { pid: u32, error: Errno },
     /// The pinned process is not the one the pid names any more.
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error("starting the ptrace thread failed: {0}")]
-    Thread(#[source] io::Error),
+    Thread(io::Error),
     #[error("the ptrace thread ended unexpectedly")]
     ThreadGone,
 }
@@ -288,32 +278,32 @@ fn tracer_thread(
 /// Fork the child, seize it, let it exec, and wait for the exec stop.
 fn start_child(program: &OsString, args: &[OsString]) -> Result<i32, LaunchError> {
     let name = || program.to_string_lossy().into_owned();
-    let mut child = spawn::fork_waiting(program, args).map_err(|source| LaunchError::Spawn {
+    let mut child = spawn::fork_waiting(program, args).map_err(|error| LaunchError::Spawn {
         program: name(),
-        source,
+        error,
     })?;
     let pid = Pid::from_raw(child.pid);
-    if let Err(source) = ptrace::seize(pid, threads::options()) {
+    if let Err(error) = ptrace::seize(pid, threads::options()) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = threads::wait(child.pid);
         return Err(LaunchError::Attach {
             pid: child.pid as u32,
-            source,
+            error,
         });
     }
     child.release();
     loop {
-        let stop = threads::wait(child.pid).map_err(|source| LaunchError::Wait {
+        let stop = threads::wait(child.pid).map_err(|error| LaunchError::Wait {
             program: name(),
-            source,
+            error,
         })?;
         let _ = match stop {
             Stop::Event { event, .. } if event == libc::PTRACE_EVENT_EXEC => return Ok(child.pid),
             Stop::Exited { code, .. } => {
                 return Err(match child.exec_error() {
-                    Some(source) => LaunchError::Spawn {
+                    Some(error) => LaunchError::Spawn {
                         program: name(),
-                        source,
+                        error,
                     },
                     None => LaunchError::ExitedEarly {
                         program: name(),

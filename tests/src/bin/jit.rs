@@ -5,7 +5,10 @@
 //!
 //! The perf map also holds a malformed line and a second name appended
 //! after the first call, as a JIT's map grows while it runs. With
-//! `--wait`, it prints `ready PID` and waits for a line on stdin first.
+//! `--wait`, it prints `ready PID` and waits for a line on stdin first,
+//! and `done PID` at the end, then waits for stdin again (its memory still
+//! mapped). `--name-suffix S` appends S to both names: a hostile JIT's
+//! control characters and separators.
 
 use std::io::Write as _;
 
@@ -67,10 +70,16 @@ fn main() {
     if unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) } != 0 {
         fail("mprotect of the code page failed");
     }
+    let args: Vec<String> = std::env::args().collect();
+    let suffix = args
+        .iter()
+        .position(|a| a == "--name-suffix")
+        .and_then(|i| args.get(i + 1))
+        .map_or("", String::as_str);
     let path = format!("/tmp/perf-{}.map", std::process::id());
     let mut map =
         std::fs::File::create(&path).unwrap_or_else(|e| fail(&format!("create {path}: {e}")));
-    writeln!(map, "{base:x} {:x} JIT:firstBuffer", CODE.len())
+    writeln!(map, "{base:x} {:x} JIT:firstBuffer{suffix}", CODE.len())
         .and_then(|()| writeln!(map, "not a perf map line"))
         .unwrap_or_else(|e| fail(&format!("write {path}: {e}")));
 
@@ -91,9 +100,15 @@ fn main() {
     };
     run(base);
     // The JIT compiles more, and its map grows.
-    writeln!(map, "{:x} {:x} JIT:secondBuffer", base + SECOND, CODE.len())
-        .unwrap_or_else(|e| fail(&format!("write {path}: {e}")));
+    writeln!(
+        map,
+        "{:x} {:x} JIT:secondBuffer{suffix}",
+        base + SECOND,
+        CODE.len()
+    )
+    .unwrap_or_else(|e| fail(&format!("write {path}: {e}")));
     drop(map);
     run(base + SECOND);
     println!("jitted {}", 2 * LEN);
+    memtrace_tests::wait_if_asked("done");
 }

@@ -63,12 +63,6 @@ function frameText(f) {
   return String(f.address);
 }
 
-// `call site via machinery`, like the report's call-site column.
-function siteLabel(s) {
-  const at = frameText(s.call_site);
-  return s.via ? `${at} via ${s.via.function || frameText(s.via)}` : at;
-}
-
 async function getJson(url) {
   const r = await fetch(url, { cache: "no-store" });
   if (!r.ok) {
@@ -90,8 +84,8 @@ function localHistory(report) {
   for (const c of report.categories || []) categories[c.name] = resident(c);
   const sites = {};
   for (const s of report.call_sites || []) {
-    const key = siteLabel(s) + " | " + (s.subcategory || "");
-    sites[key] = { label: siteLabel(s), category: s.category, rss: (sites[key] ? sites[key].rss : 0) + resident(s) };
+    const key = s.label + " | " + (s.subcategory || "");
+    sites[key] = { label: s.label, category: s.category, rss: (sites[key] ? sites[key].rss : 0) + resident(s) };
   }
   state.local.push({
     sample: {
@@ -305,8 +299,9 @@ function renderSites(r) {
       el("td", { class: "num" }, human(s.rss_bytes + (s.shared_rss_bytes || 0))),
       el("td", { class: "num" }, human(s.virtual_bytes)),
       el("td", { class: "num" }, String(s.mappings)),
-      el("td", {}, s.subcategory || s.category),
-      el("td", { class: "site", title: (s.stack || []).map(frameText).join("\n") }, siteLabel(s)),
+      // The labels the text report shows, sent beside the ids.
+      el("td", { title: s.subcategory }, s.subcategory_label),
+      el("td", { class: "site", title: (s.stack || []).map(frameText).join("\n") }, s.label),
       el("td", {}, (s.names || []).join(", ")),
     );
     return tr;

@@ -224,10 +224,10 @@ impl Process {
                     {
                         continue;
                     }
-                    Err(source) => {
+                    Err(error) => {
                         return Err(LaunchError::Attach {
                             pid: tid as u32,
-                            source,
+                            error,
                         });
                     }
                 }
@@ -242,7 +242,7 @@ impl Process {
         if p.threads.is_empty() {
             return Err(LaunchError::Attach {
                 pid: target.pid,
-                source: Errno::ESRCH,
+                error: Errno::ESRCH,
             });
         }
         // On error the tracer thread ends, which detaches every thread.
