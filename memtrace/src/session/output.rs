@@ -316,7 +316,7 @@ impl<W: Write + Send + 'static> Output<W> {
         match self.format {
             Format::Json => {
                 let line = TraceLine::Growing(watch.growing_line(pid)).to_json();
-                self.push(line, true)
+                self.push(line, Full::Wait)
             }
             Format::Text => self.text_block(&watch.growing_text()),
         }
