@@ -209,6 +209,18 @@ fn watch_signals() -> anyhow::Result<StopFlags> {
         .spawn(move || {
             for sig in signals.forever() {
                 flags.record(sig);
+                if flags.give_up() {
+                    // Tracing is over and the target let go; memtrace only
+                    // waits for its reader, or for work (the report) that
+                    // a signal must not wait for either.
+                    eprintln!(
+                        "memtrace: stopped by a signal while the output's reader was not \
+                         reading: the output is incomplete"
+                    );
+                    // SAFETY: ends the process at once, running nothing
+                    // that could wait on a lock another thread holds.
+                    unsafe { libc::_exit(i32::from(INTERRUPTED_EXIT_STATUS)) };
+                }
             }
         })
         .context("starting the signal thread")?;

@@ -106,7 +106,13 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
     out.give_up_on(stop);
     if let Some(t) = &tracee {
         t.hold_exit_for(opts.exit_hold.unwrap_or_default());
+        // The signal that ends tracing lets the target go at once: the
+        // first in `--pid` mode, the second in launch mode.
+        stop.release_on(t.releaser(), if opts.launched { 2 } else { 1 });
     }
+    // One signal ends tracing (in launch mode it goes on to the command
+    // first); one more stops memtrace, report written or not.
+    stop.give_up_after(1);
     let mut run = Run {
         session,
         target,

@@ -12,14 +12,14 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use super::output::Notes;
-use crate::trace::launch::Launched;
+use crate::trace::launch::{Launched, Releaser};
 
 /// Requests to stop, set from signal handlers.
 #[derive(Clone, Debug)]
@@ -35,6 +35,9 @@ pub struct StopFlags {
     /// Signals after which memtrace stops waiting for its reader
     /// ([`StopFlags::give_up`]); none while tracing.
     patience: Arc<AtomicU32>,
+    /// Processes to let go as soon as this many signals arrived
+    /// ([`StopFlags::release_on`]).
+    releasers: Arc<Mutex<Vec<(u32, Releaser)>>>,
 }
 
 impl Default for StopFlags {
@@ -45,6 +48,7 @@ impl Default for StopFlags {
             hung_up: Arc::default(),
             received: Arc::default(),
             patience: Arc::new(AtomicU32::new(u32::MAX)),
+            releasers: Arc::default(),
         }
     }
 }
@@ -58,7 +62,24 @@ impl StopFlags {
             libc::SIGHUP => self.hung_up.store(true, Ordering::SeqCst),
             _ => return,
         }
-        self.received.fetch_add(1, Ordering::SeqCst);
+        let received = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        // Let the target go here, in the signal's thread: the tracing loop
+        // may be busy (a report being symbolized) for a while.
+        let releasers = self.releasers.lock().unwrap_or_else(|e| e.into_inner());
+        for (after, r) in releasers.iter() {
+            if received >= *after {
+                r.release();
+            }
+        }
+    }
+
+    /// Let the process of `releaser` go once `after` signals arrived (the
+    /// signal that ends tracing), from the thread that records them.
+    pub fn release_on(&self, releaser: Releaser, after: u32) {
+        self.releasers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((after, releaser));
     }
 
     /// How many stop signals arrived (also when the flags were set
@@ -73,7 +94,14 @@ impl StopFlags {
     /// From now on, a further signal means: stop waiting for the reader
     /// (tracing is over and the target let go; only output is left).
     pub fn wait_for_reader_until_signalled(&self) {
-        self.patience.store(self.received_count(), Ordering::SeqCst);
+        self.give_up_after(self.received_count());
+    }
+
+    /// Give up waiting for the reader once more than `signals` arrived,
+    /// whenever that is: the signal that ends tracing is the last one
+    /// memtrace waits after, even before its loop has seen it.
+    pub fn give_up_after(&self, signals: u32) {
+        self.patience.fetch_min(signals, Ordering::SeqCst);
     }
 
     /// Stop waiting for the reader now (a second signal in launch mode

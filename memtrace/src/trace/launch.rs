@@ -101,6 +101,32 @@ pub struct Launched {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// Lets a [`Launched`] process go from any thread ([`Launched::releaser`]).
+#[derive(Clone, Debug)]
+pub struct Releaser {
+    released: Arc<AtomicBool>,
+    exit: Arc<AtomicU8>,
+    go: Sender<()>,
+}
+
+impl Releaser {
+    /// See [`Launched::release`]. An exit stop that the caller claimed
+    /// ([`Launched::claim_exit`]) is left to it: it is being read, and the
+    /// caller resumes it within the exit hold.
+    pub fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        let held = self.exit.compare_exchange(
+            threads::EXIT_HELD,
+            threads::EXIT_LET_GO,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        if held.is_ok() {
+            let _ = self.go.send(());
+        }
+    }
+}
+
 /// Start `argv` stopped before its first instruction. The child keeps
 /// memtrace's stdin, stdout, stderr and environment.
 pub fn launch(argv: &[OsString]) -> Result<Launched, LaunchError> {
@@ -224,8 +250,17 @@ impl Launched {
     /// thread, its exit), and the process is never held again, whatever
     /// memtrace does next (e.g. wait for a stalled reader of its report).
     pub fn release(&self) {
-        self.released.store(true, Ordering::SeqCst);
-        let _ = self.go.send(());
+        self.releaser().release();
+    }
+
+    /// A handle that releases the process from another thread (a signal
+    /// handler's), as [`Launched::release`] does.
+    pub fn releaser(&self) -> Releaser {
+        Releaser {
+            released: self.released.clone(),
+            exit: self.exit.clone(),
+            go: self.go.clone(),
+        }
     }
 
     /// Whether signal `sig` was delivered to the process (to any thread)
