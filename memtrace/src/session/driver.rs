@@ -113,6 +113,18 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
     // One signal ends tracing (in launch mode it goes on to the command
     // first); one more stops memtrace, report written or not.
     stop.give_up_after(1);
+    // `--duration` ends tracing on time even when the loop is busy: the
+    // target is let go then, and from then one signal stops memtrace.
+    if let (Some(t), Some(d)) = (&tracee, opts.duration) {
+        let (releaser, stop) = (t.releaser(), stop.clone());
+        let _ = std::thread::Builder::new()
+            .name("memtrace-duration".into())
+            .spawn(move || {
+                std::thread::sleep(d);
+                releaser.release();
+                stop.wait_for_reader_until_signalled();
+            });
+    }
     let mut run = Run {
         session,
         target,
