@@ -15,7 +15,7 @@ use memtrace::{
         output::{Format, Output},
     },
     trace::{
-        Drained, Lost, TraceError,
+        Lost, TraceError,
         event::{Call, Event},
         source::EventSource,
     },
@@ -41,15 +41,11 @@ impl EventSource for Script {
             }
         }
     }
-    fn drain(&mut self, out: &mut Vec<Event>) -> Drained {
-        let before = out.len();
+    fn drain(&mut self, out: &mut Vec<Event>) -> bool {
         while let Some(b) = self.batches.pop_front() {
             out.extend(b);
         }
-        Drained {
-            events: out.len() - before,
-            ring_empty: true,
-        }
+        true
     }
     fn lost(&self) -> Lost {
         Lost::default()

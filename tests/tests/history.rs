@@ -335,15 +335,7 @@ fn an_alert_stops_tracing_with_status_3_after_the_report() {
     // SAFETY: killing the fixture this test launched.
     unsafe { libc::kill(target as i32, libc::SIGKILL) };
     assert_eq!(run.status, 3, "--exit-on-alert: status 3; {}", run.stderr);
-    let lines: Vec<Value> = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    for l in &lines {
-        check_schema(&validator, l);
-    }
+    let lines = schema_checked_lines(&run.stdout, &validator);
     let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
     assert_eq!(
         types,
@@ -433,15 +425,7 @@ fn the_json_output_lists_what_grew() {
         &["--grow-mib", "40"],
     );
     assert_eq!(run.status, 0, "{}", run.stderr);
-    let lines: Vec<Value> = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
-    for l in &lines {
-        check_schema(&validator, l);
-    }
+    let lines = schema_checked_lines(&run.stdout, &validator);
     let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
     assert_eq!(
         types[types.len().saturating_sub(3)..],
@@ -536,4 +520,17 @@ fn the_cli_sampling_every_50ms_shows_every_event() {
         counts["mmap"].as_u64().is_some_and(|n| n > 5_000),
         "the target churned: {summary}"
     );
+}
+
+/// The JSON lines of `stdout`, each checked against the schema.
+fn schema_checked_lines(stdout: &str, validator: &jsonschema::Validator) -> Vec<Value> {
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    for l in &lines {
+        check_schema(validator, l);
+    }
+    lines
 }

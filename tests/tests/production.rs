@@ -22,21 +22,31 @@ const CHURN: &str = env!("CARGO_BIN_EXE_churn");
 /// fixed in size, and resident as the reader first touches their pages,
 /// however long the backlog.
 fn own_rss_kib(pid: u32) -> u64 {
-    memtrace::proc::smaps::read_smaps(pid)
-        .map(|vmas| {
-            vmas.iter()
-                .filter(|v| !v.name.starts_with("anon_inode:bpf"))
-                .map(|v| v.rss >> 10)
-                .sum()
-        })
-        .expect("read memtrace's smaps")
+    try_own_rss_kib(pid).expect("read memtrace's smaps")
+}
+
+/// [`own_rss_kib`], or `None` once memtrace has gone.
+fn try_own_rss_kib(pid: u32) -> Option<u64> {
+    memtrace::proc::smaps::read_smaps(pid).ok().map(|vmas| {
+        vmas.iter()
+            .filter(|v| !v.name.starts_with("anon_inode:bpf"))
+            .map(|v| v.rss >> 10)
+            .sum()
+    })
 }
 
 /// `memtrace --pid PID ARGS` with stdout piped and left unread; returns
 /// once memtrace says it traces.
 fn attach_unread(pid: u32, args: &[&str]) -> (Child, thread::JoinHandle<String>) {
+    let (mt, _, stderr) = start_unread(&[&["--pid", &pid.to_string()], args].concat());
+    (mt, stderr)
+}
+
+/// `memtrace ARGS` with stdout piped and left unread; returns once
+/// memtrace says it traces, with the pid it traces and a thread that
+/// collects its stderr.
+fn start_unread(args: &[&str]) -> (Child, u32, thread::JoinHandle<String>) {
     let mut mt = Command::new(memtrace_bin())
-        .args(["--pid", &pid.to_string()])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -47,14 +57,20 @@ fn attach_unread(pid: u32, args: &[&str]) -> (Child, thread::JoinHandle<String>)
     let mut seen = String::new();
     while !seen.contains("tracing pid") {
         let n = err.read_line(&mut seen).expect("memtrace stderr");
-        assert!(n > 0, "memtrace ended before attaching: {seen}");
+        assert!(n > 0, "memtrace ended before tracing: {seen}");
     }
+    let target = seen
+        .split("tracing pid ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no traced pid in {seen:?}"));
     let rest = thread::spawn(move || {
         let mut s = seen;
         let _ = err.read_to_string(&mut s);
         s
     });
-    (mt, rest)
+    (mt, target, rest)
 }
 
 /// Wait for the fixture to be gone; how long it took.
@@ -272,30 +288,8 @@ fn an_ended_trace_never_holds_the_target_for_a_stalled_reader() {
 #[test]
 fn a_second_signal_stops_a_launched_trace_whose_reader_stalls() {
     require_root();
-    let mut mt = Command::new(memtrace_bin())
-        .args(["--json", "--", CHURN, "--threads", "2", "--seconds", "60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn memtrace");
-    let mut err = BufReader::new(mt.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    while !seen.contains("tracing pid") {
-        let n = err.read_line(&mut seen).expect("memtrace stderr");
-        assert!(n > 0, "memtrace ended before tracing: {seen}");
-    }
-    let target: u32 = seen
-        .split("tracing pid ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("the launched pid");
-    let stderr = thread::spawn(move || {
-        let mut s = seen;
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let (mut mt, target, stderr) =
+        start_unread(&["--json", "--", CHURN, "--threads", "2", "--seconds", "60"]);
     thread::sleep(Duration::from_secs(3));
     signal(mt.id(), libc::SIGINT);
     // Passed on after the 1 s grace; churn dies of it.
@@ -430,12 +424,7 @@ fn peak_rss_kib(args: &[&str]) -> (u64, u64) {
         .expect("spawn memtrace");
     let mut peak = 0;
     while let Ok(None) = mt.try_wait() {
-        if let Ok(vmas) = memtrace::proc::smaps::read_smaps(mt.id()) {
-            let rss: u64 = vmas
-                .iter()
-                .filter(|v| !v.name.starts_with("anon_inode:bpf"))
-                .map(|v| v.rss >> 10)
-                .sum();
+        if let Some(rss) = try_own_rss_kib(mt.id()) {
             peak = peak.max(rss);
         }
         thread::sleep(Duration::from_millis(100));

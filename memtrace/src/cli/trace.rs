@@ -213,10 +213,7 @@ fn watch_signals() -> anyhow::Result<StopFlags> {
                     // Tracing is over and the target let go; memtrace only
                     // waits for its reader, or for work (the report) that
                     // a signal must not wait for either.
-                    eprintln!(
-                        "memtrace: stopped by a signal while the output's reader was not \
-                         reading: the output is incomplete"
-                    );
+                    eprintln!("memtrace: {INTERRUPTED}");
                     // SAFETY: ends the process at once, running nothing
                     // that could wait on a lock another thread holds.
                     unsafe { libc::_exit(i32::from(INTERRUPTED_EXIT_STATUS)) };
@@ -365,9 +362,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if interrupted {
         // The reader never took the output; the target was let go long
         // before this.
-        say!(
-            "memtrace: stopped by a signal while the output's reader was not reading: the output is incomplete"
-        );
+        say!("memtrace: {INTERRUPTED}");
         return Ok(ExitCode::from(INTERRUPTED_EXIT_STATUS));
     }
     if let Some(report) = &outcome.report {
@@ -388,6 +383,10 @@ pub const ALERT_EXIT_STATUS: u8 = 3;
 
 /// Stopped by a signal with output unwritten (128 + SIGINT, as shells do).
 pub const INTERRUPTED_EXIT_STATUS: u8 = 130;
+
+/// What memtrace says then.
+const INTERRUPTED: &str =
+    "stopped by a signal while the output's reader was not reading: the output is incomplete";
 
 /// `--folded`, `--flamegraph` and `--pprof` files, created before tracing starts so a
 /// bad path is reported at once, not after the whole trace.

@@ -103,7 +103,8 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
     stop: &StopFlags,
     notes: &mut dyn Notes,
 ) -> io::Result<Outcome> {
-    out.give_up_on(stop);
+    let flags = stop.clone();
+    out.give_up_when(move || flags.give_up());
     if let Some(t) = &tracee {
         t.hold_exit_for(opts.exit_hold.unwrap_or_default());
         // The signal that ends tracing lets the target go at once: the
@@ -115,14 +116,17 @@ pub fn drive<S: EventSource, W: Write + Send + 'static>(
     stop.give_up_after(1);
     // `--duration` ends tracing on time even when the loop is busy: the
     // target is let go then, and from then one signal stops memtrace.
+    // The timer ends with this call (`_ended` is dropped).
+    let (_ended, ended) = std::sync::mpsc::channel::<()>();
     if let (Some(t), Some(d)) = (&tracee, opts.duration) {
         let (releaser, stop) = (t.releaser(), stop.clone());
         let _ = std::thread::Builder::new()
             .name("memtrace-duration".into())
             .spawn(move || {
-                std::thread::sleep(d);
-                releaser.release();
-                stop.wait_for_reader_until_signalled();
+                if ended.recv_timeout(d) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    releaser.release();
+                    stop.wait_for_reader_until_signalled();
+                }
             });
     }
     let mut run = Run {
@@ -265,14 +269,11 @@ impl<S: EventSource> Run<'_, S> {
         if let Some(t) = tracee.take() {
             t.release();
         }
-        let forced = self.opts.launched && stop.received_count() >= 2;
-        if forced {
-            stop.stop_waiting_for_reader();
-        } else {
-            stop.wait_for_reader_until_signalled();
-        }
+        stop.wait_for_reader_until_signalled();
         // What the kernel delivered is applied (and shown) a batch at a
-        // time, within END_DRAIN; the rest is counted lost.
+        // time, within END_DRAIN; the rest is counted lost. Nothing is
+        // applied when a signal already said to stop at once.
+        let forced = stop.give_up();
         let deadline = Instant::now() + if forced { Duration::ZERO } else { END_DRAIN };
         self.session.stop_recording();
         loop {

@@ -292,10 +292,10 @@ impl<S: EventSource> Session<S> {
     /// were applied, and whether the ring was read to its end.
     fn drain_round(&mut self, deadline: Option<Instant>) -> (Vec<Event>, bool, bool) {
         let mut raw = Vec::new();
-        let drained = self.tracer.drain(&mut raw);
+        let ring_empty = self.tracer.drain(&mut raw);
         self.enqueue(raw);
         let (events, complete) = self.process_until(deadline);
-        (events, complete, drained.ring_empty)
+        (events, complete, ring_empty)
     }
 
     /// Tracing ends: the kernel side records nothing more for the traced
@@ -325,10 +325,10 @@ impl<S: EventSource> Session<S> {
         loop {
             self.tracer.applied(std::mem::take(&mut bytes));
             let mut raw = Vec::new();
-            let drained = self.tracer.drain(&mut raw);
+            let ring_empty = self.tracer.drain(&mut raw);
             unapplied += raw.len() as u64;
             bytes = raw.iter().map(Event::footprint).sum();
-            if drained.ring_empty {
+            if ring_empty {
                 self.tracer.applied(bytes);
                 break;
             }

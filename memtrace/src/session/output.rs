@@ -18,10 +18,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    relay::StopFlags,
-    stream::{self, EventLine, Summary},
-};
+use super::stream::{self, EventLine, Summary};
 use crate::{
     attribution::report::{AttributedReport, ReportLine},
     history::{GrowingLine, Watch, alert::AlertState},
@@ -121,8 +118,9 @@ pub struct Output<W: Write + Send + 'static> {
     queue: Arc<Queue>,
     writer: Option<thread::JoinHandle<W>>,
     dropped: u64,
-    /// Signals that end waiting for a stalled reader ([`Output::give_up_on`]).
-    stop: Option<StopFlags>,
+    /// Says when to stop waiting for a stalled reader
+    /// ([`Output::give_up_when`]).
+    give_up: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 /// How a line is queued when the queue is full.
@@ -186,18 +184,19 @@ impl<W: Write + Send + 'static> Output<W> {
             queue,
             writer,
             dropped: 0,
-            stop: None,
+            give_up: None,
         }
     }
 
     /// Waits for a stalled reader end with [`io::ErrorKind::Interrupted`]
-    /// once `stop` says to give up ([`StopFlags::give_up`]).
-    pub fn give_up_on(&mut self, stop: &StopFlags) {
-        self.stop = Some(stop.clone());
+    /// once `give_up` says so (memtrace: a further signal,
+    /// [`super::relay::StopFlags::give_up`]).
+    pub fn give_up_when(&mut self, give_up: impl Fn() -> bool + Send + 'static) {
+        self.give_up = Some(Box::new(give_up));
     }
 
     fn gave_up(&self) -> Option<io::Error> {
-        self.stop.as_ref().filter(|s| s.give_up()).map(|_| {
+        self.give_up.as_ref().filter(|f| f()).map(|_| {
             io::Error::new(
                 io::ErrorKind::Interrupted,
                 "stopped by a signal while waiting for the reader of the output",
@@ -336,7 +335,7 @@ impl<W: Write + Send + 'static> Output<W> {
     }
 
     /// Queue one line (a newline is added). Fails once the writer failed,
-    /// or when a wait for room is given up ([`Output::give_up_on`]).
+    /// or when a wait for room is given up ([`Output::give_up_when`]).
     fn push(&mut self, line: String, full: Full) -> io::Result<()> {
         let mut st = self.queue.lock();
         loop {
@@ -367,7 +366,7 @@ impl<W: Write + Send + 'static> Output<W> {
     }
 
     /// Write everything queued and hand back the writer (or the error that
-    /// stopped it). Given up ([`Output::give_up_on`]), it returns at once,
+    /// stopped it). Given up ([`Output::give_up_when`]), it returns at once,
     /// leaving the writer thread blocked on the reader.
     pub fn finish(mut self) -> io::Result<W> {
         self.close()

@@ -33,7 +33,8 @@ pub struct StopFlags {
     /// SIGINT, SIGTERM and SIGHUP received, all together.
     pub received: Arc<AtomicU32>,
     /// Signals after which memtrace stops waiting for its reader
-    /// ([`StopFlags::give_up`]); none while tracing.
+    /// ([`StopFlags::give_up`]); no limit until one is set
+    /// ([`StopFlags::give_up_after`]).
     patience: Arc<AtomicU32>,
     /// Processes to let go as soon as this many signals arrived
     /// ([`StopFlags::release_on`]).
@@ -102,12 +103,6 @@ impl StopFlags {
     /// memtrace waits after, even before its loop has seen it.
     pub fn give_up_after(&self, signals: u32) {
         self.patience.fetch_min(signals, Ordering::SeqCst);
-    }
-
-    /// Stop waiting for the reader now (a second signal in launch mode
-    /// stops memtrace at once).
-    pub fn stop_waiting_for_reader(&self) {
-        self.patience.store(0, Ordering::SeqCst);
     }
 
     /// Whether output that waits for a slow reader must give up.

@@ -29,7 +29,6 @@ use std::{
     io,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
         mpsc::{Receiver, Sender, TryRecvError, channel},
     },
     thread,
@@ -90,12 +89,8 @@ pub enum ChildEvent {
 pub struct Launched {
     pub pid: u32,
     go: Sender<()>,
-    /// Tracing ended: never hold the process again ([`Launched::release`]).
-    released: Arc<AtomicBool>,
-    /// Longest hold at exit, in ms ([`Launched::hold_exit_for`]).
-    exit_hold_ms: Arc<AtomicU64>,
-    /// Who has the exit stop ([`Launched::claim_exit`]).
-    exit: Arc<AtomicU8>,
+    /// The exit hold and the release, shared with the ptrace thread.
+    controls: Arc<Controls>,
     events: Receiver<ChildEvent>,
     deliveries: Deliveries,
     thread: Option<thread::JoinHandle<()>>,
@@ -104,8 +99,7 @@ pub struct Launched {
 /// Lets a [`Launched`] process go from any thread ([`Launched::releaser`]).
 #[derive(Clone, Debug)]
 pub struct Releaser {
-    released: Arc<AtomicBool>,
-    exit: Arc<AtomicU8>,
+    controls: Arc<Controls>,
     go: Sender<()>,
 }
 
@@ -114,14 +108,7 @@ impl Releaser {
     /// ([`Launched::claim_exit`]) is left to it: it is being read, and the
     /// caller resumes it within the exit hold.
     pub fn release(&self) {
-        self.released.store(true, Ordering::SeqCst);
-        let held = self.exit.compare_exchange(
-            threads::EXIT_HELD,
-            threads::EXIT_LET_GO,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
-        if held.is_ok() {
+        if self.controls.release() {
             let _ = self.go.send(());
         }
     }
@@ -168,32 +155,26 @@ type PidReply = Sender<Result<u32, LaunchError>>;
 /// come from it) and wait for the pid it reports.
 fn spawn_driver(
     name: &str,
-    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>, Deliveries, Controls) + Send + 'static,
+    body: impl FnOnce(PidReply, Receiver<()>, Sender<ChildEvent>, Deliveries, Arc<Controls>)
+    + Send
+    + 'static,
 ) -> Result<Launched, LaunchError> {
     let (pid_tx, pid_rx) = channel();
     let (go_tx, go_rx) = channel::<()>();
     let (ev_tx, ev_rx) = channel::<ChildEvent>();
     let deliveries = Deliveries::default();
     let shared = deliveries.clone();
-    let released = Arc::new(AtomicBool::new(false));
-    let exit_hold_ms = Arc::new(AtomicU64::new(u64::MAX));
-    let exit = Arc::new(AtomicU8::new(0));
-    let controls = Controls {
-        released: released.clone(),
-        exit_hold_ms: exit_hold_ms.clone(),
-        exit: exit.clone(),
-    };
+    let controls = Arc::new(Controls::default());
+    let theirs = controls.clone();
     let thread = thread::Builder::new()
         .name(name.into())
-        .spawn(move || body(pid_tx, go_rx, ev_tx, shared, controls))
+        .spawn(move || body(pid_tx, go_rx, ev_tx, shared, theirs))
         .map_err(LaunchError::Thread)?;
     let pid = pid_rx.recv().map_err(|_| LaunchError::ThreadGone)??;
     Ok(Launched {
         pid,
         go: go_tx,
-        released,
-        exit_hold_ms,
-        exit,
+        controls,
         events: ev_rx,
         deliveries,
         thread: Some(thread),
@@ -221,8 +202,7 @@ impl Launched {
     /// the caller is doing then (by default it waits for
     /// [`Launched::resume_exit`]).
     pub fn hold_exit_for(&self, hold: Duration) {
-        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
-        self.exit_hold_ms.store(ms, Ordering::SeqCst);
+        self.controls.set_exit_hold(hold);
     }
 
     /// After [`ChildEvent::AtExit`]: take the exit stop to read the
@@ -230,14 +210,7 @@ impl Launched {
     /// (`false`: its memory may be half torn down, read nothing). Once
     /// taken, it stays until [`Launched::resume_exit`].
     pub fn claim_exit(&self) -> bool {
-        self.exit
-            .compare_exchange(
-                threads::EXIT_HELD,
-                threads::EXIT_CLAIMED,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_ok()
+        self.controls.claim_exit()
     }
 
     /// After [`ChildEvent::AtExit`]: let the child finish exiting.
@@ -257,8 +230,7 @@ impl Launched {
     /// handler's), as [`Launched::release`] does.
     pub fn releaser(&self) -> Releaser {
         Releaser {
-            released: self.released.clone(),
-            exit: self.exit.clone(),
+            controls: self.controls.clone(),
             go: self.go.clone(),
         }
     }
@@ -292,7 +264,7 @@ fn tracer_thread(
     go: Receiver<()>,
     events: Sender<ChildEvent>,
     deliveries: Deliveries,
-    controls: Controls,
+    controls: Arc<Controls>,
 ) {
     let pid = match start_child(&program, &args) {
         Ok(pid) => pid,

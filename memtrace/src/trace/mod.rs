@@ -510,9 +510,10 @@ impl Tracer {
     /// The reader thread empties the ring buffer continuously, but an event
     /// the kernel committed an instant ago may still be in the ring; this
     /// asks the thread to do one more pass and waits for it. The pass
-    /// stops early when the event buffer is full ([`Drained::ring_empty`]
-    /// says whether it got to the end of the ring).
-    pub fn drain(&mut self, out: &mut Vec<Event>) -> Drained {
+    /// stops early when the event buffer is full; `true` when it got to
+    /// the end of the ring and every event was moved (else apply events
+    /// and drain again for the rest).
+    pub fn drain(&mut self, out: &mut Vec<Event>) -> bool {
         let before = out.len();
         let (done_tx, done_rx) = mpsc::channel();
         let mut ring_empty = false;
@@ -523,12 +524,8 @@ impl Tracer {
                 .unwrap_or(false);
         }
         out.extend(self.reader.rx.try_iter().take(TAKE_MAX));
-        let events = out.len() - before;
-        Drained {
-            events,
-            // Taking fewer than the most means the queue was emptied.
-            ring_empty: ring_empty && events < TAKE_MAX,
-        }
+        // Taking fewer than the most means the queue was emptied.
+        ring_empty && out.len() - before < TAKE_MAX
     }
 
     /// The session applied (or dropped) events of `bytes` in all
@@ -561,16 +558,6 @@ impl Tracer {
             .map(|st| st.frames().iter().map(|f| f.ip).collect())
             .unwrap_or_default()
     }
-}
-
-/// What one [`Tracer::drain`] got.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Drained {
-    /// Events moved out.
-    pub events: usize,
-    /// The reader got to the end of the ring (else the event buffer was
-    /// full: apply events and drain again for the rest).
-    pub ring_empty: bool,
 }
 
 /// A thread that empties the ring buffer as soon as events arrive, so a
@@ -697,8 +684,9 @@ impl Reader {
         if bytes == 0 {
             return;
         }
-        let left = self.queued.fetch_sub(bytes, Ordering::Relaxed) - bytes;
-        if left < self.cap && self.blocked.swap(false, Ordering::Relaxed) {
+        // SeqCst with `Sink::full`: one of the two sees the other's write.
+        let left = self.queued.fetch_sub(bytes, Ordering::SeqCst) - bytes;
+        if left < self.cap && self.blocked.swap(false, Ordering::SeqCst) {
             self.wake();
         }
     }
@@ -718,12 +706,12 @@ impl Sink {
     /// The event buffer is full; the session is told to wake the reader
     /// when it frees room.
     fn full(&self) -> bool {
-        if self.queued.load(Ordering::Relaxed) < self.cap {
+        if self.queued.load(Ordering::SeqCst) < self.cap {
             return false;
         }
-        self.blocked.store(true, Ordering::Relaxed);
+        self.blocked.store(true, Ordering::SeqCst);
         // Room may have been made just before the flag was set.
-        self.queued.load(Ordering::Relaxed) >= self.cap
+        self.queued.load(Ordering::SeqCst) >= self.cap
     }
 }
 
@@ -748,7 +736,7 @@ fn read_ring(ring: &mut RingBuf<MapData>, sink: &Sink) -> Result<bool, ()> {
         };
         match Event::from_raw_reading(&item, crate::proc::read_c_string) {
             Some(ev) => {
-                sink.queued.fetch_add(ev.footprint(), Ordering::Relaxed);
+                sink.queued.fetch_add(ev.footprint(), Ordering::SeqCst);
                 sink.tx.send(ev).map_err(|_| ())?;
             }
             // Never expected (the record types are shared); counted

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Drained, Lost, TraceError, Tracer, event::Event};
+use super::{Lost, TraceError, Tracer, event::Event};
 
 /// What an unwinding read from a full stack window: the words (by offset
 /// from the stack pointer) and the frame pointer, when it was read. The
@@ -23,7 +23,9 @@ pub trait EventSource {
     /// `out`; returns how many arrived.
     fn wait_events(&mut self, timeout: Duration, out: &mut Vec<Event>) -> usize;
     /// Move every event delivered so far into `out`, without waiting.
-    fn drain(&mut self, out: &mut Vec<Event>) -> Drained;
+    /// Move what has arrived into `out`; `true` when nothing is left to
+    /// deliver ([`Tracer::drain`]).
+    fn drain(&mut self, out: &mut Vec<Event>) -> bool;
     /// The session applied delivered events of `bytes` in all
     /// ([`Event::footprint`]): a bounded source may take more.
     fn applied(&mut self, _bytes: usize) {}
@@ -51,7 +53,7 @@ impl EventSource for Tracer {
     fn wait_events(&mut self, timeout: Duration, out: &mut Vec<Event>) -> usize {
         Tracer::wait_events(self, timeout, out)
     }
-    fn drain(&mut self, out: &mut Vec<Event>) -> Drained {
+    fn drain(&mut self, out: &mut Vec<Event>) -> bool {
         Tracer::drain(self, out)
     }
     fn applied(&mut self, bytes: usize) {

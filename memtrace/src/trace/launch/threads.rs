@@ -127,27 +127,73 @@ pub(super) fn is_group_stop(sig: i32) -> bool {
     )
 }
 
-/// What the caller steers of the ptrace loop while it runs.
+/// What the caller steers of the ptrace loop while it runs, shared by
+/// both sides.
+#[derive(Debug)]
 pub(super) struct Controls {
     /// Tracing ended: detach at the next stop, never hold.
-    pub released: Arc<AtomicBool>,
+    released: AtomicBool,
     /// Longest hold at exit, in ms.
-    pub exit_hold_ms: Arc<AtomicU64>,
+    exit_hold_ms: AtomicU64,
     /// Who has the exit stop: [`EXIT_HELD`], [`EXIT_CLAIMED`] or
-    /// [`EXIT_LET_GO`].
-    pub exit: Arc<AtomicU8>,
+    /// [`EXIT_LET_GO`] (0 before any).
+    exit: AtomicU8,
 }
 
 /// The process is held at its exit for the caller.
-pub(super) const EXIT_HELD: u8 = 1;
+const EXIT_HELD: u8 = 1;
 /// The caller took the exit stop in time and resumes it when done.
-pub(super) const EXIT_CLAIMED: u8 = 2;
-/// The exit hold ran out before the caller took the stop: let go.
-pub(super) const EXIT_LET_GO: u8 = 3;
+const EXIT_CLAIMED: u8 = 2;
+/// The exit hold ran out, or tracing ended, before the caller took the
+/// stop: let go.
+const EXIT_LET_GO: u8 = 3;
+
+impl Default for Controls {
+    fn default() -> Self {
+        Controls {
+            released: AtomicBool::new(false),
+            // Until the caller says: hold until it resumes.
+            exit_hold_ms: AtomicU64::new(u64::MAX),
+            exit: AtomicU8::new(0),
+        }
+    }
+}
 
 impl Controls {
+    pub fn set_exit_hold(&self, hold: Duration) {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        self.exit_hold_ms.store(ms, Ordering::SeqCst);
+    }
+
     fn exit_hold(&self) -> Duration {
         Duration::from_millis(self.exit_hold_ms.load(Ordering::SeqCst))
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+
+    /// Never hold again; `true` when a held exit stop is to be let go now
+    /// (one the caller claimed is left to it).
+    pub fn release(&self) -> bool {
+        self.released.store(true, Ordering::SeqCst);
+        self.exit_from(EXIT_HELD, EXIT_LET_GO)
+    }
+
+    /// The process stopped at its exit and is held for the caller.
+    fn hold_exit(&self) {
+        self.exit.store(EXIT_HELD, Ordering::SeqCst);
+    }
+
+    /// The caller takes the held exit stop; `false` when it was let go.
+    pub fn claim_exit(&self) -> bool {
+        self.exit_from(EXIT_HELD, EXIT_CLAIMED)
+    }
+
+    fn exit_from(&self, from: u8, to: u8) -> bool {
+        self.exit
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 }
 
@@ -268,7 +314,7 @@ impl Process {
     ) {
         loop {
             let Ok(stop) = wait(-1) else { return };
-            if controls.released.load(Ordering::SeqCst) {
+            if controls.released() {
                 match stop {
                     Stop::Exited { tid, code } => {
                         if self.reaped(tid) {
@@ -310,7 +356,7 @@ impl Process {
                     match event {
                         libc::PTRACE_EVENT_EXIT if self.hold_at_exit(tid) => {
                             let since = Instant::now();
-                            controls.exit.store(EXIT_HELD, Ordering::SeqCst);
+                            controls.hold_exit();
                             if events.send(ChildEvent::AtExit { since }).is_err() {
                                 // Nobody will take the report: let it go
                                 // (returning detaches the other threads).
@@ -321,15 +367,7 @@ impl Process {
                             // never past the exit hold unless the caller
                             // claimed the stop in time and is reading it.
                             if go.recv_timeout(controls.exit_hold()).is_err()
-                                && controls
-                                    .exit
-                                    .compare_exchange(
-                                        EXIT_HELD,
-                                        EXIT_LET_GO,
-                                        Ordering::SeqCst,
-                                        Ordering::SeqCst,
-                                    )
-                                    .is_err()
+                                && !controls.exit_from(EXIT_HELD, EXIT_LET_GO)
                             {
                                 let _ = go.recv();
                             }
